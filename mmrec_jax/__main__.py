@@ -1,0 +1,3 @@
+from mmrec_jax.main import main
+
+main()

@@ -1,0 +1,174 @@
+"""The one config schema of mmrec_jax, with its defaults.
+
+Every experiment file (``experiments/*.py``) starts from :func:`base_config` and overrides
+fields; no other place lists config fields. The returned ConfigDict is locked, so a typo
+in an experiment file or a ``--config.x.y=`` override fails at start-up with the key name.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+# Names chosen from the config, with the modules that implement them. Kept here so a
+# bad name fails at start-up listing the valid ones, before any data is read.
+DATA_SOURCES = ("movielens", "recbole", "mmrec", "presplit", "synthetic", "prepared")
+SPLITS = ("temporal_ratio", "random_ratio", "leave_last_out", "global_temporal")
+NEGATIVE_SAMPLERS = ("uniform", "popularity", "in_batch")
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """All fields with defaults. Experiments override, never add."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  # ---------------------------------------------------------------- data
+  d = c.data = ml_collections.ConfigDict()
+  d.source = "movielens"      # one of DATA_SOURCES
+  d.variant = "100k"          # movielens: 100k | 1m | 20m | 25m | latest | latest-small
+  d.path = ""                 # local directory/file of the raw data ('' = download/cache)
+  d.cache_dir = ""            # '' = $MMREC_JAX_CACHE or ~/.cache/mmrec_jax
+  d.prepared_dir = ""         # '' = <cache_dir>/prepared/<fingerprint>
+  d.rating_threshold = -1.0   # < 0: every interaction is positive
+  d.dedup = True
+  d.user_core = 0             # k-core filtering (0 = off)
+  d.item_core = 0
+  d.split = "temporal_ratio"  # one of SPLITS
+  d.split_ratios = (0.8, 0.1, 0.1)
+  d.global_cut = (0.8, 0.9)   # global_temporal: time quantiles of the valid/test cuts
+  # presplit source: TSV or RecBole .inter files, kept exactly as given
+  d.train = ""
+  d.valid = ""
+  d.test = ""
+  d.items = ""
+  # mmrec source: directory with <name>.inter (x_label split column) + *_feat.npy
+  d.name = ""
+  # synthetic source (planted structure)
+  d.num_users = 1000
+  d.num_items = 500
+  d.num_interactions = 20000
+  d.latent_dim = 16
+  d.text_dim = 64
+  d.image_dim = 128
+  d.popularity_exponent = 1.0
+  # modalities to use in models ('text', 'image', 'graph'); must exist in the dataset
+  d.modalities = ("text",)
+  d.rows_per_shard = 65536
+
+  # ---------------------------------------------------------------- input
+  i = c.input = ml_collections.ConfigDict()
+  i.batch_size = 1024         # GLOBAL batch size, over all processes
+  i.num_negatives = 1
+  i.negative_sampler = "uniform"   # one of NEGATIVE_SAMPLERS
+  i.popularity_alpha = 0.75
+  i.exclude_positives = False
+  i.worker_count = 0
+  i.prefetch = 2
+  i.stream_features = False   # True: batches carry feature rows; False: tables on device
+
+  # ---------------------------------------------------------------- model
+  m = c.model = ml_collections.ConfigDict()
+  m.name = "two_tower"        # bpr_mf | vbpr | two_tower | (graph models, issue 7)
+  m.embed_dim = 64
+  m.fusion = "concat"         # concat | sum | attention | gating
+  m.hidden_dim = 128
+  m.modality_dropout = 0.0
+  m.dropout = 0.0
+  m.use_ids = True
+  m.num_layers = 2            # graph models
+  m.knn_k = 10                # multimodal graph models
+
+  # ---------------------------------------------------------------- loss
+  l = c.loss = ml_collections.ConfigDict()
+  l.name = "bpr"              # bpr | bce | sampled_softmax
+  l.l2 = 0.0
+  l.logq_correction = True
+  l.temperature = 1.0
+
+  # ---------------------------------------------------------------- optimizer
+  o = c.optimizer = ml_collections.ConfigDict()
+  o.name = "adam"             # optax optimizer for dense layers: adam | adamw | sgd | adagrad
+  o.learning_rate = 1e-3
+  o.weight_decay = 0.0
+  o.sparse = "adam"           # sparse row-wise optimizer for tables: adam | rowwise_adagrad | sgd
+  o.sparse_learning_rate = 1e-3
+  o.grad_clip = 0.0
+
+  # ---------------------------------------------------------------- training loop
+  t = c.train = ml_collections.ConfigDict()
+  t.num_epochs = 20
+  t.max_steps = -1            # > 0 caps the total steps (smoke runs)
+  t.eval_every_epochs = 1
+  t.early_stopping_patience = 5
+  t.selection_metric = "ndcg@10"
+  t.log_every_steps = 50
+  t.checkpoint_every_steps = 0   # 0 = at every evaluation and at the end
+  t.max_checkpoints = 2
+  t.compute_dtype = "float32"    # float32 | bfloat16
+  t.progress_bar = True
+
+  # ---------------------------------------------------------------- evaluation
+  e = c.eval = ml_collections.ConfigDict()
+  e.ks = (10, 20)
+  e.metrics = ("recall", "ndcg", "precision", "hit", "mrr", "map")
+  e.user_chunk = 1024
+  e.item_chunk = 0            # 0 = whole (sharded) catalogue at once
+  e.mask_valid_in_test = True
+  e.slices = True
+  e.export_topk = 0
+
+  # ---------------------------------------------------------------- mesh
+  me = c.mesh = ml_collections.ConfigDict()
+  me.data = -1
+  me.model = 1
+  me.min_sharded_bytes = 1 << 20
+  return c
+
+
+def finalize(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Validates names that must come from fixed lists, then locks the config."""
+  def check(value, allowed, key):
+    if value not in allowed:
+      raise ValueError(f"config.{key}={value!r} is not one of {list(allowed)}")
+  check(c.data.source, DATA_SOURCES, "data.source")
+  check(c.data.split, SPLITS, "data.split")
+  check(c.input.negative_sampler, NEGATIVE_SAMPLERS, "input.negative_sampler")
+  c.lock()
+  return c
+
+
+def apply_smoke(c: ml_collections.ConfigDict) -> None:
+  """Shrinks a config so that a run takes seconds (tests, quick checks).
+
+  Keeps the experiment's model, loss and features; only sizes and step counts shrink.
+  """
+  c.input.batch_size = 64
+  c.train.num_epochs = 1
+  c.train.max_steps = 4
+  c.train.eval_every_epochs = 1
+  c.train.log_every_steps = 2
+  c.train.progress_bar = False
+  c.model.embed_dim = 16
+  c.model.hidden_dim = 16
+  c.eval.user_chunk = 256
+  c.eval.ks = (5, 10)
+
+
+def parse_variants(arg: str | None, known: tuple[str, ...]) -> set[str]:
+  """Splits a ``:a,b`` config argument into variant names; unknown names raise."""
+  names = {v for v in (arg or "").split(",") if v}
+  unknown = names - set(known)
+  if unknown:
+    raise ValueError(f"unknown config variant(s) {sorted(unknown)}; known: {list(known)}")
+  return names
+
+
+MODEL_VARIANTS = ("bpr_mf", "vbpr", "two_tower")
+
+
+def apply_model_variant(c: ml_collections.ConfigDict, variants: set[str]) -> None:
+  """``:bpr_mf`` etc. pick the model (and ID-only models drop the modalities)."""
+  for name in MODEL_VARIANTS:
+    if name in variants:
+      c.model.name = name
+  if c.model.name == "bpr_mf":
+    c.data.modalities = ()
