@@ -4,9 +4,11 @@ Detection order (first match wins):
   1. explicit flags ``--coordinator_address --num_processes --process_id`` (or the
      environment variables MMREC_COORDINATOR, MMREC_NUM_PROCESSES, MMREC_PROCESS_ID, which
      the launch/ scripts set);
-  2. a Cloud TPU VM slice with several workers, or a SLURM job with several tasks:
+  2. MMREC_DISTRIBUTED=auto (set by launch/tpu_vm.py): ``jax.distributed.initialize()``
+     with jax's own cluster detection (GCE TPU VM metadata, SLURM, ...);
+  3. a Cloud TPU VM slice with several workers, or a SLURM job with several tasks:
      ``jax.distributed.initialize()`` auto-detects the cluster;
-  3. otherwise a single process: nothing to do.
+  4. otherwise a single process: nothing to do.
 ``--local_device_ids`` / MMREC_LOCAL_DEVICE_IDS optionally pins GPUs per process.
 """
 
@@ -34,9 +36,13 @@ def _env_int(name: str) -> int | None:
 
 
 def cluster_kind() -> str:
-  """'explicit', 'slurm', 'tpu' or 'single': how this process was started."""
+  """'explicit', 'auto', 'slurm', 'tpu' or 'single': how this process was started."""
   if (_COORD.present and _COORD.value) or os.environ.get("MMREC_COORDINATOR"):
     return "explicit"
+  if os.environ.get("MMREC_DISTRIBUTED", "").lower() == "auto":
+    # Set by launch/tpu_vm.py: a GCE TPU VM slice announces its workers only through the
+    # metadata server, which jax.distributed.initialize() queries itself.
+    return "auto"
   if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_JOB_ID" in os.environ:
     return "slurm"
   if os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") >= 1:

@@ -12,6 +12,7 @@ best-validation checkpoint, at the end.
 from __future__ import annotations
 
 import math
+import os
 import pathlib
 import signal
 import time
@@ -57,6 +58,21 @@ class _Preemption:
   def __exit__(self, *exc):
     if self._previous is not None:
       signal.signal(signal.SIGTERM, self._previous)
+
+
+def _fault_injection(step: int, ckpt: checkpointing.RunCheckpointer) -> None:
+  """Test hooks that make kill/preemption tests deterministic (never set in real runs).
+
+  MMREC_FAULT_KILL_AFTER_STEP=N: SIGKILL this process after step N (its saves finished).
+  MMREC_FAULT_SIGTERM_AT_STEP=N: send SIGTERM to this process at step N.
+  """
+  kill_at = os.environ.get("MMREC_FAULT_KILL_AFTER_STEP")
+  if kill_at and step == int(kill_at):
+    ckpt.wait()
+    os.kill(os.getpid(), signal.SIGKILL)
+  term_at = os.environ.get("MMREC_FAULT_SIGTERM_AT_STEP")
+  if term_at and step == int(term_at):
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def build_data_info(ds: PreparedDataset, config: ml_collections.ConfigDict,
@@ -207,6 +223,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         t_last = time.time()
       elif ckpt_due:
         save(step)
+      _fault_injection(step, ckpt)
       if preempt.requested:
         save(step)
         status = "preempted"

@@ -233,27 +233,34 @@ class FeatureShards:
     out2 = out.reshape(-1, self.dim)
     if flat.size == 0:
       return out
+    # mode="clip": ids are already range-checked, and np.take buffers its output with
+    # the default mode="raise" (measured ~2x slower for 2048-d rows).
     if self.num_shards == 1:
-      np.take(self._shards[0], flat, axis=0, out=out2)
+      np.take(self._shards[0], flat, axis=0, out=out2, mode="clip")
       return out
     rps = self.rows_per_shard
     shard_of = flat // rps
     first = int(shard_of[0])
     if (shard_of == first).all():  # all ids in one shard: no permutation needed
-      np.take(self._shards[first], flat - first * rps, axis=0, out=out2)
+      np.take(self._shards[first], flat - first * rps, axis=0, out=out2, mode="clip")
       return out
+    # Several shards: gather each shard's rows (in shard order) into one contiguous
+    # buffer, then put them back in request order with a single take. Two copies, but
+    # both are numpy's fast row-gather; a row scatter (out[sel] = rows) is slower.
     order = np.argsort(shard_of, kind="stable")
     counts = np.bincount(shard_of, minlength=self.num_shards)
     ends = np.cumsum(counts)
     sorted_local = flat[order] - shard_of[order] * rps
+    buf = np.empty_like(out2)
     start = 0
-    buf = np.empty((int(counts.max()), self.dim), self.dtype)
     for s in np.flatnonzero(counts):
       end = int(ends[s])
-      n = end - start
-      np.take(self._shards[s], sorted_local[start:end], axis=0, out=buf[:n])
-      out2[order[start:end]] = buf[:n]
+      np.take(self._shards[s], sorted_local[start:end], axis=0, out=buf[start:end],
+              mode="clip")
       start = end
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(order.size)
+    np.take(buf, inverse, axis=0, out=out2, mode="clip")
     return out
 
   def mask_of(self, item_ids: Any) -> np.ndarray:

@@ -1,0 +1,8 @@
+"""Building blocks: row-sharded tables, modality projections, fusion."""
+
+from mmrec_jax.layers.embedding import Embed, Table, padded_rows
+from mmrec_jax.layers.fusion import FUSIONS, make_fusion
+from mmrec_jax.layers.projection import ModalityMLP, dense, dropout
+
+__all__ = ["Embed", "FUSIONS", "ModalityMLP", "Table", "dense", "dropout", "make_fusion",
+           "padded_rows"]

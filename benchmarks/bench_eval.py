@@ -1,0 +1,160 @@
+"""Full-ranking evaluation at ML-25M shape: mmrec_jax (chunked, sharded) vs plain numpy/BLAS.
+
+Problem (random, NOT MovieLens data -- only its shape): 162,541 users x 59,047 items,
+d = 64 float32 embeddings, ~20M train interactions (masked) and ~2.5M test interactions
+(ground truth), drawn with skewed user activity and Zipf item popularity, train and test
+disjoint. Every method runs in its own child process so its peak RSS (``ru_maxrss``) is its
+own; data generation (same seed) is timed separately from evaluation.
+
+    .venv/bin/python benchmarks/bench_eval.py                      # full size, all methods
+    .venv/bin/python benchmarks/bench_eval.py --users 20000 --methods jax   # quick look
+
+Prints one Markdown table row per method.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+
+def make_problem(num_users: int, num_items: int, dim: int, n_train: int, n_test: int, seed: int):
+  """Random embeddings and disjoint train/test CSRs, vectorised (a few seconds at full size)."""
+  from mmrec_jax.evaluation.ranking import csr_from_pairs  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(seed)
+  user_w = rng.lognormal(0.0, 1.0, num_users)
+  item_w = 1.0 / np.arange(1, num_items + 1) ** 0.9
+  rng.shuffle(item_w)
+  total = int((n_train + n_test) * 1.08)     # over-draw: duplicates are removed
+  u = np.searchsorted(np.cumsum(user_w / user_w.sum()), rng.random(total)).astype(np.int64)
+  i = np.searchsorted(np.cumsum(item_w / item_w.sum()), rng.random(total)).astype(np.int64)
+  np.minimum(u, num_users - 1, out=u)
+  np.minimum(i, num_items - 1, out=i)
+  key = np.unique(u * num_items + i)
+  del u, i
+  rng.shuffle(key)
+  test_key, train_key = key[:n_test], key[n_test:n_test + n_train]
+  del key
+  train = csr_from_pairs(*np.divmod(train_key, num_items), num_users)
+  test = csr_from_pairs(*np.divmod(test_key, num_items), num_users)
+  um = (rng.standard_normal((num_users, dim), np.float32) / np.sqrt(dim)).astype(np.float32)
+  im = rng.standard_normal((num_items, dim), np.float32)
+  return um, im, train, test
+
+
+def numpy_eval(um, im, train, test, ks, metrics, chunk):
+  """Plain numpy/BLAS chunked scorer: matmul, -inf on train items, argpartition top-k."""
+  from mmrec_jax.evaluation.metrics import metrics_from_hits  # pylint: disable=g-import-not-at-top
+  kmax = max(ks)
+  n_truth = np.diff(test[0])
+  users = np.nonzero(n_truth > 0)[0]
+  sums = {}
+  for s in range(0, users.size, chunk):
+    ids = users[s:s + chunk]
+    scores = um[ids] @ im.T
+    lens = np.diff(train[0])[ids]
+    rows = np.repeat(np.arange(ids.size), lens)
+    cols = np.concatenate([train[1][train[0][u]:train[0][u + 1]] for u in ids])
+    scores[rows, cols] = -np.inf
+    part = np.argpartition(-scores, kmax, axis=1)[:, :kmax]
+    ps = np.take_along_axis(scores, part, axis=1)
+    order = np.lexsort((part, -ps), axis=1)
+    top = np.take_along_axis(part, order, axis=1)
+    tlen = n_truth[ids]
+    trow = np.repeat(np.arange(ids.size), tlen)
+    tcols = np.concatenate([test[1][test[0][u]:test[0][u + 1]] for u in ids])
+    key_truth = np.sort(trow.astype(np.int64) * im.shape[0] + tcols)
+    key_top = np.arange(ids.size)[:, None].astype(np.int64) * im.shape[0] + top
+    pos = np.minimum(np.searchsorted(key_truth, key_top), key_truth.size - 1)
+    hits = key_truth[pos] == key_top
+    vals = metrics_from_hits(hits, tlen, ks, metrics)
+    for k, v in vals.items():
+      sums[k] = sums.get(k, 0.0) + float(v.sum(dtype=np.float64))
+  return {k: v / users.size for k, v in sums.items()}
+
+
+def child(args) -> None:
+  if args.method.startswith("jax"):
+    os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices}"
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+  t0 = time.perf_counter()
+  um, im, train, test = make_problem(args.users, args.items, args.dim, args.train, args.test,
+                                     args.seed)
+  t_data = time.perf_counter() - t0
+  rss_data = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+  ks, metrics = (10, 20), ("recall", "ndcg", "precision", "hit", "mrr", "map")
+  t0 = time.perf_counter()
+  if args.method == "numpy":
+    means = numpy_eval(um, im, train, test, ks, metrics, args.chunk)
+  else:
+    import jax  # pylint: disable=g-import-not-at-top
+    from mmrec_jax.evaluation.ranking import evaluate_embeddings  # pylint: disable=g-import-not-at-top
+    from mmrec_jax.sharding import make_mesh  # pylint: disable=g-import-not-at-top
+    mesh = make_mesh(data=args.devices // args.model, model=args.model)
+    users = np.arange(args.users)
+    res = evaluate_embeddings(jax.numpy.asarray(um), jax.numpy.asarray(im), users=users,
+                              truth=test, exclude=train, ks=ks, metrics=metrics, mesh=mesh,
+                              user_chunk=args.chunk, item_chunk=args.item_chunk)
+    means = res.metrics
+  t_eval = time.perf_counter() - t0
+  rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+  print(json.dumps({"method": args.method, "t_data": t_data, "t_eval": t_eval,
+                    "rss_data_mb": rss_data, "rss_mb": rss, "metrics": means,
+                    "nnz_train": int(train[1].size), "nnz_test": int(test[1].size),
+                    "users_eval": int((np.diff(test[0]) > 0).sum())}))
+
+
+def main() -> None:
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--users", type=int, default=162_541)
+  p.add_argument("--items", type=int, default=59_047)
+  p.add_argument("--dim", type=int, default=64)
+  p.add_argument("--train", type=int, default=20_000_000)
+  p.add_argument("--test", type=int, default=2_500_000)
+  p.add_argument("--chunk", type=int, default=1024)
+  p.add_argument("--item_chunk", type=int, default=0)
+  p.add_argument("--devices", type=int, default=2, help="fake CPU devices for the jax run")
+  p.add_argument("--model", type=int, default=1, help="size of the mesh 'model' axis")
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--methods", default="jax,numpy")
+  p.add_argument("--method", default="", help=argparse.SUPPRESS)   # child mode
+  args = p.parse_args()
+  if args.method:
+    child(args)
+    return
+  scale = args.users / 162_541
+  if scale < 1 and args.train == 20_000_000:
+    args.train, args.test = int(20_000_000 * scale), int(2_500_000 * scale)
+  rows = []
+  for method in args.methods.split(","):
+    cmd = [sys.executable, __file__, "--method", method] + [
+        f"--{k}={getattr(args, k)}" for k in ("users", "items", "dim", "train", "test", "chunk",
+                                              "item_chunk", "devices", "model", "seed")]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+  print(f"\nusers={args.users} items={args.items} d={args.dim} train_nnz={rows[0]['nnz_train']} "
+        f"test_nnz={rows[0]['nnz_test']} evaluated_users={rows[0]['users_eval']} "
+        f"chunk={args.chunk} jax mesh=({args.devices // args.model},{args.model}) "
+        f"cpu_cores={os.cpu_count()}\n")
+  print("| method | eval wall s | peak RSS MB | RSS after data MB | data gen s | recall@20 "
+        "| ndcg@20 |")
+  print("|---|---|---|---|---|---|---|")
+  for r in rows:
+    name = ("mmrec_jax evaluate_embeddings" if r["method"] == "jax" else
+            "numpy/BLAS chunked + argpartition")
+    print(f"| {name} | {r['t_eval']:.1f} | {r['rss_mb']:.0f} | {r['rss_data_mb']:.0f} | "
+          f"{r['t_data']:.1f} | {r['metrics']['recall@20']:.5f} | {r['metrics']['ndcg@20']:.5f} |")
+  if len(rows) > 1:
+    diff = max(abs(rows[0]["metrics"][k] - rows[1]["metrics"][k]) for k in rows[0]["metrics"])
+    print(f"\nmax |metric difference| between methods: {diff:.2e}")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,73 @@
+"""Multimodal two-tower model: user ID tower . fused multimodal item tower.
+
+Item tower: K sources, each an embedding of width ``model.embed_dim``:
+  * the item ID embedding (when ``model.use_ids``; a row-sharded table), always present;
+  * per modality m: ``ModalityMLP(d_m -> model.hidden_dim -> embed_dim)`` of the frozen
+    feature, present where the item has m (mask), and in training dropped per example
+    with probability ``model.modality_dropout`` (the whole modality embedding), which
+    teaches the tower to cope with missing modalities (cold or partially described items);
+then ``model.fusion`` (``mmrec_jax.layers.fusion``) combines them. ``model.dropout``
+applies inside the MLPs. User tower: the user ID embedding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from mmrec_jax.errors import ConfigError
+from mmrec_jax.layers.embedding import Embed
+from mmrec_jax.layers.fusion import make_fusion
+from mmrec_jax.layers.projection import ModalityMLP
+from mmrec_jax.models.base import Recommender
+
+
+class TwoTower(Recommender):
+
+  def __init__(self, cfg: ml_collections.ConfigDict, *, num_users: int, num_items: int,
+               feature_dims: Mapping[str, int], rngs: nnx.Rngs):
+    self.modalities = tuple(sorted(feature_dims))
+    self.use_ids = bool(cfg.use_ids)
+    if not self.use_ids and not self.modalities:
+      raise ConfigError("model.use_ids=False needs at least one modality in data.modalities")
+    if not 0.0 <= cfg.modality_dropout < 1.0:
+      raise ConfigError(f"model.modality_dropout={cfg.modality_dropout} must be in [0, 1)")
+    d = cfg.embed_dim
+    self.modality_dropout = float(cfg.modality_dropout)
+    self.user_embed = Embed(num_users, d, "users", rngs=rngs)
+    if self.use_ids:
+      self.item_embed = Embed(num_items, d, "items", rngs=rngs)
+    self.towers = nnx.Dict({m: ModalityMLP(feature_dims[m], cfg.hidden_dim, d, rngs=rngs,
+                                           dropout_rate=float(cfg.dropout))
+                            for m in self.modalities})
+    self.fusion = make_fusion(cfg.fusion, int(self.use_ids) + len(self.modalities), d,
+                              rngs=rngs)
+
+  def user_repr(self, ids, *, rng=None) -> jax.Array:
+    return self.user_embed(ids)
+
+  def sources(self, ids, feats, masks, *, rng=None) -> tuple[jax.Array, jax.Array]:
+    """Per-source embeddings ``[..., K, D]`` and presence ``[..., K]`` (before fusion)."""
+    embs, present = [], []
+    keys = (jax.random.split(rng, 2 * len(self.modalities)) if rng is not None
+            else [None] * (2 * len(self.modalities)))
+    if self.use_ids:
+      e = self.item_embed(ids)
+      embs.append(e)
+      present.append(jnp.ones(e.shape[:-1], bool))
+    for j, m in enumerate(self.modalities):
+      embs.append(self.towers[m](feats[m], keys[2 * j]))
+      keep = masks[m]
+      if rng is not None and self.modality_dropout > 0:
+        keep = keep & jax.random.bernoulli(keys[2 * j + 1], 1.0 - self.modality_dropout,
+                                           keep.shape)
+      present.append(keep)
+    return jnp.stack(embs, axis=-2), jnp.stack(present, axis=-1)
+
+  def item_repr(self, ids, feats, masks, *, rng=None) -> jax.Array:
+    embs, present = self.sources(ids, feats, masks, rng=rng)
+    return self.fusion(embs, present)
