@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from mmrec_jax.config import base_config
+from mmrec_jax.data.dataset import Split as DatasetSplit
 from mmrec_jax.data.features import write_feature_shards
 from mmrec_jax.data.pipeline import make_train_pipeline
 from mmrec_jax.errors import ConfigError, DataError
@@ -78,6 +79,18 @@ def test_shapes_dtypes_and_rows_are_train_pairs():
     assert b["neg"].min() >= 0 and b["neg"].max() < NUM_ITEMS
 
 
+def test_accepts_a_memory_mapped_dataset_split(tmp_path):
+  """PreparedDataset.split gives memory-mapped arrays; batches are the same as in memory."""
+  split = make_split()
+  for name, a in (("user", split.users), ("item", split.items)):
+    np.save(tmp_path / f"{name}.npy", a)
+  mm = DatasetSplit(np.load(tmp_path / "user.npy", mmap_mode="r"),
+                    np.load(tmp_path / "item.npy", mmap_mode="r"),
+                    np.zeros(NUM_TRAIN, np.int64), np.ones(NUM_TRAIN, np.float32))
+  assert_batches_equal(take(build(mm, exclude_positives=True), 3),
+                       take(build(split, exclude_positives=True), 3))
+
+
 def test_deterministic_for_a_seed_and_different_across_seeds():
   a, b, c = build(seed=3), build(seed=3), build(seed=4)
   ba, bb, bc = take(a, 20), take(b, 20), take(c, 3)
@@ -87,6 +100,14 @@ def test_deterministic_for_a_seed_and_different_across_seeds():
   spe = a.steps_per_epoch
   assert not np.array_equal(ba[0]["user"], ba[spe]["user"])
   assert_batches_equal(ba[5:6], [a.batch_at(5)])
+
+
+def test_read_threads_across_an_epoch_boundary_keep_the_order():
+  p = make_train_pipeline(make_split(), NUM_USERS, NUM_ITEMS, cfg(prefetch=4), seed=2,
+                          process_index=0, process_count=1, num_threads=3)
+  got = take(p, 40)
+  p.close()
+  assert_batches_equal(got, [p.batch_at(g) for g in range(40)])
 
 
 def test_one_epoch_covers_every_interaction_once_minus_the_tail():
@@ -193,9 +214,9 @@ def test_two_workers_give_the_same_batches_as_none(feature_dirs):
   fs = feature_dirs[0]
   kw = dict(seed=5, stream_features=True, features=fs, negative_sampler="popularity",
             exclude_positives=True)
+  ref = take(build(worker_count=0, **kw), 7)
   p = build(worker_count=0, **kw)
-  ref = take(p, 7)
-  p.set_state(dict(p.get_state(), next_batch=2))
+  take(p, 2)
   state = p.get_state()
   q = build(worker_count=2, **kw)
   try:

@@ -19,6 +19,13 @@ So a batch never depends on what was read before it: resuming is "start at recor
 and worker processes (``input.worker_count``, grain ``mp_prefetch``) produce exactly the
 batches of the single-process pipeline.
 
+Where the work runs: with ``worker_count=0`` grain read threads (``num_threads``, buffer
+``input.prefetch``) build whole batches ahead of the consumer. With workers, the worker
+processes build the id part (shuffle, negatives, exclusion) and the feature rows are
+gathered in the consumer process behind a grain thread prefetch: sending hundreds of MB of
+rows per batch through shared memory was measured slower than gathering them
+(benchmarks/RESULTS_pipeline.md).
+
 Each epoch drops its last ``num_train % batch_size`` interactions (a different random set
 every epoch) so that every batch has the same static shape; ``steps_per_epoch`` is
 ``num_train // batch_size``.
@@ -92,13 +99,12 @@ class _BatchSource:
 
   def _init_cache(self):
     self._lock = threading.Lock()
-    self._perm_epoch = -1
-    self._perm = None
+    self._perms = {}   # epoch -> permutation; the last two (read threads may straddle)
 
   def __getstate__(self):
     state = dict(self.__dict__)
-    for k in ("_lock", "_perm", "_perm_epoch"):
-      state.pop(k)
+    state.pop("_lock")
+    state.pop("_perms")
     return state
 
   def __setstate__(self, state):
@@ -114,12 +120,14 @@ class _BatchSource:
   def permutation(self, epoch: int) -> np.ndarray:
     """The epoch's order of the train interactions (a pure function of seed, epoch)."""
     with self._lock:
-      if self._perm_epoch != epoch:
+      perm = self._perms.get(epoch)
+      if perm is None:
         n = len(self.users)
         perm = np.random.default_rng([self.seed, _PERM_TAG, epoch]).permutation(n)
-        self._perm = perm.astype(np.int32) if n < 2**31 else perm
-        self._perm_epoch = epoch
-      return self._perm
+        perm = perm.astype(np.int32) if n < 2**31 else perm
+        self._perms = {e: p for e, p in self._perms.items() if abs(e - epoch) == 1}
+        self._perms[epoch] = perm
+      return perm
 
   def batch(self, g: int) -> dict[str, np.ndarray]:
     """Batch g with feature rows joined (when the pipeline streams features)."""

@@ -182,22 +182,24 @@ def _sample_without_replacement(counts, theta, cdf, n_items, rng) -> np.ndarray:
   for rnd in range(40):
     if not need.any():
       break
-    factor = 1.0 if rnd == 0 else min(2.0 ** rnd, 64.0)
+    factor = 1.0 if rnd == 0 else min(1.3 * 2.0 ** (rnd - 1), 64.0)
     draws = np.ceil(need * factor).astype(np.int64) + (rnd > 0)
     draws[need == 0] = 0
-    keys = _draw_keys(draws, theta, cdf, n_items, rng)
-    if have.size:
+    keys = _sorted_unique(_draw_keys(draws, theta, cdf, n_items, rng))
+    if have.size:   # sorted queries: numpy's binary search reuses the last bound
       pos = np.minimum(np.searchsorted(have, keys), have.size - 1)
       keys = keys[have[pos] != keys]
-    keys = _sorted_unique(keys)
+    owner = keys // n_items
     if rnd > 0:   # over-drawn: keep a random subset of need[u] per user
-      owner = keys // n_items
       order = np.lexsort((rng.random(keys.shape[0]), owner))
       keys, owner = keys[order], owner[order]
       first = np.searchsorted(owner, owner, side="left")
       keep = (np.arange(keys.shape[0]) - first) < need[owner]
-      keys = np.sort(keys[keep])
-    need -= np.bincount(keys // n_items, minlength=n_users)
+      keys, owner = keys[keep], owner[keep]
+      order = np.argsort(keys)
+      keys, owner = keys[order], owner[order]
+    need -= np.bincount(owner, minlength=n_users)
+    del owner
     have = np.sort(np.concatenate([have, keys]), kind="stable")   # merge of two sorted runs
   if need.any():   # pathological skew: fill the rest uniformly from unseen items
     extra = []

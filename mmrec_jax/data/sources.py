@@ -1,0 +1,376 @@
+"""Raw data sources, all converging on one in-memory form (:class:`RawData`).
+
+Each source has two steps, so preparation can fingerprint the inputs before parsing them:
+
+* ``locate(cfg, cache_dir) -> dict``  finds (and for MovieLens downloads) the raw files;
+  returns a JSON-able description of exactly what will be read (paths, sizes, mtimes,
+  archive checksums) -- it goes into the prepared dataset's fingerprint;
+* ``load(cfg, located, seed) -> RawData``  parses them.
+
+Sources: ``movielens`` (movielens.py), ``recbole`` (atomic .inter/.item files),
+``mmrec`` (MMRec's x_label .inter + *_feat.npy), ``presplit`` (given train/valid/test
+files, kept exactly as given), ``synthetic`` (synthetic.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+from typing import Any, Callable
+
+import numpy as np
+
+from mmrec_jax.data import tables
+from mmrec_jax.errors import ConfigError, DataError
+
+
+@dataclasses.dataclass
+class RawData:
+  """Interactions with raw ids, before filtering/remapping/splitting."""
+  source: str                              # e.g. "movielens-100k", "recbole:ml-100k"
+  users: np.ndarray                        # raw ids: int64 or str, [n]
+  items: np.ndarray                        # raw ids: int64 or str, [n]
+  timestamps: np.ndarray | None = None     # int64 [n] or None
+  ratings: np.ndarray | None = None        # float32 [n] or None
+  labels: np.ndarray | None = None         # int8 [n] 0/1/2: split given by the source
+  item_info: dict[str, dict] | None = None  # str(raw item id) -> side info
+  # modality -> (features [m, d] float32, raw item id of each row [m]); or a
+  # ('npy', path) pair for MMRec files that feature code shards straight from disk.
+  features: dict[str, Any] = dataclasses.field(default_factory=dict)
+  item_universe: np.ndarray | None = None  # raw item ids kept even without interactions
+  where_row: Callable[[int], str] | None = None   # "file:line" of row i (for messages)
+  handcrafted_text: bool = False           # build 'text' from item_info (no text given)
+  notes: list[str] = dataclasses.field(default_factory=list)
+
+
+def stat(path: pathlib.Path) -> dict:
+  """Identity of an input file for the fingerprint (size + mtime, no hashing of GBs)."""
+  st = path.stat()
+  return {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def require_file(path, key: str) -> pathlib.Path:
+  if not path:
+    raise ConfigError(f"{key} is empty: set it to the file to read")
+  p = pathlib.Path(os.path.expanduser(str(path)))
+  if not p.exists():
+    raise DataError(str(p), f"file not found ({key})")
+  if not p.is_file():
+    raise DataError(str(p), f"not a file ({key})")
+  return p
+
+
+# ---------------------------------------------------------------- RecBole atomic files
+# RecBole's conventional field names (its default USER_ID_FIELD etc.).
+RECBOLE_FIELDS = {"user_id": "user", "item_id": "item", "rating": "rating",
+                  "timestamp": "timestamp"}
+RECBOLE_TYPES = ("token", "token_seq", "float", "float_seq")
+
+
+def parse_recbole_header(header: list[str], where: str) -> list[tuple[str, str]]:
+  fields = []
+  for col in header:
+    if ":" not in col:
+      raise DataError(f"{where}:1", f"header field {col!r} is not 'name:type' (RecBole "
+                      f"atomic files type every column: {', '.join(RECBOLE_TYPES)})")
+    name, typ = col.rsplit(":", 1)
+    if typ not in RECBOLE_TYPES:
+      raise DataError(f"{where}:1", f"header field {col!r}: unknown type {typ!r} (valid: "
+                      f"{', '.join(RECBOLE_TYPES)})")
+    fields.append((name, typ))
+  return fields
+
+
+def read_interaction_table(opener: tables.TextOpener, where: str, *, delimiter: str = "\t",
+                           recbole: bool | None = None) -> tuple[dict, list[str]]:
+  """Reads a headed TSV of interactions: RecBole typed header or plain names.
+
+  Plain headers may name user_id|userID|user, item_id|itemID|item, rating, timestamp;
+  other columns are read as strings and ignored. Returns (columns, header names).
+  """
+  header = tables.read_header(opener, where, delimiter)
+  typed = any(":" in h for h in header) if recbole is None else recbole
+  names = [n for n, _ in parse_recbole_header(header, where)] if typed else header
+  aliases = {"user_id": "user", "userid": "user", "user": "user",
+             "item_id": "item", "itemid": "item", "item": "item",
+             "rating": "rating", "timestamp": "timestamp", "x_label": "x_label"}
+  cols, seen = [], {}
+  for j, n in enumerate(names):
+    role = aliases.get(n.lower())
+    if role in seen:
+      raise DataError(f"{where}:1", f"columns {seen[role] + 1} and {j + 1} both name {role}")
+    if role:
+      seen[role] = j
+    kind = {"user": "id", "item": "id", "rating": "float", "timestamp": "float",
+            "x_label": "int", None: "str"}[role]
+    cols.append(tables.Column(role or f"_extra{j}", kind))
+  for role in ("user", "item"):
+    if role not in seen:
+      raise DataError(f"{where}:1", f"header {header} names no {role} column (expected "
+                      f"{role}_id, {role}ID or {role})")
+  data = tables.read_columns(opener, where=where, delimiter=delimiter, columns=cols,
+                             skip_lines=1)
+  return {k: v for k, v in data.items() if not k.startswith("_extra")}, header
+
+
+def _timestamps(col: np.ndarray | None) -> np.ndarray | None:
+  return None if col is None else np.floor(col).astype(np.int64)
+
+
+def _ratings(col: np.ndarray | None) -> np.ndarray | None:
+  return None if col is None else col.astype(np.float32)
+
+
+def read_recbole_items(opener: tables.TextOpener, where: str) -> dict[str, dict]:
+  """RecBole .item: title/genres/year from the usual field names; others ignored."""
+  header = tables.read_header(opener, where, "\t")
+  fields = parse_recbole_header(header, where)
+  names = [n for n, _ in fields]
+  if "item_id" not in names:
+    raise DataError(f"{where}:1", "header names no item_id field")
+  cols = [tables.Column(n, "str") for n in names]
+  # Item files may have empty fields (unknown year): read leniently, row by row.
+  info: dict[str, dict] = {}
+  with opener() as f:
+    for lineno, line in enumerate(f, 1):
+      if lineno == 1 or not line.strip():
+        continue
+      parts = line.rstrip("\r\n").split("\t")
+      if len(parts) != len(cols):
+        raise DataError(f"{where}:{lineno}", f"expected {len(cols)} columns "
+                        f"({', '.join(names)}), found {len(parts)}")
+      row = dict(zip(names, parts))
+      iid = row["item_id"].strip()
+      if not iid:
+        raise DataError(f"{where}:{lineno}", "item_id is empty")
+      d = {}
+      for key in ("movie_title", "title", "name"):
+        if row.get(key, "").strip():
+          d["title"] = row[key].strip()
+          break
+      for key in ("release_year", "year"):
+        y = row.get(key, "").strip()
+        if y:
+          try:
+            d["year"] = int(float(y))
+          except ValueError:
+            raise DataError(f"{where}:{lineno}", f"{key} {y!r} is not a year") from None
+          break
+      for key in ("class", "genre", "genres", "categories"):
+        if row.get(key, "").strip():
+          d["genres"] = row[key].split()
+          break
+      if row.get("tags", "").strip():
+        d["tags"] = row["tags"].split()
+      info[iid] = d
+  return info
+
+
+def recbole_paths(cfg) -> tuple[pathlib.Path, pathlib.Path | None]:
+  """data.path = a .inter file, or a directory holding <data.name or dir name>.inter."""
+  if not cfg.path:
+    raise ConfigError("data.path is empty: set it to a RecBole .inter file or its directory")
+  p = pathlib.Path(os.path.expanduser(cfg.path))
+  if p.is_dir():
+    name = cfg.name or p.name
+    inter = p / f"{name}.inter"
+  else:
+    inter = p
+  inter = require_file(inter, "data.path")
+  item = inter.with_suffix(".item")
+  return inter, (item if item.is_file() else None)
+
+
+def locate_recbole(cfg, cache_dir) -> dict:
+  inter, item = recbole_paths(cfg)
+  return {"inter": stat(inter), "item": stat(item) if item else None}
+
+
+def load_recbole(cfg, located, seed, cache_dir=None) -> RawData:
+  inter, item = recbole_paths(cfg)
+  where = str(inter)
+  opener = tables.opener_for_path(inter)
+  cols, _ = read_interaction_table(opener, where, recbole=True)
+  return RawData(
+      source=f"recbole:{inter.stem}", users=cols["user"], items=cols["item"],
+      timestamps=_timestamps(cols.get("timestamp")), ratings=_ratings(cols.get("rating")),
+      item_info=read_recbole_items(tables.opener_for_path(item), str(item)) if item else None,
+      where_row=lambda r: f"{where}:{tables.line_of_row(opener, r, 1)}",
+      handcrafted_text=item is not None)
+
+
+# ---------------------------------------------------------------- pre-split files
+def _presplit_paths(cfg) -> dict[str, pathlib.Path]:
+  out = {s: require_file(getattr(cfg, s), f"data.{s}") for s in ("train", "valid", "test")}
+  if cfg.items:
+    out["items"] = require_file(cfg.items, "data.items")
+  return out
+
+
+def locate_presplit(cfg, cache_dir) -> dict:
+  return {k: stat(p) for k, p in _presplit_paths(cfg).items()}
+
+
+def _concat(parts: list[dict], where: list[str], key: str, kind: str):
+  have = [key in p for p in parts]
+  if not any(have):
+    return None
+  if not all(have):
+    missing = [w for w, h in zip(where, have) if not h][0]
+    raise DataError(f"{missing}:1", f"has no {key} column but another split file has one")
+  cols = [p[key] for p in parts]
+  if kind == "id" and len({c.dtype.kind for c in cols}) > 1:
+    cols = [c.astype(str) for c in cols]
+  return np.concatenate(cols)
+
+
+def load_presplit(cfg, located, seed, cache_dir=None) -> RawData:
+  paths = _presplit_paths(cfg)
+  parts, openers, wheres = [], [], []
+  for s in ("train", "valid", "test"):
+    opener = tables.opener_for_path(paths[s])
+    cols, _ = read_interaction_table(opener, str(paths[s]))
+    parts.append(cols)
+    openers.append(opener)
+    wheres.append(str(paths[s]))
+  sizes = np.array([p["user"].shape[0] for p in parts])
+  bounds = np.cumsum(sizes)
+
+  def where_row(r: int) -> str:
+    k = int(np.searchsorted(bounds, r, side="right"))
+    local = r - (bounds[k - 1] if k else 0)
+    return f"{wheres[k]}:{tables.line_of_row(openers[k], int(local), 1)}"
+
+  item_info = None
+  if "items" in paths:
+    p = paths["items"]
+    header = tables.read_header(tables.opener_for_path(p), str(p), "\t")
+    if any(":" in h for h in header):
+      item_info = read_recbole_items(tables.opener_for_path(p), str(p))
+    else:
+      item_info = read_plain_items(p)
+  return RawData(
+      source="presplit", users=_concat(parts, wheres, "user", "id"),
+      items=_concat(parts, wheres, "item", "id"),
+      timestamps=_timestamps(_concat(parts, wheres, "timestamp", "float")),
+      ratings=_ratings(_concat(parts, wheres, "rating", "float")),
+      labels=np.repeat(np.arange(3, dtype=np.int8), sizes), item_info=item_info,
+      where_row=where_row, handcrafted_text=item_info is not None)
+
+
+def read_plain_items(p: pathlib.Path) -> dict[str, dict]:
+  """TSV with header item_id (or itemID/item) and any of title, genres ('|' or space
+  separated), year, tags, image, text."""
+  header = tables.read_header(tables.opener_for_path(p), str(p), "\t")
+  low = [h.lower() for h in header]
+  idcol = next((j for j, h in enumerate(low) if h in ("item_id", "itemid", "item")), None)
+  if idcol is None:
+    raise DataError(f"{p}:1", f"header {header} names no item_id column")
+  info = {}
+  with open(p, encoding="utf-8") as f:
+    for lineno, line in enumerate(f, 1):
+      if lineno == 1 or not line.strip():
+        continue
+      parts = line.rstrip("\r\n").split("\t")
+      if len(parts) != len(header):
+        raise DataError(f"{p}:{lineno}", f"expected {len(header)} columns, found {len(parts)}")
+      row = dict(zip(low, parts))
+      d: dict[str, Any] = {}
+      if row.get("title"):
+        d["title"] = row["title"]
+      if row.get("genres"):
+        d["genres"] = [g for g in row["genres"].replace("|", " ").split() if g]
+      if row.get("tags"):
+        d["tags"] = [g for g in row["tags"].replace("|", " ").split() if g]
+      if row.get("year"):
+        try:
+          d["year"] = int(row["year"])
+        except ValueError:
+          raise DataError(f"{p}:{lineno}", f"year {row['year']!r} is not an integer") from None
+      for key in ("image", "text"):
+        if row.get(key):
+          d[key] = row[key]
+      info[parts[idcol].strip()] = d
+  return info
+
+
+# ---------------------------------------------------------------- MMRec
+def _mmrec_paths(cfg) -> tuple[pathlib.Path, pathlib.Path]:
+  if not cfg.path:
+    raise ConfigError("data.path is empty: set it to the MMRec dataset directory")
+  d = pathlib.Path(os.path.expanduser(cfg.path))
+  if not d.is_dir():
+    raise DataError(str(d), "MMRec dataset directory not found (data.path)")
+  name = cfg.name or d.name
+  return d, require_file(d / f"{name}.inter", "data.path/data.name")
+
+
+def locate_mmrec(cfg, cache_dir) -> dict:
+  d, inter = _mmrec_paths(cfg)
+  feats = {m: stat(d / f) for m, f in (("image", "image_feat.npy"), ("text", "text_feat.npy"))
+           if (d / f).is_file()}
+  return {"inter": stat(inter), "features": feats}
+
+
+def load_mmrec(cfg, located, seed, cache_dir=None) -> RawData:
+  d, inter = _mmrec_paths(cfg)
+  where = str(inter)
+  opener = tables.opener_for_path(inter)
+  cols, header = read_interaction_table(opener, where, recbole=False)
+  if "x_label" not in cols:
+    raise DataError(f"{where}:1", f"header {header} has no x_label column (0 train, "
+                    "1 valid, 2 test)")
+
+  def where_row(r: int) -> str:
+    return f"{where}:{tables.line_of_row(opener, r, 1)}"
+
+  for role in ("user", "item"):
+    ids = cols[role]
+    if ids.dtype.kind != "i" or (ids < 0).any():
+      bad = 0 if ids.dtype.kind != "i" else int(np.flatnonzero(ids < 0)[0])
+      raise DataError(where_row(bad), f"{role} id {ids[bad]!r}: MMRec ids must be 0-based "
+                      "integers")
+  labels = cols["x_label"]
+  bad = np.flatnonzero((labels < 0) | (labels > 2))
+  if bad.size:
+    raise DataError(where_row(int(bad[0])), f"x_label {int(labels[bad[0]])} is not 0 "
+                    "(train), 1 (valid) or 2 (test)")
+  n_items = int(cols["item"].max()) + 1
+  feats = {m: ("npy", d / f) for m, f in (("image", "image_feat.npy"),
+                                          ("text", "text_feat.npy")) if (d / f).is_file()}
+  return RawData(
+      source=f"mmrec:{inter.stem}", users=cols["user"], items=cols["item"],
+      timestamps=_timestamps(cols.get("timestamp")), ratings=_ratings(cols.get("rating")),
+      labels=labels.astype(np.int8), features=feats,
+      item_universe=np.arange(n_items, dtype=np.int64), where_row=where_row)
+
+
+# ---------------------------------------------------------------- synthetic
+def locate_synthetic(cfg, cache_dir) -> dict:
+  return {}   # everything is in the config (and the seed)
+
+
+def load_synthetic(cfg, located, seed, cache_dir=None) -> RawData:
+  from mmrec_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+  s = synthetic.generate(num_users=cfg.num_users, num_items=cfg.num_items,
+                         num_interactions=cfg.num_interactions, latent_dim=cfg.latent_dim,
+                         text_dim=cfg.text_dim, image_dim=cfg.image_dim,
+                         popularity_exponent=cfg.popularity_exponent, seed=seed)
+  ids = np.arange(cfg.num_items, dtype=np.int64)
+  info = {str(i): {"title": f"synthetic item {i}", "genres": [f"topic{t}"]}
+          for i, t in enumerate(s.item_topic.tolist())}
+  return RawData(
+      source="synthetic", users=s.users, items=s.items, timestamps=s.timestamps,
+      ratings=s.ratings, item_info=info,
+      features={"text": (s.text, ids), "image": (s.image, ids)},
+      notes=["synthetic data with planted structure (not real interactions)"])
+
+
+def registry() -> dict[str, tuple[Callable, Callable]]:
+  from mmrec_jax.data import movielens  # pylint: disable=g-import-not-at-top
+  return {"movielens": (movielens.locate, movielens.load),
+          "recbole": (locate_recbole, load_recbole),
+          "mmrec": (locate_mmrec, load_mmrec),
+          "presplit": (locate_presplit, load_presplit),
+          "synthetic": (locate_synthetic, load_synthetic)}

@@ -1,0 +1,109 @@
+"""Train/valid/test splits of interaction logs: seeded, deterministic, vectorised.
+
+Every method returns one int8 label per row (0 train, 1 valid, 2 test) and keeps every
+row. Ties in timestamps are broken by row order (the order of the source file after
+de-duplication), so the same input always gives the same split; without timestamps
+(all zeros) the temporal methods therefore follow file order.
+
+* ``temporal_ratio``  per user, oldest -> newest; the newest ``ratios[2]`` go to test and
+  the ``ratios[1]`` before them to valid. Counts follow RecBole's rule: valid/test get
+  ``floor(ratio * n)``, raised to 1 when ``0 < ratio * n < 1`` as long as train keeps at
+  least one row (test is served first), so a user with 3 rows and (0.8, 0.1, 0.1) gets
+  1/1/1 and a user with 1 row trains only.
+* ``random_ratio``    the same counts over a seeded random order per user.
+* ``leave_last_out``  per user the newest row is test and the second newest valid; users
+  with 2 rows get train+test, users with 1 row train only.
+* ``global_temporal`` one time cut for everyone: rows sorted by (time, row order); the
+  first ``global_cut[0]`` fraction is train, up to ``global_cut[1]`` valid, the rest test.
+  Valid/test users and items need not appear in train (cold start) -- on purpose: it is
+  what deployment sees.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mmrec_jax.errors import ConfigError
+
+METHODS = ("temporal_ratio", "random_ratio", "leave_last_out", "global_temporal")
+TRAIN, VALID, TEST = 0, 1, 2
+
+
+def check_ratios(ratios, key: str = "data.split_ratios") -> tuple[float, float, float]:
+  try:
+    r = tuple(float(x) for x in ratios)
+  except (TypeError, ValueError):
+    raise ConfigError(f"{key}={ratios!r}: must be three numbers (train, valid, test)") from None
+  if len(r) != 3:
+    raise ConfigError(f"{key}={ratios!r}: must be three numbers (train, valid, test)")
+  if any(not np.isfinite(x) or x < 0 for x in r) or r[0] <= 0:
+    raise ConfigError(f"{key}={ratios!r}: must be finite, >= 0, with train > 0")
+  if abs(sum(r) - 1.0) > 1e-6:
+    raise ConfigError(f"{key}={ratios!r}: must sum to 1 (sum is {sum(r):g})")
+  return r
+
+
+def check_global_cut(cut, key: str = "data.global_cut") -> tuple[float, float]:
+  try:
+    c = tuple(float(x) for x in cut)
+  except (TypeError, ValueError):
+    raise ConfigError(f"{key}={cut!r}: must be two fractions (valid_start, test_start)") from None
+  if len(c) != 2 or not (0.0 < c[0] <= c[1] <= 1.0):
+    raise ConfigError(f"{key}={cut!r}: must be two fractions with 0 < valid_start <= "
+                      "test_start <= 1")
+  return c
+
+
+def assign(method: str, users: np.ndarray, timestamps: np.ndarray, *, num_users: int,
+           ratios=(0.8, 0.1, 0.1), global_cut=(0.8, 0.9), seed: int = 0) -> np.ndarray:
+  """int8 label per row (0 train, 1 valid, 2 test) for ``method``; see the module doc."""
+  if method not in METHODS:
+    raise ConfigError(f"data.split={method!r} is not one of {list(METHODS)}")
+  n = users.shape[0]
+  if method == "global_temporal":
+    c = check_global_cut(global_cut)
+    order = np.argsort(timestamps, kind="stable")
+    n_valid_start = int(np.floor(c[0] * n))
+    n_test_start = int(np.floor(c[1] * n))
+    ranked = np.full(n, TRAIN, np.int8)
+    ranked[n_valid_start:n_test_start] = VALID
+    ranked[n_test_start:] = TEST
+    labels = np.empty(n, np.int8)
+    labels[order] = ranked
+    return labels
+  if method == "random_ratio":
+    rng = np.random.default_rng([seed, 0x5B117])
+    order = np.lexsort((rng.random(n), users))
+  else:
+    order = np.lexsort((timestamps, users))   # stable: ties keep row order
+  counts = np.bincount(users, minlength=num_users).astype(np.int64)
+  if method == "leave_last_out":
+    n_test = (counts >= 2).astype(np.int64)
+    n_valid = (counts >= 3).astype(np.int64)
+  else:
+    n_valid, n_test = ratio_counts(counts, check_ratios(ratios))
+  sorted_users = users[order]
+  start = np.concatenate([[0], np.cumsum(counts)[:-1]])
+  pos = np.arange(n, dtype=np.int64) - start[sorted_users]
+  from_end = counts[sorted_users] - pos        # 1 for the newest row of a user
+  ranked = np.full(n, TRAIN, np.int8)
+  ranked[from_end <= n_test[sorted_users] + n_valid[sorted_users]] = VALID
+  ranked[from_end <= n_test[sorted_users]] = TEST
+  labels = np.empty(n, np.int8)
+  labels[order] = ranked
+  return labels
+
+
+def ratio_counts(counts: np.ndarray, ratios) -> tuple[np.ndarray, np.ndarray]:
+  """(n_valid, n_test) per user by RecBole's rounding rule (see module doc)."""
+  counts = np.asarray(counts, np.int64)
+  _, rv, rt = ratios
+  n_test = np.floor(rt * counts + 1e-9).astype(np.int64)
+  n_valid = np.floor(rv * counts + 1e-9).astype(np.int64)
+  n_train = counts - n_test - n_valid
+  bump = (rt * counts > 0) & (rt * counts < 1) & (n_train > 1)
+  n_test += bump
+  n_train -= bump
+  bump = (rv * counts > 0) & (rv * counts < 1) & (n_train > 1)
+  n_valid += bump
+  return n_valid, n_test

