@@ -21,9 +21,10 @@ Definitions (``mean_b`` = mean over examples):
 
 from __future__ import annotations
 
-from mmrec_jax.errors import ConfigError
 import jax
 import jax.numpy as jnp
+
+from mmrec_jax.errors import ConfigError
 
 LOSSES = ("bpr", "bce", "sampled_softmax")
 

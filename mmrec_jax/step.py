@@ -50,6 +50,7 @@ from mmrec_jax.optim.dense import make_dense_optimizer
 from mmrec_jax.optim.sparse import gather_rows, make_sparse_optimizer, unique_ids
 
 State = dict[str, Any]
+STREAM_EVAL_CHUNK = 65536   # item rows per host->device chunk in streamed evaluation
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
@@ -86,6 +87,14 @@ def _put_rows(mesh: Mesh, arr: np.ndarray, rows: int, axis: str) -> jax.Array:
   spec = sharding.named_sharding(mesh, axis, *([None] * (arr.ndim - 1)))
   return jax.make_array_from_callback(shape, spec,
                                       lambda idx: _host_rows(arr, idx, shape))
+
+
+def _put_rows_replicated(mesh: Mesh, arr: np.ndarray, start: int, rows: int, dtype
+                         ) -> jax.Array:
+  """Rows [start, start + rows) of ``arr`` (zero-padded past its end), replicated."""
+  shape = (rows, *arr.shape[1:])
+  host = _host_rows(arr[start:], (slice(0, rows),), shape).astype(dtype)
+  return jax.make_array_from_callback(shape, sharding.replicated(mesh), lambda idx: host[idx])
 
 
 class Task:
@@ -171,7 +180,7 @@ class Task:
     with nnx.use_eager_sharding(False):
       model = self._build(rngs=nnx.Rngs(key))
     _, tables, dense, _ = nnx.split(model, Table, nnx.Param, ...)
-    tables, dense = tables.to_pure_dict(), dense.to_pure_dict()
+    tables, dense = nnx.to_pure_dict(tables), nnx.to_pure_dict(dense)
     flat = traverse_util.flatten_dict(tables)
     table_opt = traverse_util.unflatten_dict(
         {k: self.sparse_opt.init(v.shape, v.dtype) for k, v in flat.items()})
@@ -250,8 +259,47 @@ class Task:
 
     ``score(u, i) = users[u] . items[i]``. Rows >= num_users / num_items are padding
     (item padding rows are zeros): the evaluator must exclude them from rankings.
+    With ``input.stream_features`` and a feature model, the item tower runs over
+    host feature chunks of ``STREAM_EVAL_CHUNK`` rows (features never all on device).
     """
+    if self.stream and self.modalities:
+      return self._eval_streamed(state["params"])
     return self._eval_jit(state["params"], self._frozen)
+
+  def _eval_streamed(self, params: State) -> tuple[jax.Array, jax.Array]:
+    mesh = self.mesh
+    chunk = min(self.padded_items, padded_rows(STREAM_EVAL_CHUNK, mesh.size))
+    total = -(-self.padded_items // chunk) * chunk
+    rep = sharding.replicated(mesh)
+    rows_sh = sharding.named_sharding(mesh, "items", "embed")
+    if not hasattr(self, "_stream_eval_jits"):
+      def users_fn(params):
+        return nnx.merge(self.graphdef, params["tables"], params["dense"]).user_repr(None)
+
+      def chunk_fn(params, out, feats, masks, start):
+        model = nnx.merge(self.graphdef, params["tables"], params["dense"])
+        ids = start + jnp.arange(chunk)
+        items = model.item_repr(ids, feats, masks)
+        items = jnp.where((ids < self.num_items)[:, None], items, 0).astype(out.dtype)
+        return jax.lax.dynamic_update_slice(out, items, (start, 0))
+
+      self._stream_eval_jits = (
+          jax.jit(users_fn, out_shardings=sharding.named_sharding(mesh, "users", "embed")),
+          jax.jit(chunk_fn, donate_argnums=1, out_shardings=rows_sh))
+    users_jit, chunk_jit = self._stream_eval_jits
+    users = users_jit(params)
+    dim = users.shape[1]
+    out = jax.jit(lambda: jnp.zeros((total, dim), jnp.float32),
+                  out_shardings=rows_sh if total % mesh.size == 0 else rep)()
+    for start in range(0, self.padded_items, chunk):
+      feats = {m: _put_rows_replicated(mesh, self.info.features[m], start, chunk, np.float32)
+               for m in self.modalities}
+      masks = {m: _put_rows_replicated(mesh, self.info.feature_masks[m], start, chunk, bool)
+               for m in self.modalities}
+      out = chunk_jit(params, out, feats, masks, jnp.int32(start))
+    if total != self.padded_items:
+      out = jax.jit(lambda x: x[: self.padded_items], out_shardings=rows_sh)(out)
+    return users, out
 
   def lower_train_step(self, batch_size: int, num_negatives: int = 1):
     """``jax.jit(...).lower`` of the step on abstract inputs (compile-only checks)."""
@@ -292,7 +340,6 @@ class Task:
     rng_user, rng_item = jax.random.split(rng)
 
     # Distinct ids per row kind; the model sees ids remapped into the gathered rows.
-    uniq = {}
     u_uniq, u_inv = unique_ids(user, self.padded_users)
     i_uniq, i_inv = unique_ids(items, self.padded_items)
     uniq = {"users": u_uniq, "items": i_uniq}
@@ -350,7 +397,7 @@ class Task:
     dense = state["params"]["dense"]
     (loss, aux), (g_rows, g_dense) = jax.value_and_grad(loss_fn, argnums=(0, 1),
                                                         has_aux=True)(rows, dense)
-    grad_norm = optax.global_norm((g_rows, g_dense))
+    grad_norm = optax.tree.norm((g_rows, g_dense))
     if cfg.optimizer.grad_clip > 0:
       scale = jnp.minimum(1.0, cfg.optimizer.grad_clip / (grad_norm + 1e-12))
       g_rows, g_dense = jax.tree.map(lambda g: g * scale, (g_rows, g_dense))

@@ -53,24 +53,29 @@ def all_gather_shapes(hlo: str) -> list[tuple[str, tuple[int, ...]]]:
   return out
 
 
-def probe() -> dict:
-  """Runs in a process with 64 CPU devices; returns the measurements."""
+def probe(feature_dim: int = FEATURE_DIM) -> dict:
+  """Compiles the ml25m step for this process's devices; returns the measurements.
+
+  ``python tests/test_compile_64.py [FEATURE_DIM]`` with XLA_FLAGS setting N CPU devices
+  gives the per-device figures of docs/cloud.md for N devices.
+  """
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from mmrec_jax import sharding  # pylint: disable=g-import-not-at-top
   from mmrec_jax.step import DataInfo, Task  # pylint: disable=g-import-not-at-top
 
-  assert jax.device_count() == NUM_DEVICES, jax.devices()
   config = load_config(REPO / "experiments" / "ml25m.py")
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.model)
   info = DataInfo(num_users=NUM_USERS, num_items=NUM_ITEMS,
-                  features={"text": np.zeros((NUM_ITEMS, FEATURE_DIM), np.float32)},
+                  features={"text": np.zeros((NUM_ITEMS, feature_dim), np.float32)},
                   feature_masks={"text": np.ones((NUM_ITEMS,), bool)},
                   item_counts=np.ones((NUM_ITEMS,), np.int64))
   task = Task(config, info, mesh)
   state = task.abstract_state()
-  batch = task.abstract_batch(config.input.batch_size, config.input.num_negatives)
-  compiled = jax.jit(task.train_step).lower(state, batch).compile()
+  # The step's own jit (explicit in/out shardings), lowered on abstract state and batch;
+  # the frozen feature table is its third argument.
+  compiled = task.lower_train_step(config.input.batch_size,
+                                   config.input.num_negatives).compile()
   hlo = compiled.as_text()
 
   # Negative control: replicating the user table must show up as a whole-table all-gather,
@@ -93,7 +98,7 @@ def probe() -> dict:
       "alias_size_in_bytes", "generated_code_size_in_bytes") if hasattr(mem, k)}
   return {"devices": jax.device_count(), "mesh": dict(mesh.shape),
           "padded_users": task.padded_users, "padded_items": task.padded_items,
-          "batch_size": config.input.batch_size, "feature_dim": FEATURE_DIM,
+          "batch_size": config.input.batch_size, "feature_dim": feature_dim,
           "leaves": leaves, "all_gathers": all_gather_shapes(hlo),
           "control_all_gathers": all_gather_shapes(control),
           "hlo_all_gather_count": hlo.count("all-gather"), "memory": memory}
@@ -139,4 +144,4 @@ def test_ml25m_step_compiles_sharded_on_64_devices():
 
 
 if __name__ == "__main__":
-  print(json.dumps(probe()))
+  print(json.dumps(probe(*(int(a) for a in sys.argv[1:2]))))

@@ -106,7 +106,8 @@ def test_masked_modality_has_no_effect(fusion, use_ids):
 
 
 def test_attention_weights_sum_to_one_over_present():
-  fusion = make_fusion("attention", 3, 8, rngs=nnx.Rngs(0))
+  with nnx.use_eager_sharding(False):
+    fusion = make_fusion("attention", 3, 8, rngs=nnx.Rngs(0))
   embs = jnp.asarray(np.random.default_rng(0).normal(size=(5, 3, 8)), jnp.float32)
   present = jnp.array([[1, 1, 1], [1, 0, 1], [0, 0, 1], [0, 0, 0], [1, 1, 0]], bool)
   w = np.asarray(fusion.weights(embs, present))
@@ -117,7 +118,8 @@ def test_attention_weights_sum_to_one_over_present():
 
 
 def test_sum_fusion_is_mean_of_present():
-  fusion = make_fusion("sum", 2, 3, rngs=nnx.Rngs(0))
+  with nnx.use_eager_sharding(False):
+    fusion = make_fusion("sum", 2, 3, rngs=nnx.Rngs(0))
   embs = jnp.asarray([[[1.0, 2, 3], [3, 4, 5]], [[1.0, 2, 3], [3, 4, 5]]])
   present = jnp.array([[True, True], [False, True]])
   np.testing.assert_allclose(fusion(embs, present), [[2, 3, 4], [3, 4, 5]])

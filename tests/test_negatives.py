@@ -54,6 +54,17 @@ def test_popularity_distribution_matches_count_power_alpha():
   assert stats.chisquare(emp[nz] * n, want[nz] * n).pvalue > 1e-3
 
 
+def test_alias_table_reproduces_the_distribution_exactly():
+  rng = np.random.default_rng(3)
+  probs = rng.pareto(1.0, 1000) * (rng.random(1000) < 0.8)
+  probs /= probs.sum()
+  threshold, alias = negatives._alias_table(probs)
+  keep = threshold.astype(np.float64) / 2.0**32
+  recon = keep + np.bincount(alias, weights=1.0 - keep, minlength=1000)
+  np.testing.assert_allclose(recon / 1000, probs, atol=1e-9)
+  assert (recon[probs == 0] == 0).all()
+
+
 def test_popularity_alpha_zero_is_uniform():
   s = negatives.NegativeSampler("popularity", 4, np.array([5, 0, 1, 9]), alpha=0.0)
   np.testing.assert_allclose(s.probabilities, 0.25)
@@ -63,7 +74,8 @@ def test_positive_set_contains_matches_python_set():
   rng = np.random.default_rng(0)
   u, i = rng.integers(0, 30, 400), rng.integers(0, 20, 400)
   ps = negatives.PositiveSet(u, i, 20)
-  qu, qi = rng.integers(0, 30, 1000), rng.integers(0, 20, 1000)
+  # 5000 queries at ~50% density: > 1024 filter hits, so the sorted-search path runs too.
+  qu, qi = rng.integers(0, 30, 5000), rng.integers(0, 20, 5000)
   ref = {(a, b) for a, b in zip(u.tolist(), i.tolist())}
   want = np.array([(a, b) in ref for a, b in zip(qu.tolist(), qi.tolist())])
   np.testing.assert_array_equal(ps.contains(qu, qi), want)

@@ -91,6 +91,12 @@ def test_accepts_a_memory_mapped_dataset_split(tmp_path):
                        take(build(split, exclude_positives=True), 3))
 
 
+def test_process_defaults_come_from_jax():
+  p = make_train_pipeline(make_split(), NUM_USERS, NUM_ITEMS, cfg(), seed=0)
+  assert p.local_batch_size == p.global_batch_size == 64  # one process in tests
+  assert_batches_equal([next(p)], [build().batch_at(0)])
+
+
 def test_deterministic_for_a_seed_and_different_across_seeds():
   a, b, c = build(seed=3), build(seed=3), build(seed=4)
   ba, bb, bc = take(a, 20), take(b, 20), take(c, 3)

@@ -14,13 +14,13 @@ Samplers (``input.negative_sampler``):
   * ``uniform``    -- every item with probability 1/num_items;
   * ``popularity`` -- item i with probability proportional to ``count_i ** alpha``
     (``count_i`` = train interactions of i; items never seen in train get 0 when
-    alpha > 0);
+    alpha > 0), drawn in O(1) from a Walker alias table;
   * ``in_batch``   -- no sampled negatives (the loss uses the batch's other positives);
     handled by the pipeline, not here.
 
 Exclusion of known positives (``input.exclude_positives``): membership of (user, item) in
 the train set is tested with ``np.searchsorted`` on the sorted unique int64 keys
-``user * num_items + item``. Hits are redrawn from the same sampler with fresh bits for up
+``user * num_items + item`` (behind a Bloom filter, so most misses cost one read). Hits are redrawn from the same sampler with fresh bits for up
 to ``max_rounds`` rounds; what is still a hit afterwards is replaced deterministically by
 the next item id (cyclically) that is not a positive of that user -- such fallback items
 may have zero popularity probability, which only happens for users whose positives cover
@@ -53,25 +53,78 @@ def derive_keys(*words: int, count: int = 1) -> np.ndarray:
   return np.random.SeedSequence([int(w) for w in words]).generate_state(count, np.uint64)
 
 
+def _mix64(x: np.ndarray) -> np.ndarray:
+  """SplitMix64's finaliser: a bijective bit mixer of uint64 values."""
+  with np.errstate(over="ignore"):
+    x = (x ^ (x >> np.uint64(30))) * _M1
+    x = (x ^ (x >> np.uint64(27))) * _M2
+    return x ^ (x >> np.uint64(31))
+
+
 class PositiveSet:
-  """Train (user, item) pairs as sorted int64 keys for vectorised membership tests."""
+  """Train (user, item) pairs as sorted int64 keys for vectorised membership tests.
+
+  ``contains`` first looks each query up in a one-hash Bloom filter (~32 bits per key, so
+  ~3% false positives) -- one random read per query instead of a ~22-step binary search
+  through the key array -- and binary-searches only the filter's hits.
+  """
 
   def __init__(self, users: np.ndarray, items: np.ndarray, num_items: int):
     self.num_items = int(num_items)
     keys = users.astype(np.int64) * self.num_items + items.astype(np.int64)
     self.keys = np.unique(keys)  # sorted, duplicates removed
+    self._bits_log2 = max(16, int(np.ceil(np.log2(max(1, self.keys.size) * 32))))
+    flags = np.zeros(1 << self._bits_log2, bool)
+    flags[self._slot(self.keys)] = True
+    self._bloom = np.packbits(flags, bitorder="little")
+
+  def _slot(self, keys: np.ndarray) -> np.ndarray:
+    return (_mix64(keys.astype(np.uint64)) >> np.uint64(64 - self._bits_log2)).astype(np.int64)
 
   def positives_per_user(self, num_users: int) -> np.ndarray:
     return np.bincount(self.keys // self.num_items, minlength=num_users)
 
   def contains(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
     """Bool array (shape of ``items``): True where (user, item) is a train positive."""
-    q = users.astype(np.int64) * self.num_items + items.astype(np.int64)
-    if self.keys.size == 0:
-      return np.zeros(q.shape, bool)
-    pos = np.searchsorted(self.keys, q)
-    np.minimum(pos, self.keys.size - 1, out=pos)
-    return self.keys[pos] == q
+    q = (users.astype(np.int64) * self.num_items + items.astype(np.int64)).reshape(-1)
+    out = np.zeros(q.shape, bool)
+    if self.keys.size:
+      slot = self._slot(q)
+      maybe = np.flatnonzero((self._bloom[slot >> 3] >> (slot & 7).astype(np.uint8)) & 1)
+      if maybe.size > 1024:  # sorted queries search ~2x faster (cache locality)
+        maybe = maybe[np.argsort(q[maybe], kind="stable")]
+      cand = q[maybe]
+      pos = np.searchsorted(self.keys, cand)
+      np.minimum(pos, self.keys.size - 1, out=pos)
+      out[maybe] = self.keys[pos] == cand
+    return out.reshape(np.shape(items))
+
+
+def _alias_table(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Walker/Vose alias table: (uint64 keep-thresholds scaled to 2**32, int32 aliases).
+
+  O(1) per draw (two reads of n-sized tables) instead of a binary search of the CDF.
+  Built with Vose's pairing, vectorised over as many (small, large) pairs as possible per
+  step.
+  """
+  n = probs.size
+  q = probs * n
+  alias = np.arange(n, dtype=np.int32)
+  keep = np.ones(n, np.float64)
+  small = np.flatnonzero(q < 1.0)
+  large = np.flatnonzero(q >= 1.0)
+  while small.size and large.size:
+    k = min(small.size, large.size)
+    s, l = small[:k], large[:k]
+    keep[s] = q[s]
+    alias[s] = l
+    q[l] -= 1.0 - q[s]
+    now_small = q[l] < 1.0
+    small = np.concatenate([small[k:], l[now_small]])
+    large = np.concatenate([large[k:], l[~now_small]])
+  # Leftovers (rounding) keep themselves with probability 1.
+  threshold = np.minimum(np.round(keep * 2.0**32), 2.0**32).astype(np.uint64)
+  return threshold, alias
 
 
 class NegativeSampler:
@@ -87,7 +140,7 @@ class NegativeSampler:
     self.name = name
     self.num_items = int(num_items)
     self.max_rounds = int(max_rounds)
-    self._cdf = None
+    self._probs = None
     if name == "popularity":
       if alpha < 0:
         raise ConfigError(f"input.popularity_alpha={alpha} must be >= 0")
@@ -99,27 +152,27 @@ class NegativeSampler:
       total = weights.sum()
       if not total > 0:
         raise DataError("train split", "popularity sampler: no item has train interactions")
-      self._cdf = np.cumsum(weights / total)
-      self._cdf[-1] = 1.0
+      self._probs = weights / total
+      self._threshold, self._alias = _alias_table(self._probs)
 
   @property
   def probabilities(self) -> np.ndarray:
     """float64 [num_items]: the sampling distribution (for tests and logQ)."""
-    if self._cdf is None:
+    if self._probs is None:
       return np.full(self.num_items, 1.0 / self.num_items)
-    return np.diff(self._cdf, prepend=0.0)
+    return self._probs
 
   def draw(self, key: int | np.uint64, index: np.ndarray) -> np.ndarray:
     """int32 items, one per element index, from the bits ``splitmix64(key, index)``."""
     bits = splitmix64(key, index)
-    if self._cdf is None:
-      # Multiply-shift: high 32 bits times n, top 32 bits of the product; bias <= n / 2**32.
-      return (((bits >> np.uint64(32)) * np.uint64(self.num_items))
-              >> np.uint64(32)).astype(np.int32)
-    u = (bits >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
-    items = np.searchsorted(self._cdf, u, side="right")
-    np.minimum(items, self.num_items - 1, out=items)
-    return items.astype(np.int32)
+    # Multiply-shift: high 32 bits times n, top 32 bits of the product; bias <= n / 2**32.
+    col = (((bits >> np.uint64(32)) * np.uint64(self.num_items)) >> np.uint64(32))
+    col = col.astype(np.int32)
+    if self._probs is None:
+      return col
+    # Walker alias: keep column col with probability threshold/2**32, else its alias.
+    keep = (bits & np.uint64(0xFFFFFFFF)) < self._threshold[col]
+    return np.where(keep, col, self._alias[col])
 
   def sample(self, keys: np.ndarray, users: np.ndarray, num_negatives: int, start: int,
              exclude: PositiveSet | None = None) -> np.ndarray:

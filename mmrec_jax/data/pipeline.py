@@ -244,6 +244,10 @@ class TrainPipeline:
       flags.FLAGS.mark_as_parsed()
     ds = grain.MapDataset.source(_IdSource(self._source))
     it_ds = (ds[self._next:] if self._next else ds).to_iter_dataset(read)
+    # Id arrays are small: pickling them through the queue beats a shared-memory segment
+    # per array (grain's default min_shm_size=0 creates one for every array).
+    it_ds = grain.experimental.WithOptionsIterDataset(
+        it_ds, grain.experimental.DatasetOptions(min_shm_size=1 << 20))
     it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=self.worker_count, per_worker_buffer_size=max(1, self.prefetch)))
     if self._source.features:

@@ -5,7 +5,7 @@ Each source has two steps, so preparation can fingerprint the inputs before pars
 * ``locate(cfg, cache_dir) -> dict``  finds (and for MovieLens downloads) the raw files;
   returns a JSON-able description of exactly what will be read (paths, sizes, mtimes,
   archive checksums) -- it goes into the prepared dataset's fingerprint;
-* ``load(cfg, located, seed) -> RawData``  parses them.
+* ``load(cfg, located, seed, cache_dir) -> RawData``  parses them.
 
 Sources: ``movielens`` (movielens.py), ``recbole`` (atomic .inter/.item files),
 ``mmrec`` (MMRec's x_label .inter + *_feat.npy), ``presplit`` (given train/valid/test
@@ -152,10 +152,10 @@ def read_recbole_items(opener: tables.TextOpener, where: str) -> dict[str, dict]
       for key in ("release_year", "year"):
         y = row.get(key, "").strip()
         if y:
-          try:
+          try:   # a token: RecBole's own ml-100k has 'unkonwn' -> unknown year
             d["year"] = int(float(y))
           except ValueError:
-            raise DataError(f"{where}:{lineno}", f"{key} {y!r} is not a year") from None
+            pass
           break
       for key in ("class", "genre", "genres", "categories"):
         if row.get(key, "").strip():
@@ -202,9 +202,10 @@ def load_recbole(cfg, located, seed, cache_dir=None) -> RawData:
 
 # ---------------------------------------------------------------- pre-split files
 def _presplit_paths(cfg) -> dict[str, pathlib.Path]:
-  out = {s: require_file(getattr(cfg, s), f"data.{s}") for s in ("train", "valid", "test")}
-  if cfg.items:
-    out["items"] = require_file(cfg.items, "data.items")
+  # cfg["items"], not cfg.items: ConfigDict.items is the dict method.
+  out = {s: require_file(cfg[s], f"data.{s}") for s in ("train", "valid", "test")}
+  if cfg["items"]:
+    out["items"] = require_file(cfg["items"], "data.items")
   return out
 
 
@@ -329,7 +330,7 @@ def load_mmrec(cfg, located, seed, cache_dir=None) -> RawData:
     ids = cols[role]
     if ids.dtype.kind != "i" or (ids < 0).any():
       bad = 0 if ids.dtype.kind != "i" else int(np.flatnonzero(ids < 0)[0])
-      raise DataError(where_row(bad), f"{role} id {ids[bad]!r}: MMRec ids must be 0-based "
+      raise DataError(where_row(bad), f"{role} id {str(ids[bad])!r}: MMRec ids must be 0-based "
                       "integers")
   labels = cols["x_label"]
   bad = np.flatnonzero((labels < 0) | (labels > 2))

@@ -29,6 +29,24 @@ METHODS = ("temporal_ratio", "random_ratio", "leave_last_out", "global_temporal"
 TRAIN, VALID, TEST = 0, 1, 2
 
 
+def stable_order(major: np.ndarray, minor: np.ndarray) -> np.ndarray:
+  """Row order by (major, minor, row index), like ``np.lexsort((minor, major))``.
+
+  One stable argsort of a packed int64 key when ``major * span(minor)`` fits, which is
+  ~15x faster than lexsort on 25M rows here; lexsort otherwise.
+  """
+  n = major.shape[0]
+  if n == 0:
+    return np.zeros(0, np.int64)
+  lo, hi = int(minor.min()), int(minor.max())
+  span = hi - lo + 1
+  top = int(major.max()) + 1
+  if int(major.min()) >= 0 and top * span < 2 ** 62:
+    key = major.astype(np.int64) * span + (minor.astype(np.int64) - lo)
+    return np.argsort(key, kind="stable")
+  return np.lexsort((minor, major))
+
+
 def check_ratios(ratios, key: str = "data.split_ratios") -> tuple[float, float, float]:
   try:
     r = tuple(float(x) for x in ratios)
@@ -55,8 +73,13 @@ def check_global_cut(cut, key: str = "data.global_cut") -> tuple[float, float]:
 
 
 def assign(method: str, users: np.ndarray, timestamps: np.ndarray, *, num_users: int,
-           ratios=(0.8, 0.1, 0.1), global_cut=(0.8, 0.9), seed: int = 0) -> np.ndarray:
-  """int8 label per row (0 train, 1 valid, 2 test) for ``method``; see the module doc."""
+           ratios=(0.8, 0.1, 0.1), global_cut=(0.8, 0.9), seed: int = 0,
+           temporal_order: np.ndarray | None = None) -> np.ndarray:
+  """int8 label per row (0 train, 1 valid, 2 test) for ``method``; see the module doc.
+
+  ``temporal_order`` may pass ``stable_order(users, timestamps)`` when the caller has it
+  (saves a sort of every row).
+  """
   if method not in METHODS:
     raise ConfigError(f"data.split={method!r} is not one of {list(METHODS)}")
   n = users.shape[0]
@@ -73,9 +96,11 @@ def assign(method: str, users: np.ndarray, timestamps: np.ndarray, *, num_users:
     return labels
   if method == "random_ratio":
     rng = np.random.default_rng([seed, 0x5B117])
-    order = np.lexsort((rng.random(n), users))
+    order = stable_order(users, rng.permutation(n))
+  elif temporal_order is not None:
+    order = temporal_order
   else:
-    order = np.lexsort((timestamps, users))   # stable: ties keep row order
+    order = stable_order(users, timestamps)   # stable: ties keep row order
   counts = np.bincount(users, minlength=num_users).astype(np.int64)
   if method == "leave_last_out":
     n_test = (counts >= 2).astype(np.int64)

@@ -34,6 +34,7 @@ registered ``<name>`` is returned as is unless ``overwrite``.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -146,8 +147,16 @@ def register_modality(dataset_dir: os.PathLike | str, name: str, rel_path: str) 
   _atomic_write(path, (json.dumps(manifest, indent=1) + "\n").encode())
 
 
-def _build_encoder(encoder: str, model_dir: pathlib.Path | None, batch_size: int,
-                   dtype: str, max_length: int | None, mesh):
+@functools.lru_cache(maxsize=1)
+def build_encoder(encoder: str, model_dir: pathlib.Path, batch_size: int, dtype: str,
+                  max_length: int | None, mesh, files: tuple[Any, ...] = ()):
+  """The encoder object for ``extract_features`` arguments.
+
+  The last one is cached (weights on device and its compiled programs), so the prepare
+  step calling extraction again, or a resumed run in the same process, does not reload
+  and recompile. ``files`` (names, sizes, mtimes of the model files) is part of the
+  cache key so changed weights on disk are reloaded.
+  """
   if ENCODERS[encoder] == "text":
     from mmrec_jax.features import text_encoder  # pylint: disable=g-import-not-at-top
     return text_encoder.SentenceEncoder.from_pretrained(
@@ -262,7 +271,8 @@ def extract_features(dataset_dir: os.PathLike | str, modality: str, encoder: str
     from mmrec_jax import sharding  # pylint: disable=g-import-not-at-top
     if mesh is None:
       mesh = sharding.make_mesh(devices=jax.local_devices())
-    enc = _build_encoder(encoder, model_dir, batch_size, dtype, max_length, mesh)
+    enc = build_encoder(encoder, model_dir, batch_size, dtype, max_length, mesh,
+                        tuple(map(tuple, plan["model_files"])))
     done_rows = num_items - sum(min(chunk_rows, num_items - c * chunk_rows) for c in todo)
     problems_total: list[str] = []
     with tqdm(total=num_items, initial=done_rows, unit="item", disable=not progress,

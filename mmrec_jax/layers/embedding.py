@@ -67,7 +67,7 @@ class Embed(nnx.Module):
     else:
       value = jnp.zeros((num_rows, dim), jnp.float32)
     self.row_axis = row_axis
-    self.embedding = Table(value, sharding_names=(row_axis, "embed"))
+    self.embedding = Table(value, out_sharding=(row_axis, "embed"))
 
   def __call__(self, ids: jax.Array | None) -> jax.Array:
     """Rows for ``ids`` (any shape) or the whole table when ``ids`` is None."""

@@ -50,7 +50,7 @@ class AttentionFusion(nnx.Module):
     del num_inputs
     self.key = dense(dim, dim, ("embed", "hidden"), rngs=rngs)
     self.query = nnx.Param(jax.random.normal(rngs.params(), (dim,)) / jnp.sqrt(dim),
-                           sharding_names=("hidden",))
+                           out_sharding=("hidden",))
 
   def weights(self, embs: jax.Array, present: jax.Array) -> jax.Array:
     """Attention weights [..., K]: sum to 1 over present sources, 0 on absent ones."""

@@ -7,8 +7,9 @@ bounds the whole update.
 
 from __future__ import annotations
 
-from mmrec_jax.errors import ConfigError
 import optax
+
+from mmrec_jax.errors import ConfigError
 
 DENSE_OPTIMIZERS = ("adam", "adamw", "sgd", "adagrad")
 

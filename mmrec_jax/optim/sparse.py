@@ -31,9 +31,10 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
-from mmrec_jax.errors import ConfigError
 import jax
 import jax.numpy as jnp
+
+from mmrec_jax.errors import ConfigError
 
 SPARSE_OPTIMIZERS = ("adam", "rowwise_adagrad", "sgd")
 

