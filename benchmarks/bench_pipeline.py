@@ -93,11 +93,11 @@ def main() -> None:
       p = make_train_pipeline(split, args.num_users, args.num_items, cfg(w, False, **kw),
                               seed=0, process_index=0, process_count=1,
                               num_threads=args.num_threads)
-      dt, _ = _time_pipeline(p, args.id_batches)
+      rates = [args.id_batches * args.batch_size / _time_pipeline(p, args.id_batches)[0]
+               for _ in range(args.trials)]
       p.close()
-      rate = args.id_batches * args.batch_size / dt
-      rows.append(f"| {label} | {w} | {args.batch_size} | "
-                  f"{rate / 1e6:.2f} M examples/s | - | - |")
+      rows.append(f"| {label} | {w} | {args.batch_size} | {np.median(rates) / 1e6:.2f} M "
+                  f"examples/s (best {max(rates) / 1e6:.2f}) | - | - |")
       print(rows[-1], flush=True)
 
   with tempfile.TemporaryDirectory(dir=args.tmp or None) as tmp:
@@ -124,13 +124,14 @@ def main() -> None:
       gbs, refs = float(np.median(pipe)), float(np.median(ref))
       rows.append(f"| (b) + features {args.dims} (pos+neg) | {w} | {args.batch_size} | "
                   f"{gbs * 1e9 / nbytes * args.batch_size / 1e3:.0f} k examples/s | "
-                  f"{gbs:.2f} GB/s | {refs:.2f} GB/s ({100 * gbs / refs:.0f}%) |")
+                  f"{gbs:.2f} GB/s (best {max(pipe):.2f}) | {refs:.2f} GB/s "
+                  f"(best {max(ref):.2f}); median ratio {100 * gbs / refs:.0f}% |")
       print(rows[-1], flush=True)
 
   print()
   print(f"host: {os.cpu_count()} cores; num_items={args.num_items} "
         f"num_train={args.num_train} batch={args.batch_size}")
-  print("| pipeline | workers | batch | throughput | feature GB/s | numpy copy GB/s (ratio) |")
+  print("| pipeline | workers | batch | throughput (median of trials) | feature GB/s | numpy copy GB/s; pipeline/copy |")
   print("|---|---|---|---|---|---|")
   print("\n".join(rows))
 

@@ -23,9 +23,9 @@ A SIGTERM (preemption of a spot VM) saves a checkpoint; rerun ``--stages=run`` t
 from __future__ import annotations
 
 import argparse
+import pathlib
 import posixpath
 import sys
-import pathlib
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import common  # pylint: disable=g-import-not-at-top,wrong-import-position

@@ -29,6 +29,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from mmrec_jax import distributed  # noqa: F401  (defines the multi-process flags)
+from mmrec_jax.evaluation.stats import paired_tests
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Base experiment config file.",
@@ -52,17 +53,6 @@ def parse_run(spec: str, default_modalities: Sequence[str]) -> tuple[str, str, t
   return name, model, modalities
 
 
-def paired_tests(base: np.ndarray, other: np.ndarray) -> tuple[float, float]:
-  """Two-sided p-values of the paired t-test and the Wilcoxon signed-rank test."""
-  from scipy import stats  # pylint: disable=g-import-not-at-top
-  diff = other - base
-  if np.allclose(diff, 0):
-    return 1.0, 1.0
-  t_p = float(stats.ttest_rel(other, base).pvalue)
-  w_p = float(stats.wilcoxon(other, base, zero_method="wilcox").pvalue)
-  return t_p, w_p
-
-
 def build_table(runs: dict[str, pathlib.Path], baseline: str, split: str
                 ) -> tuple[list[str], list[list]]:
   """Rows of the comparison: metric means, p-values vs baseline, training time."""
@@ -83,7 +73,8 @@ def build_table(runs: dict[str, pathlib.Path], baseline: str, split: str
       pu = per_user[name]
       if not np.array_equal(pu["users"], base_u["users"]):
         raise ValueError(f"runs {name} and {baseline} were evaluated on different users")
-      row += list(paired_tests(base_u[key], pu[key]))
+      tests = paired_tests(pu[key], base_u[key])
+      row += [tests["t_pvalue"], tests["wilcoxon_pvalue"]]
     row += [r.get("train_seconds", float("nan")), r.get("best_step", -1)]
     rows.append(row)
   return header, rows

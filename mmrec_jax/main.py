@@ -28,8 +28,16 @@ flags.DEFINE_enum("mode", "train", ["train", "prepare"],
 flags.mark_flags_as_required(["config"])
 
 
+def _quiet_library_logs() -> None:
+  """INFO lines from mmrec_jax only; libraries (orbax, jax) speak at WARNING and up."""
+  import logging as py_logging  # pylint: disable=g-import-not-at-top
+  logging.get_absl_handler().addFilter(
+      lambda r: r.levelno >= py_logging.WARNING or "mmrec_jax" in r.pathname)
+
+
 def run(argv) -> int:
   del argv
+  _quiet_library_logs()
   # Imported here so that `--help` and flag errors stay fast.
   from mmrec_jax.errors import MmrecError  # pylint: disable=g-import-not-at-top
   try:

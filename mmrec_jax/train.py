@@ -106,7 +106,9 @@ def resolve_modalities(ds: PreparedDataset, config: ml_collections.ConfigDict) -
 def _evaluate(task: Task, state: Any, ds: PreparedDataset, split: str,
               config: ml_collections.ConfigDict, mesh) -> Any:
   users, items = task.eval_reprs(state)
-  return evaluate_split(users, items, ds, split, config.eval, mesh)
+  # Tables are padded to a multiple of the device count; padding rows are not users/items.
+  return evaluate_split(users[:task.num_users], items[:task.num_items], ds, split,
+                        config.eval, mesh)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
@@ -254,7 +256,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
       results[f"{split}_slices"] = res.slices
     if config.eval.export_topk and is_main:
       from mmrec_jax.evaluation import export  # pylint: disable=g-import-not-at-top
-      export.write_topk_for_result(workdir / f"topk_{split}.tsv", ds, res)
+      export.write_topk(workdir / f"topk_{split}.tsv", ds.user_raw_ids()[res.users],
+                        ds.item_raw_ids(), res.topk_items, res.topk_scores)
     if is_main:
       np.savez(workdir / f"per_user_{split}.npz", users=res.users,
                **{k: v for k, v in res.per_user.items()})

@@ -122,6 +122,10 @@ CASES = [
     ("synthetic_too_few", lambda t: {"source": "synthetic", "num_users": 10,
                                      "num_interactions": 5}, ConfigError,
      r"data\.num_interactions=5: must be >= data\.num_users=10"),
+    ("wrong_type", lambda t: {"source": "synthetic", "user_core": 2.5}, ConfigError,
+     r"data\.user_core=2\.5: expected type int"),
+    ("synthetic_none", lambda t: {"source": "synthetic", "num_users": None}, ConfigError,
+     r"data\.num_users=None: must be a positive integer"),
     ("recbole_missing_path", lambda t: {"source": "recbole", "path": str(t / "nope.inter")},
      DataError, r"nope\.inter: file not found \(data\.path\)"),
 ]

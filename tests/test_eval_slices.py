@@ -138,3 +138,34 @@ def test_write_topk_roundtrip_skips_unrankable(tmp_path):
   with pytest.raises(DataError, match="raw item ids"):
     export.write_topk(tmp_path / "bad.tsv", np.array(["u"]), np.array(["a"]), np.array([[3]]),
                       np.array([[1.0]]))
+
+
+def test_evaluate_split_on_a_prepared_dataset(tmp_path):
+  from mmrec_jax.data import prepare as prep   # pylint: disable=g-import-not-at-top
+  ds = prep.prepare({"source": "synthetic", "num_users": 40, "num_items": 30,
+                     "num_interactions": 600, "latent_dim": 2, "text_dim": 3, "image_dim": 2,
+                     "cache_dir": str(tmp_path)})
+  rng = np.random.default_rng(0)
+  um = rng.standard_normal((ds.num_users, 4)).astype(np.float32)
+  im = rng.standard_normal((ds.num_items, 4)).astype(np.float32)
+  cfg = base_config().eval
+  cfg.ks, cfg.metrics, cfg.export_topk = (5,), ("recall", "ndcg"), 5
+  got = evaluate_split(um, im, ds, "test", cfg, make_mesh(4, 2))
+  sp = {s: ds.split(s) for s in ("train", "valid", "test")}
+  excl = [set() for _ in range(ds.num_users)]
+  for s in ("train", "valid"):
+    for u, i in zip(sp[s].users, sp[s].items):
+      excl[u].add(int(i))
+  truth = [[] for _ in range(ds.num_users)]
+  for u, i in zip(sp["test"].users, sp["test"].items):
+    truth[u].append(int(i))
+  ref = M.reference_evaluate(um, im, np.arange(ds.num_users), [np.unique(t) for t in truth],
+                             [np.array(sorted(e), int) for e in excl], (5,), ("recall", "ndcg"))
+  assert np.array_equal(got.users, ref["users"]) and got.users.size > 0
+  np.testing.assert_allclose(got.per_user["ndcg@5"], ref["ndcg@5"], rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(got.topk_items, ref["topk"])
+  out = export.write_topk(tmp_path / "top.tsv", ds.user_raw_ids()[got.users], ds.item_raw_ids(),
+                          got.topk_items, got.topk_scores)
+  rows = export.read_topk(out)
+  assert len(rows) == got.users.size * 5
+  assert rows[0][0] == str(ds.user_raw_ids()[got.users[0]])

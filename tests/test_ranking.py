@@ -135,3 +135,20 @@ def test_bad_inputs_fail_loudly(problem):
                         truth=(truth[0][:-1], truth[1]), exclude=exclude, mesh=mesh)
   with pytest.raises(DataError, match="item id out of range"):
     evaluate_embeddings(um, im[:40], ks=(10,), metrics=("recall",), **kw)
+
+
+def test_ml25m_chunk_compiles_sharded_without_running():
+  """Compile-only check at ML-25M shape on a (4, 2) mesh: catches sharding errors cheaply."""
+  from mmrec_jax.evaluation.ranking import _chunk_fn   # pylint: disable=g-import-not-at-top
+  mesh = make_mesh(4, 2)
+  users, items, dim, chunk, pairs = 162_541, 59_047, 64, 1024, 65_536
+  fn = _chunk_fn(mesh, items, 20, 29_524, (10, 20), ("recall", "ndcg"), False)
+  s = lambda shape, dtype, spec: jax.ShapeDtypeStruct(shape, dtype,
+                                                      sharding=NamedSharding(mesh, spec))
+  pair = s((4, pairs), jnp.int32, P("data", None))
+  compiled = fn.lower(s((users, dim), jnp.float32, P(("data", "model"), None)),
+                      s((chunk,), jnp.int32, P("data")),
+                      s((2 * 29_524, dim), jnp.float32, P("model", None)),
+                      pair, pair, pair, pair, s((chunk,), jnp.int32, P("data"))).compile()
+  vals, top, _ = compiled.output_shardings
+  assert vals.spec == P(None, "data") and top.spec == P("data", None)

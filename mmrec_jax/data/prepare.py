@@ -82,7 +82,12 @@ def _resolve(cfg, seed):
   if unknown:
     raise ConfigError(f"data.{unknown[0]}: unknown key (valid: {', '.join(sorted(defaults))})")
   data = ml_collections.ConfigDict(defaults.to_dict())
-  data.update(cfg.to_dict())
+  for key, value in cfg.to_dict().items():
+    try:
+      data[key] = value
+    except TypeError:
+      raise ConfigError(f"data.{key}={value!r}: expected type "
+                        f"{type(defaults[key]).__name__}") from None
   return data, int(seed or 0)
 
 

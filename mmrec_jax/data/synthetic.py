@@ -103,9 +103,9 @@ def _check(num_users, num_items, num_interactions, latent_dim, text_dim, image_d
   for key, val in (("num_users", num_users), ("num_items", num_items),
                    ("num_interactions", num_interactions), ("latent_dim", latent_dim),
                    ("text_dim", text_dim), ("image_dim", image_dim)):
-    if int(val) != val or val < 1:
+    if isinstance(val, bool) or not isinstance(val, (int, np.integer)) or val < 1:
       raise ConfigError(f"data.{key}={val!r}: must be a positive integer")
-  if not np.isfinite(expo) or expo < 0:
+  if not isinstance(expo, (int, float)) or not np.isfinite(expo) or expo < 0:
     raise ConfigError(f"data.popularity_exponent={expo!r}: must be a finite number >= 0")
   if num_interactions < num_users:
     raise ConfigError(f"data.num_interactions={num_interactions}: must be >= data.num_users="

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import os
 import pathlib
 from collections.abc import Callable, Sequence
@@ -37,7 +38,9 @@ from mmrec_jax import sharding
 from mmrec_jax.errors import ConfigError, DataError
 from mmrec_jax.features import loading
 
-DEFAULT_BUCKETS = (16, 32, 64, 128, 256, 384, 512)
+# ~1.5x apart: a bucket pads at most ~1/3 beyond a batch's longest sentence, and at
+# most 9 programs are compiled up to 256 tokens.
+DEFAULT_BUCKETS = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 POOLINGS = ("mean", "cls")
 MODEL_TYPES = ("bert", "roberta", "xlm-roberta")
 
@@ -229,7 +232,6 @@ def _sentence_transformers_head(model_dir: pathlib.Path) -> tuple[str, bool, int
   pooling, normalize, max_len = "mean", True, None
   modules_file = model_dir / "modules.json"
   if modules_file.exists():
-    import json  # pylint: disable=g-import-not-at-top
     modules = json.loads(modules_file.read_text())
     normalize = any(m.get("type", "").endswith("Normalize") for m in modules)
     for m in modules:
