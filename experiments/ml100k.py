@@ -22,6 +22,7 @@ def get_config(arg: str | None = None):
   c.data.split = "temporal_ratio"
   c.data.split_ratios = (0.8, 0.1, 0.1)
   c.data.modalities = ("text",)
+  c.data.text_features = "auto"   # MiniLM when the `text` extra is installed
   c.model.name = "two_tower"
   c.model.embed_dim = 64
   c.input.batch_size = 1024
@@ -35,4 +36,5 @@ def get_config(arg: str | None = None):
   config_lib.apply_model_variant(c, variants)
   if "smoke" in variants:
     config_lib.apply_smoke(c)
+    c.data.text_features = "handcrafted"
   return config_lib.finalize(c)

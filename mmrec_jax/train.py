@@ -92,15 +92,19 @@ def build_data_info(ds: PreparedDataset, config: ml_collections.ConfigDict,
                   feature_masks=masks, item_counts=item_counts)
 
 
-def resolve_modalities(ds: PreparedDataset, config: ml_collections.ConfigDict) -> tuple[str, ...]:
+def resolve_modalities(ds: PreparedDataset, config: ml_collections.ConfigDict
+                       ) -> tuple[PreparedDataset, tuple[str, ...]]:
+  """The dataset (reopened if features were added) and the modality names to use."""
   wanted = tuple(config.data.modalities)
   if config.model.name == "bpr_mf":
-    return ()
+    return ds, ()
+  from mmrec_jax.features.auto import ensure_modalities  # pylint: disable=g-import-not-at-top
+  ds, wanted = ensure_modalities(ds, config.data, wanted)
   missing = [m for m in wanted if m not in ds.modalities]
   if missing:
     raise ConfigError(f"config.data.modalities: {missing} not in the dataset at {ds.path} "
                       f"(it has {list(ds.modalities)})")
-  return wanted
+  return ds, wanted
 
 
 def _evaluate(task: Task, state: Any, ds: PreparedDataset, split: str,
@@ -122,7 +126,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   is_main = jax.process_index() == 0
 
   ds = prepare_lib.prepare(config.data)
-  modalities = resolve_modalities(ds, config)
+  ds, modalities = resolve_modalities(ds, config)
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.model)
   logging.info("mesh %s over %d devices (%d processes)", dict(mesh.shape),
                jax.device_count(), jax.process_count())

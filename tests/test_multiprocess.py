@@ -104,8 +104,11 @@ def test_training_matches_single_process(tmp_path):
   multi = _local("--num_processes=2", "--devices_per_process=2", "--", *main_args,
                  f"--workdir={tmp_path / 'multi'}")
   assert multi.returncode == 0, multi.stdout[-6000:] + multi.stderr[-2000:]
+  for i in range(2):  # both processes ran the loop over one 4-device mesh
+    assert f"[p{i}] " in multi.stdout and "over 4 devices (2 processes)" in multi.stdout
   a, b = _metrics(tmp_path / "single"), _metrics(tmp_path / "multi")
   assert a["steps"] == b["steps"] > 0
+  assert a["valid"]["ndcg@10"] > 0  # a trained model, not an all-zero comparison
   for split in ("valid", "test"):
     assert sorted(a[split]) == sorted(b[split])
     for k in a[split]:

@@ -155,7 +155,8 @@ def _main(workdir: pathlib.Path, devices: int, max_steps: int) -> subprocess.Com
          "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
   return subprocess.run(
       ["timeout", "-s", "KILL", "300", sys.executable, "-m", "mmrec_jax.main",
-       f"--config={SMOKE}:smoke", f"--workdir={workdir}",
+       f"--config={SMOKE}:smoke", f"--workdir={workdir / 'run'}",
+       f"--config.data.cache_dir={workdir / 'cache'}",
        f"--config.train.max_steps={max_steps}", "--config.train.checkpoint_every_steps=2"],
       capture_output=True, text=True, env=env, check=False, cwd=REPO)
 
@@ -166,11 +167,12 @@ def test_resume_through_main(tmp_path):
   if first.returncode != 0 and "ImportError" in first.stderr:
     pytest.skip(f"training loop not importable yet: {first.stderr.strip().splitlines()[-1]}")
   assert first.returncode == 0, first.stderr[-4000:]
-  assert json.loads((tmp_path / "results.json").read_text())["steps"] == 2
+  assert json.loads((tmp_path / "run" / "results.json").read_text())["steps"] == 2
   second = _main(tmp_path, 2, 4)
   assert second.returncode == 0, second.stderr[-4000:]
-  assert "resumed from step 2" in second.stderr
-  assert json.loads((tmp_path / "results.json").read_text())["steps"] == 4
+  assert "resumed from step 2" in second.stderr          # restored, not re-initialised
+  assert "over 2 devices (1 processes)" in second.stderr
+  assert json.loads((tmp_path / "run" / "results.json").read_text())["steps"] == 4
 
 
 if __name__ == "__main__":

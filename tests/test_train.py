@@ -54,6 +54,9 @@ def _flatten(tree, prefix=""):
   if isinstance(tree, dict):
     for k, v in tree.items():
       out.update(_flatten(v, f"{prefix}/{k}"))
+  elif isinstance(tree, (list, tuple)):
+    for i, v in enumerate(tree):
+      out.update(_flatten(v, f"{prefix}/{i}"))
   else:
     out[prefix] = tree
   return out
@@ -107,12 +110,12 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path):
 def test_sigterm_leaves_resumable_checkpoint(tmp_path):
   cache = f"--config.data.cache_dir={tmp_path / 'cache'}"
   common = ("--config.train.max_steps=6", "--config.train.num_epochs=3", cache)
-  first = run_main(tmp_path / "run", "experiments/synthetic.py:smoke", *common,
+  first = run_main(tmp_path / "run", "experiments/synthetic.py:smoke,bpr_mf", *common,
                    env={"MMREC_FAULT_SIGTERM_AT_STEP": "3"})
   assert first.returncode == 0, first.stderr[-3000:]
   assert "preempted at step 3" in first.stdout
   assert (tmp_path / "run" / "checkpoints" / "3").is_dir()
-  second = run_main(tmp_path / "run", "experiments/synthetic.py:smoke", *common)
+  second = run_main(tmp_path / "run", "experiments/synthetic.py:smoke,bpr_mf", *common)
   assert second.returncode == 0, second.stderr[-3000:]
   assert "resumed from step 3" in second.stderr
   assert json.loads((tmp_path / "run" / "results.json").read_text())["steps"] == 6
@@ -120,12 +123,12 @@ def test_sigterm_leaves_resumable_checkpoint(tmp_path):
 
 def test_nan_loss_stops_with_clear_message_and_keeps_checkpoint(tmp_path):
   cache = f"--config.data.cache_dir={tmp_path / 'cache'}"
-  ok = run_main(tmp_path / "run", "experiments/synthetic.py:smoke", cache,
+  ok = run_main(tmp_path / "run", "experiments/synthetic.py:smoke,bpr_mf", cache,
                 "--config.train.max_steps=2", "--config.train.checkpoint_every_steps=2")
   assert ok.returncode == 0, ok.stderr[-3000:]
   before = latest_params(tmp_path / "run")
   # Continue the same run with an absurd learning rate: the loss overflows.
-  bad = run_main(tmp_path / "run", "experiments/synthetic.py:smoke", cache,
+  bad = run_main(tmp_path / "run", "experiments/synthetic.py:smoke,bpr_mf", cache,
                  "--config.train.max_steps=40", "--config.train.checkpoint_every_steps=2",
                  "--config.optimizer.learning_rate=1e30",
                  "--config.optimizer.sparse_learning_rate=1e30")
