@@ -81,6 +81,15 @@ def base_config() -> ml_collections.ConfigDict:
   m.use_ids = True
   m.num_layers = 2            # graph models
   m.knn_k = 10                # multimodal graph models
+  m.num_mm_layers = 1         # item-item graph layers (FREEDOM, LATTICE)
+  m.image_weight = 0.1        # weight of the image item-item graph (FREEDOM, LATTICE)
+  # Graph-model specific; -1 = the chosen model's paper default (models/graph_base.py
+  # PAPER_DEFAULTS), so one comparison config serves models with different papers.
+  m.reg_weight = -1.0         # LightGCN: L2 of ego rows; FREEDOM: modality BPR terms;
+                              # LATTICE: L2 of propagated rows; BM3: embedding norm
+  m.graph_dropout = -1.0      # FREEDOM: edge pruning ratio; BM3: target dropout ratio
+  m.lambda_coeff = 0.9        # LATTICE: weight of the frozen kNN graph in the learned graph
+  m.cl_weight = 2.0           # BM3: weight of the multimodal self-supervised terms
 
   # ---------------------------------------------------------------- loss
   l = c.loss = ml_collections.ConfigDict()

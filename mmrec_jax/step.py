@@ -61,12 +61,16 @@ class DataInfo:
   features: modality -> float [num_items, d], zeros where missing (may be empty).
   feature_masks: modality -> bool [num_items], True where the item has the modality.
   item_counts: int64 [num_items], train interactions per item.
+  train_users, train_items: int [n_train], the TRAIN-split interactions (optional; graph
+    models build their user-item graph from them and raise when they are missing).
   """
   num_users: int
   num_items: int
   features: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
   feature_masks: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
   item_counts: np.ndarray | None = None
+  train_users: np.ndarray | None = None
+  train_items: np.ndarray | None = None
 
 
 def _host_rows(arr: np.ndarray, index: tuple[slice, ...], padded_shape: tuple[int, ...]
@@ -129,6 +133,14 @@ class Task:
                                     num_items=self.padded_items, feature_dims=feature_dims)
     with nnx.use_eager_sharding(False):
       abstract = nnx.eval_shape(lambda: self._build(rngs=nnx.Rngs(0)))
+    # Graph models (models/graph_base.py) propagate whole tables: whole-table gradients.
+    self.graph_model = bool(getattr(abstract, "uses_graph", False))
+    if self.graph_model:
+      if self.stream:
+        raise ConfigError(f"model.name={config.model.name!r} propagates over the whole "
+                          "catalogue and needs the features on device; set "
+                          "input.stream_features=False")
+      abstract.mesh = mesh   # static: edge lists are sharded on its 'data' axis
     self.graphdef, tables, dense, rest = nnx.split(abstract, Table, nnx.Param, ...)
     if jax.tree.leaves(rest):
       raise TypeError(f"model state other than Table/Param is not supported: {rest}")
@@ -137,9 +149,14 @@ class Task:
     self._abstract = jax.eval_shape(self._init_fn, jax.random.PRNGKey(0))
     self._shardings = self._make_shardings()
     self._frozen = self._place_frozen()
+    if self.graph_model:
+      self._frozen["graph"] = type(abstract).graph_data(
+          config.model, info, mesh, num_users=self.padded_users,
+          num_items=self.padded_items, feats=self._frozen["feat"], masks=self._frozen["mask"])
     self._frozen_shardings = jax.tree.map(lambda a: a.sharding, self._frozen)
     batch_sharding = NamedSharding(mesh, P(sharding.DATA))
-    self._train_jit = jax.jit(self._train_fn, donate_argnums=0,
+    train_fn = self._train_graph_fn if self.graph_model else self._train_fn
+    self._train_jit = jax.jit(train_fn, donate_argnums=0,
                               in_shardings=(self._shardings, batch_sharding,
                                             self._frozen_shardings),
                               out_shardings=(self._shardings, sharding.replicated(mesh)))
@@ -329,6 +346,27 @@ class Task:
     spec = P(sharding.DATA, *([None] * (x.ndim - 1)))
     return jax.lax.with_sharding_constraint(x, NamedSharding(self.mesh, spec))
 
+  def _rank_terms(self, u: jax.Array, it: jax.Array, batch: dict[str, jax.Array]):
+    """(rank loss, pos scores [B], neg scores [B, N], valid mask or None) of a batch.
+
+    ``u`` [B, D] user towers, ``it`` [B, 1+N, D] item towers (positive first).
+    """
+    pos = batch["pos"]
+    if self.in_batch:
+      logits = jnp.einsum("bd,cd->bc", u, it[:, 0], preferred_element_type=jnp.float32)
+      pos_s = jnp.diagonal(logits)
+      neg_s, neg_valid = logits, pos[None, :] != pos[:, None]
+      pos_logq = batch["pos_logq"] if self.use_logq else None
+      neg_logq = (jnp.broadcast_to(pos_logq[None, :], logits.shape)
+                  if self.use_logq else None)
+    else:
+      s = jnp.einsum("bd,bkd->bk", u, it, preferred_element_type=jnp.float32)
+      pos_s, neg_s, neg_valid, pos_logq, neg_logq = s[:, 0], s[:, 1:], None, None, None
+    rank_loss = losses.compute_loss(self.loss_name, pos_s, neg_s, neg_valid,
+                                    pos_logq=pos_logq, neg_logq=neg_logq,
+                                    temperature=float(self.config.loss.temperature))
+    return rank_loss, pos_s, neg_s, neg_valid
+
   def _train_fn(self, state: State, batch: dict[str, jax.Array],
                 frozen: dict[str, dict[str, jax.Array]]) -> tuple[State, dict[str, jax.Array]]:
     cfg = self.config
@@ -373,19 +411,7 @@ class Task:
       model = nnx.merge(self.graphdef, traverse_util.unflatten_dict(cast(rows)), cast(dense))
       u = self._constrain_batch(model.user_repr(u_inv, rng=rng_user))          # [B, D]
       it = self._constrain_batch(model.item_repr(i_inv, feats, masks, rng=rng_item))  # [B, 1+N, D]
-      if self.in_batch:
-        logits = jnp.einsum("bd,cd->bc", u, it[:, 0], preferred_element_type=jnp.float32)
-        pos_s = jnp.diagonal(logits)
-        neg_s, neg_valid = logits, pos[None, :] != pos[:, None]
-        pos_logq = batch["pos_logq"] if self.use_logq else None
-        neg_logq = (jnp.broadcast_to(pos_logq[None, :], logits.shape)
-                    if self.use_logq else None)
-      else:
-        s = jnp.einsum("bd,bkd->bk", u, it, preferred_element_type=jnp.float32)
-        pos_s, neg_s, neg_valid, pos_logq, neg_logq = s[:, 0], s[:, 1:], None, None, None
-      rank_loss = losses.compute_loss(self.loss_name, pos_s, neg_s, neg_valid,
-                                      pos_logq=pos_logq, neg_logq=neg_logq,
-                                      temperature=float(cfg.loss.temperature))
+      rank_loss, pos_s, neg_s, neg_valid = self._rank_terms(u, it, batch)
       l2 = sum(jnp.sum(counts[self._row_kind(k)][:, None] * jnp.square(r))
                for k, r in rows.items()) / b
       loss = rank_loss + cfg.loss.l2 * l2
@@ -419,9 +445,86 @@ class Task:
     metrics = {"loss": loss, "grad_norm": grad_norm, **aux}
     return new_state, jax.tree.map(lambda x: x.astype(jnp.float32), metrics)
 
-  def _eval_fn(self, params: State, frozen: dict[str, dict[str, jax.Array]]
+  def _train_graph_fn(self, state: State, batch: dict[str, jax.Array],
+                      frozen: dict[str, Any]) -> tuple[State, dict[str, jax.Array]]:
+    """Step of a graph model: whole-table gradients (see models/graph_base.py).
+
+    The model propagates every row over the graph, so the gradient of a table is not
+    confined to the batch rows; it is taken w.r.t. the whole (row-sharded) table and
+    the row-wise optimizer updates all rows (for Adam: exactly dense Adam, as in the
+    papers). The L2 term is the same per-batch one as in ``_train_fn`` (layer-0 rows
+    the batch touches, counted with multiplicity).
+    """
+    cfg = self.config
+    cdt = self.compute_dtype
+    user, pos = batch["user"], batch["pos"]
+    b = user.shape[0]
+    items = pos[:, None] if self.in_batch else jnp.concatenate([pos[:, None], batch["neg"]], 1)
+    rng = jax.random.fold_in(jax.random.PRNGKey(cfg.seed), state["step"])
+    rng_model, rng_aux = jax.random.split(rng)
+    tables = traverse_util.flatten_dict(state["params"]["tables"])
+    counts = {"users": jax.ops.segment_sum(jnp.ones(b), user, num_segments=self.padded_users),
+              "items": jax.ops.segment_sum(jnp.ones(items.size), items.reshape(-1),
+                                           num_segments=self.padded_items)}
+    feats = {m: f.astype(cdt) for m, f in frozen["feat"].items()}
+
+    def loss_fn(tables, dense):
+      cast = lambda t: jax.tree.map(lambda x: x.astype(cdt), t)
+      model = nnx.merge(self.graphdef, traverse_util.unflatten_dict(cast(tables)), cast(dense))
+      users_all, items_all = model.propagate(frozen["graph"], feats, frozen["mask"],
+                                             rng=rng_model)
+      aux_loss = model.aux_loss(users_all, items_all, user, items, frozen["graph"], feats,
+                                frozen["mask"], rng=rng_aux)
+      su, si = model.score_reprs(users_all, items_all)
+      u = self._constrain_batch(jnp.take(su, user, axis=0))
+      it = self._constrain_batch(jnp.take(si, items, axis=0))
+      if model.uses_rank_loss:
+        rank_loss, pos_s, neg_s, neg_valid = self._rank_terms(u, it, batch)
+      else:
+        s = jnp.einsum("bd,bkd->bk", u, it, preferred_element_type=jnp.float32)
+        rank_loss, pos_s, neg_s, neg_valid = jnp.zeros((), jnp.float32), s[:, 0], s[:, 1:], None
+      l2 = sum(jnp.sum(counts[self._row_kind(k)][:, None] * jnp.square(t))
+               for k, t in tables.items()) / b
+      loss = rank_loss + cfg.loss.l2 * l2 + aux_loss
+      valid = jnp.ones(neg_s.shape, bool) if neg_valid is None else neg_valid
+      aux = {"rank_loss": rank_loss, "l2": l2, "aux_loss": aux_loss,
+             "pos_score": jnp.mean(pos_s),
+             "neg_score": jnp.sum(jnp.where(valid, neg_s, 0)) / jnp.maximum(jnp.sum(valid), 1)}
+      return loss, aux
+
+    dense = state["params"]["dense"]
+    (loss, aux), (g_tables, g_dense) = jax.value_and_grad(loss_fn, argnums=(0, 1),
+                                                          has_aux=True)(tables, dense)
+    grad_norm = optax.tree.norm((g_tables, g_dense))
+    if cfg.optimizer.grad_clip > 0:
+      scale = jnp.minimum(1.0, cfg.optimizer.grad_clip / (grad_norm + 1e-12))
+      g_tables, g_dense = jax.tree.map(lambda g: g * scale, (g_tables, g_dense))
+    opt_tables = traverse_util.flatten_dict(
+        state["opt_state"]["tables"],
+        is_leaf=lambda k, v: isinstance(v, dict) and tuple(k) in self._table_axes)
+    new_tables, new_opt_tables = {}, {}
+    for k, t in tables.items():
+      every_row = jnp.arange(t.shape[0], dtype=jnp.int32)
+      new_tables[k], new_opt_tables[k] = self.sparse_opt.update(
+          t, opt_tables.get(k, {}), every_row, t, g_tables[k])
+    updates, dense_opt = self.dense_tx.update(g_dense, state["opt_state"]["dense"], dense)
+    new_state = {
+        "step": state["step"] + 1,
+        "params": {"tables": traverse_util.unflatten_dict(new_tables),
+                   "dense": optax.apply_updates(dense, updates)},
+        "opt_state": {"tables": traverse_util.unflatten_dict(new_opt_tables),
+                      "dense": dense_opt}}
+    metrics = {"loss": loss, "grad_norm": grad_norm, **aux}
+    return new_state, jax.tree.map(lambda x: x.astype(jnp.float32), metrics)
+
+  def _eval_fn(self, params: State, frozen: dict[str, Any]
                ) -> tuple[jax.Array, jax.Array]:
     model = nnx.merge(self.graphdef, params["tables"], params["dense"])
+    if self.graph_model:
+      users, items = model.score_reprs(*model.propagate(frozen["graph"], frozen["feat"],
+                                                        frozen["mask"], rng=None))
+      real = jnp.arange(items.shape[0]) < self.num_items
+      return users.astype(jnp.float32), jnp.where(real[:, None], items, 0).astype(jnp.float32)
     users = model.user_repr(None)
     items = model.item_repr(None, frozen["feat"], frozen["mask"])
     real = jnp.arange(items.shape[0]) < self.num_items

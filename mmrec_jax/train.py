@@ -88,8 +88,10 @@ def build_data_info(ds: PreparedDataset, config: ml_collections.ConfigDict,
       features[m] = shards.to_array().astype(np.float32)
     else:
       features[m] = np.zeros((0, shards.dim), np.float32)  # dims only; rows are streamed
+  # Train-split edges: graph models build their user-item graph from these only.
   return DataInfo(num_users=ds.num_users, num_items=ds.num_items, features=features,
-                  feature_masks=masks, item_counts=item_counts)
+                  feature_masks=masks, item_counts=item_counts,
+                  train_users=np.asarray(train.users), train_items=np.asarray(train.items))
 
 
 def resolve_modalities(ds: PreparedDataset, config: ml_collections.ConfigDict

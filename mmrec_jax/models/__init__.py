@@ -10,13 +10,15 @@ from flax import nnx
 from mmrec_jax.errors import ConfigError
 from mmrec_jax.models.base import Recommender
 from mmrec_jax.models.bpr_mf import BPRMF
+from mmrec_jax.models.graph_models import GRAPH_MODELS, GRAPH_USES_FEATURES
 from mmrec_jax.models.two_tower import TwoTower
 from mmrec_jax.models.vbpr import VBPR
 
-MODELS: dict[str, type[Recommender]] = {"bpr_mf": BPRMF, "vbpr": VBPR, "two_tower": TwoTower}
+MODELS: dict[str, type[Recommender]] = {"bpr_mf": BPRMF, "vbpr": VBPR, "two_tower": TwoTower,
+                                        **GRAPH_MODELS}
 
 # Models that consume item features (the others ignore data.modalities).
-USES_FEATURES = ("vbpr", "two_tower")
+USES_FEATURES = ("vbpr", "two_tower") + GRAPH_USES_FEATURES
 
 
 def build_model(model_cfg: ml_collections.ConfigDict, *, num_users: int, num_items: int,

@@ -1,0 +1,119 @@
+"""A one-step end-to-end run of every experiment's ``:smoke`` variant.
+
+MovieLens-100K is the real data (fetched once from PyPI, see the data tests); the other
+experiments read small files in their real formats that the tests write, via the same
+``--config.data.path`` override a user would give.
+"""
+
+import json
+import os
+import pathlib
+
+import numpy as np
+import pytest
+
+from test_train import load_config
+
+from mmrec_jax.train import train_and_evaluate
+
+N_USERS, N_ITEMS = 60, 40
+
+
+def _interactions(seed=0):
+  """~900 (user, item, rating, timestamp) rows with every user active."""
+  rng = np.random.default_rng(seed)
+  rows = []
+  for u in range(1, N_USERS + 1):
+    items = rng.choice(np.arange(1, N_ITEMS + 1), size=15, replace=False)
+    for k, i in enumerate(items):
+      rows.append((u, int(i), int(rng.integers(1, 6)), 1_000_000 + 100 * u + k))
+  return rows
+
+
+def _write_ml1m(root: pathlib.Path) -> None:
+  root.mkdir(parents=True)
+  (root / "ratings.dat").write_text("".join(f"{u}::{i}::{r}::{t}\n"
+                                            for u, i, r, t in _interactions()))
+  (root / "movies.dat").write_text("".join(
+      f"{i}::Movie {i} ({1950 + i})::{'Comedy' if i % 2 else 'Drama|Action'}\n"
+      for i in range(1, N_ITEMS + 1)), encoding="latin-1")
+
+
+def _write_ml25m(root: pathlib.Path) -> None:
+  root.mkdir(parents=True)
+  (root / "ratings.csv").write_text("userId,movieId,rating,timestamp\n" + "".join(
+      f"{u},{i},{r}.0,{t}\n" for u, i, r, t in _interactions()))
+  (root / "movies.csv").write_text("movieId,title,genres\n" + "".join(
+      f"{i},Movie {i} ({1950 + i}),{'Comedy' if i % 2 else 'Drama|Action'}\n"
+      for i in range(1, N_ITEMS + 1)))
+  (root / "tags.csv").write_text("userId,movieId,tag,timestamp\n" + "".join(
+      f"1,{i},tag{i % 5},{i}\n" for i in range(1, N_ITEMS + 1)))
+
+
+def _write_mmrec(root: pathlib.Path, name: str) -> None:
+  root.mkdir(parents=True)
+  rows = _interactions()
+  lines = ["userID\titemID\trating\ttimestamp\tx_label"]
+  for k, (u, i, r, t) in enumerate(rows):
+    x = 0 if k % 15 < 11 else (1 if k % 15 < 13 else 2)
+    lines.append(f"{u - 1}\t{i - 1}\t{r}\t{t}\t{x}")
+  (root / f"{name}.inter").write_text("\n".join(lines) + "\n")
+  rng = np.random.default_rng(1)
+  np.save(root / "image_feat.npy", rng.standard_normal((N_ITEMS, 32)).astype(np.float32))
+  np.save(root / "text_feat.npy", rng.standard_normal((N_ITEMS, 24)).astype(np.float32))
+
+
+def _check(results, workdir):
+  assert results["status"] == "finished" and results["steps"] == 1
+  saved = json.loads((workdir / "results.json").read_text())
+  assert set(saved["test"]) >= {"recall@10", "ndcg@10"}
+  assert all(0.0 <= v <= 1.0 for v in saved["test"].values())
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory):
+  return os.environ.get("MMREC_JAX_CACHE") or str(tmp_path_factory.mktemp("mmrec_cache"))
+
+
+def test_ml100k_smoke_on_real_data(tmp_path, cache_dir):
+  config = load_config("ml100k", "smoke", **{"data.cache_dir": cache_dir,
+                                             "train.max_steps": 1})
+  _check(train_and_evaluate(config, tmp_path / "run"), tmp_path / "run")
+
+
+@pytest.mark.parametrize("name,writer", [("ml1m", _write_ml1m), ("ml25m", _write_ml25m)])
+def test_movielens_experiment_smoke(tmp_path, name, writer):
+  writer(tmp_path / "raw")
+  config = load_config(name, "smoke", **{"data.path": str(tmp_path / "raw"),
+                                         "data.cache_dir": str(tmp_path / "cache"),
+                                         "train.max_steps": 1})
+  _check(train_and_evaluate(config, tmp_path / "run"), tmp_path / "run")
+
+
+def test_mmrec_amazon_smoke(tmp_path):
+  _write_mmrec(tmp_path / "baby", "baby")
+  config = load_config("mmrec_amazon", "smoke,baby", **{
+      "data.path": str(tmp_path / "baby"), "data.cache_dir": str(tmp_path / "cache"),
+      "train.max_steps": 1})
+  results = train_and_evaluate(config, tmp_path / "run")
+  _check(results, tmp_path / "run")
+  assert results["modalities"] == ["text", "image"]
+
+
+def test_presplit_override_keeps_the_experiments_model(tmp_path):
+  rows = _interactions()
+  parts = {"train": rows[: int(0.8 * len(rows))], "valid": rows[int(0.8 * len(rows)):
+                                                               int(0.9 * len(rows))],
+           "test": rows[int(0.9 * len(rows)):]}
+  paths = {}
+  for split, part in parts.items():
+    paths[split] = tmp_path / f"{split}.tsv"
+    paths[split].write_text("user_id\titem_id\trating\ttimestamp\n" + "".join(
+        f"{u}\t{i}\t{r}\t{t}\n" for u, i, r, t in part))
+  config = load_config("synthetic", "smoke,bpr_mf", **{
+      "data.source": "presplit", "data.train": str(paths["train"]),
+      "data.valid": str(paths["valid"]), "data.test": str(paths["test"]),
+      "data.cache_dir": str(tmp_path / "cache"), "train.max_steps": 1})
+  results = train_and_evaluate(config, tmp_path / "run")
+  _check(results, tmp_path / "run")
+  assert results["model"] == "bpr_mf"
