@@ -44,7 +44,8 @@ def _build(cfg, seed=0):
 
 
 def test_registry_and_unknown_names():
-  assert set(MODELS) == {"bpr_mf", "vbpr", "two_tower"}
+  assert set(MODELS) == {"bpr_mf", "vbpr", "two_tower", "lightgcn", "mmgcn", "lattice",
+                         "freedom", "bm3"}
   with pytest.raises(ConfigError, match="two_tower"):
     _build(_cfg("ncf"))
   with pytest.raises(ConfigError, match="attention"):

@@ -1,0 +1,94 @@
+"""Per-epoch training time of the graph models on MovieLens-100K and ML-1M-sized data.
+
+For each (dataset, model): prepare the dataset of the experiment config, build the Task
+(this includes the on-device kNN item graphs; its time is reported as ``setup_s``), feed
+real batches from the grain pipeline, skip ``--warmup`` steps (compilation), then time
+``--steps`` steps (each ended with ``block_until_ready``). ``epoch_s`` = steps per epoch x
+mean step time (an epoch of ML-1M-sized data on a shared 2-core CPU is minutes, so it is
+extrapolated from the timed steps, never hard-coded).
+
+  .venv/bin/python benchmarks/bench_graph.py                          # both datasets
+  .venv/bin/python benchmarks/bench_graph.py --datasets ml100k --models lightgcn,freedom
+
+Prints Markdown table rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+DATASETS = {
+    # name -> (config file, variant, data.modalities for the multimodal models)
+    "ml100k": ("experiments/ml100k_graph.py", None, ("text",)),
+    "synthetic-ml1m": ("experiments/synthetic.py", None, ("text", "image")),
+}
+
+
+def _args():
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--datasets", default="ml100k,synthetic-ml1m")
+  p.add_argument("--models", default="lightgcn,freedom")
+  p.add_argument("--warmup", type=int, default=3)
+  p.add_argument("--steps", type=int, default=10)
+  return p.parse_args()
+
+
+def main() -> int:
+  a = _args()
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # noqa: F401  pylint: disable=g-import-not-at-top
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  from mmrec_jax import sharding, train  # pylint: disable=g-import-not-at-top
+  from mmrec_jax.data import pipeline as pipeline_lib  # pylint: disable=g-import-not-at-top
+  from mmrec_jax.data import prepare as prepare_lib  # pylint: disable=g-import-not-at-top
+  from mmrec_jax.step import Task  # pylint: disable=g-import-not-at-top
+
+  print(f"devices: {jax.device_count()} x {jax.devices()[0].platform}")
+  print("| dataset | model | users | items | train edges | batch | steps/epoch | setup_s "
+        "| ms/step | epoch_s |")
+  print("|---|---|---|---|---|---|---|---|---|---|")
+  for dname in a.datasets.split(","):
+    path, variant, mods = DATASETS[dname]
+    spec = importlib.util.spec_from_file_location("cfg", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    for model in a.models.split(","):
+      c = mod.get_config(variant)
+      c.unlock()
+      c.model.name = model
+      c.data.modalities = () if model == "lightgcn" else mods
+      c.lock()
+      ds = prepare_lib.prepare(c.data)
+      ds, modalities = train.resolve_modalities(ds, c)
+      mesh = sharding.make_mesh(c.mesh.data, c.mesh.model)
+      info = train.build_data_info(ds, c, modalities)
+      t0 = time.perf_counter()
+      task = Task(c, info, mesh)
+      state = task.init(0)
+      jax.block_until_ready(state)
+      setup = time.perf_counter() - t0
+      pipe = pipeline_lib.make_train_pipeline(ds.split("train"), ds.num_users, ds.num_items,
+                                              c.input, seed=0)
+      it = iter(pipe)
+      times = []
+      for i in range(a.warmup + a.steps):
+        t = time.perf_counter()
+        batch = sharding.global_batch_from_local(mesh, next(it))
+        state, metrics = task.train_step(state, batch)
+        jax.block_until_ready(metrics)
+        if i >= a.warmup:
+          times.append(time.perf_counter() - t)
+      ms = 1000 * float(np.mean(times))
+      n_edges = int(np.unique(np.asarray(info.train_users, np.int64) * ds.num_items
+                              + np.asarray(info.train_items)).size)
+      print(f"| {dname} | {model} | {ds.num_users} | {ds.num_items} | {n_edges} | "
+            f"{c.input.batch_size} | {pipe.steps_per_epoch} | {setup:.1f} | {ms:.0f} | "
+            f"{pipe.steps_per_epoch * ms / 1000:.1f} |", flush=True)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
