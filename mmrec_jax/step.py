@@ -63,6 +63,9 @@ class DataInfo:
   item_counts: int64 [num_items], train interactions per item.
   train_users, train_items: int [n_train], the TRAIN-split interactions (optional; graph
     models build their user-item graph from them and raise when they are missing).
+  modalities: the modality names the model uses, after ``data.text_features`` mapped
+    'text' to e.g. 'text_minilm' (``train.resolve_modalities``); None means
+    ``config.data.modalities`` as written.
   """
   num_users: int
   num_items: int
@@ -71,6 +74,7 @@ class DataInfo:
   item_counts: np.ndarray | None = None
   train_users: np.ndarray | None = None
   train_items: np.ndarray | None = None
+  modalities: tuple[str, ...] | None = None
 
 
 def _host_rows(arr: np.ndarray, index: tuple[slice, ...], padded_shape: tuple[int, ...]
@@ -169,7 +173,9 @@ class Task:
   def _check_modalities(self) -> tuple[str, ...]:
     if self.config.model.name not in USES_FEATURES:
       return ()
-    mods = tuple(sorted(self.config.data.modalities))
+    wanted = (self.config.data.modalities if self.info.modalities is None
+              else self.info.modalities)
+    mods = tuple(sorted(wanted))
     for m in mods:
       if m not in self.info.features or m not in self.info.feature_masks:
         raise ConfigError(f"data.modalities has {m!r} but the dataset has features for "

@@ -91,7 +91,8 @@ def build_data_info(ds: PreparedDataset, config: ml_collections.ConfigDict,
   # Train-split edges: graph models build their user-item graph from these only.
   return DataInfo(num_users=ds.num_users, num_items=ds.num_items, features=features,
                   feature_masks=masks, item_counts=item_counts,
-                  train_users=np.asarray(train.users), train_items=np.asarray(train.items))
+                  train_users=np.asarray(train.users), train_items=np.asarray(train.items),
+                  modalities=tuple(modalities))
 
 
 def resolve_modalities(ds: PreparedDataset, config: ml_collections.ConfigDict
