@@ -62,7 +62,8 @@ GRIDS: dict[str, list[dict[str, Any]]] = {
     # Ours: config overrides (dotted keys) of experiments/ml100k.py:<variant>. Tables by
     # row-wise SGD (the step's loss is a batch MEAN, so lr 50 at batch 1024 is ~0.05 per
     # example, Cornac's best), 4 uniform negatives, early stopping on valid ndcg@10.
-    "ours_bpr_mf": [{**_OURS, "loss.l2": l2} for l2 in (1e-3, 2e-3, 5e-3, 1e-2)],
+    "ours_bpr_mf": [{**_OURS, "loss.l2": l2} for l2 in (1e-3, 2e-3, 5e-3, 1e-2)]
+                   + [{**_OURS, "loss.l2": l2, "model.item_bias": True} for l2 in (2e-3, 5e-3)],
     "ours_vbpr": [{**_OURS, "loss.l2": l2, "data.modalities": mods,
                    "data.text_features": tf, "optimizer.learning_rate": 1e-3}
                   for mods, tf, l2 in ((("text_minilm",), "minilm", 5e-3),
@@ -90,8 +91,8 @@ def load_config(variant: str, cache_dir: str):
   return c
 
 
-def setting_key(family: str, params: dict[str, Any]) -> str:
-  return family + " " + json.dumps(params, sort_keys=True)
+def setting_key(family: str, params: dict[str, Any], seed: int = 0) -> str:
+  return family + " " + json.dumps(params, sort_keys=True) + (f" seed={seed}" if seed else "")
 
 
 # ------------------------------------------------------------------------------ baselines
@@ -190,11 +191,11 @@ def evaluate_factors(users: np.ndarray, items: np.ndarray, ds, eval_cfg, mesh) -
 # ------------------------------------------------------------------------------ ours
 
 
-def run_ours(family: str, p: dict[str, Any], args) -> dict:
+def run_ours(family: str, p: dict[str, Any], args, seed: int) -> dict:
   from mmrec_jax.train import train_and_evaluate  # pylint: disable=g-import-not-at-top
   variant = family.removeprefix("ours_")
   c = load_config(variant, args.cache_dir)
-  c.seed = args.seed
+  c.seed = seed
   for dotted, value in p.items():
     node = c
     *path, leaf = dotted.split(".")
@@ -203,7 +204,7 @@ def run_ours(family: str, p: dict[str, Any], args) -> dict:
     node[leaf] = value
   name = variant + "_" + "_".join(f"{k.split('.')[-1]}={v}" for k, v in sorted(p.items()))
   name = "".join(ch if ch.isalnum() or ch in "._=-" else "" for ch in name)
-  workdir = pathlib.Path(args.workdir) / "ours" / name
+  workdir = pathlib.Path(args.workdir) / "ours" / (name + (f"_seed{seed}" if seed else ""))
   t0 = time.perf_counter()
   res = train_and_evaluate(c, workdir)
   wall = time.perf_counter() - t0
@@ -227,7 +228,9 @@ def _fmt_params(p: dict[str, Any]) -> str:
 def write_report(runs: list[dict], out: pathlib.Path, header: str) -> str:
   """Best-valid table per family + every grid point (valid only, test hidden)."""
   current = {setting_key(f, p) for f, grid in GRIDS.items() for p in grid}
-  runs = [r for r in runs if setting_key(r["family"], r["params"]) in current]
+  seeded = [r for r in runs if r.get("seed", 0)]
+  runs = [r for r in runs if not r.get("seed", 0)
+          and setting_key(r["family"], r["params"]) in current]
   fams = [f for f in GRIDS if any(r["family"] == f for r in runs)]
   lines = [header, "", "## Best-valid setting per model (selection: valid ndcg@10)", "",
            "| model | setting | " + " | ".join(f"valid {m}" for m in SHOWN) + " | "
@@ -249,6 +252,7 @@ def write_report(runs: list[dict], out: pathlib.Path, header: str) -> str:
       lines.append(f"| {LABELS[f]} | {_fmt_params(r['params'])} | "
                    + " | ".join(f"{r['valid'][m]:.4f}" for m in SHOWN)
                    + f" | {r['train_s']:.1f} | {note} |")
+  lines += _seed_table(runs, seeded, fams)
   text = "\n".join(lines) + "\n"
   # Hand-written notes below the marker (commands, findings) survive regeneration.
   if out.exists() and NOTES_MARKER in out.read_text():
@@ -258,6 +262,28 @@ def write_report(runs: list[dict], out: pathlib.Path, header: str) -> str:
   tmp.write_text(text)
   os.replace(tmp, out)
   return text
+
+
+def _seed_table(runs: list[dict], seeded: list[dict], fams: list[str]) -> list[str]:
+  """Mean +- std over seeds of each family's best-valid setting (seed 0 = the grid run)."""
+  rows = []
+  for f in fams:
+    best = max((r for r in runs if r["family"] == f), key=lambda r: r["valid"][SELECT])
+    same = [best] + [r for r in seeded if r["family"] == f and r["params"] == best["params"]]
+    if len(same) < 2:
+      continue
+    cell = lambda split, m: (f"{np.mean([r[split][m] for r in same]):.4f} "
+                             f"± {np.std([r[split][m] for r in same], ddof=1):.4f}")
+    rows.append(f"| {LABELS[f]} | {len(same)} | " + " | ".join(
+        cell(split, m) for split in ("valid", "test") for m in ("ndcg@10", "recall@20"))
+                + f" | {np.mean([r['train_s'] for r in same]):.1f} |")
+  if not rows:
+    return []
+  return (["", "## Best-valid setting of each model over seeds (mean ± sample std)", "",
+           "Seeds change the initialisation and the sampled negatives/batch order (ours), "
+           "or the libraries' `seed`/`random_state`; the split is fixed.", "",
+           "| model | seeds | valid ndcg@10 | valid recall@20 | test ndcg@10 | test recall@20 "
+           "| train s |", "|---|---:|---:|---:|---:|---:|---:|"] + rows)
 
 
 def machine_note(threads: int) -> str:
@@ -280,7 +306,8 @@ def main() -> None:
   parser.add_argument("--workdir", default="runs/bench_ml100k")
   parser.add_argument("--out", default=str(ROOT / "benchmarks" / "RESULTS_ml100k.md"))
   parser.add_argument("--cache_dir", default="", help="'' = the experiment's default")
-  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--seeds", type=int, default=1,
+                      help="> 1: rerun each family's best-valid setting with seeds 1..N-1")
   parser.add_argument("--threads", type=int, default=2, help="baselines' num_threads")
   parser.add_argument("--max_points", type=int, default=0,
                       help="> 0: at most this many NEW grid points per family (quick look)")
@@ -310,13 +337,31 @@ def main() -> None:
   workdir = pathlib.Path(args.workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   log = workdir / "runs.jsonl"
-  done = {setting_key(r["family"], r["params"]) for r in read_runs(log)}
+  done = {setting_key(r["family"], r["params"], r.get("seed", 0)) for r in read_runs(log)}
   header = ("# MovieLens-100K quality: mmrec_jax vs Cornac / implicit "
             "(benchmarks/bench_ml100k_baselines.py)\n\n"
             f"Split: per-user temporal 80/10/10 ({ds.num_users} users, {ds.num_items} items, "
             f"{len(tr.users)} train interactions); full ranking over all items by our "
-            "evaluator, train items masked (train + valid at test). One seed per setting.\n\n"
+            "evaluator, train items masked (train + valid at test). Grid: one seed (0) per "
+            "setting; the best-valid setting of each model is then rerun with more seeds "
+            "(last table).\n\n"
             + machine_note(args.threads))
+
+  def run_point(family: str, params: dict[str, Any], seed: int) -> None:
+    if family.startswith("ours_"):
+      rec = run_ours(family, params, args, seed)
+    else:
+      users, items, secs = FITTERS[family](ds, params, seed, args.threads)
+      rec = {**evaluate_factors(users, items, ds, eval_cfg, mesh), "train_s": secs}
+    rec.update(family=family, params=params, seed=seed)
+    with open(log, "a") as f:
+      f.write(json.dumps(rec) + "\n")
+    done.add(setting_key(family, params, seed))
+    print(f"{LABELS[family]:32s} {_fmt_params(params):60s} seed {seed} valid ndcg@10 "
+          f"{rec['valid'][SELECT]:.4f} recall@20 {rec['valid']['recall@20']:.4f} "
+          f"({rec['train_s']:.1f}s)", flush=True)
+    write_report(read_runs(log), pathlib.Path(args.out), header)
+
   for family in families:
     new = 0
     for params in GRIDS[family]:
@@ -326,19 +371,16 @@ def main() -> None:
       if args.max_points and new >= args.max_points:
         break
       new += 1
-      if family.startswith("ours_"):
-        rec = run_ours(family, params, args)
-      else:
-        users, items, secs = FITTERS[family](ds, params, args.seed, args.threads)
-        rec = {**evaluate_factors(users, items, ds, eval_cfg, mesh), "train_s": secs}
-      rec.update(family=family, params=params)
-      with open(log, "a") as f:
-        f.write(json.dumps(rec) + "\n")
-      done.add(key)
-      print(f"{LABELS[family]:32s} {_fmt_params(params):60s} valid ndcg@10 "
-            f"{rec['valid'][SELECT]:.4f} recall@20 {rec['valid']['recall@20']:.4f} "
-            f"({rec['train_s']:.1f}s)", flush=True)
-      write_report(read_runs(log), pathlib.Path(args.out), header)
+      run_point(family, params, 0)
+  # Seed stage: the best-valid setting of each family again with other seeds.
+  for family in families:
+    runs = [r for r in read_runs(log) if r["family"] == family and not r.get("seed", 0)]
+    if args.seeds < 2 or not runs:
+      continue
+    best = max(runs, key=lambda r: r["valid"][SELECT])["params"]
+    for seed in range(1, args.seeds):
+      if setting_key(family, best, seed) not in done:
+        run_point(family, best, seed)
   print(write_report(read_runs(log), pathlib.Path(args.out), header))
 
 

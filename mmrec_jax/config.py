@@ -79,6 +79,8 @@ def base_config() -> ml_collections.ConfigDict:
   m.modality_dropout = 0.0
   m.dropout = 0.0
   m.use_ids = True
+  m.item_bias = False         # bpr_mf: add a learned item bias b_i (as Cornac/implicit/
+                              # LibRec BPR do): score = p_u . q_i + b_i
   m.num_layers = 2            # graph models
   m.knn_k = 10                # multimodal graph models
   m.num_mm_layers = 1         # item-item graph layers (FREEDOM, LATTICE)

@@ -65,6 +65,37 @@ def test_bpr_mf_eval_reprs_equal_gather_dot():
   assert not np.asarray(items)[NI:].any()        # padding rows are zero
 
 
+def test_bpr_mf_item_bias_adds_b_i_and_is_trained():
+  """``model.item_bias``: score = p_u . q_i + b_i, and the bias rows get sparse updates."""
+  cfg = _cfg("bpr_mf", item_bias=True)
+  cfg.optimizer.sparse = "sgd"
+  cfg.optimizer.sparse_learning_rate = 1.0
+  task = Task(cfg, _info(), sharding.make_mesh())
+  state = task.init(0)
+  tb = state["params"]["tables"]
+  assert not np.asarray(tb["item_bias"]["embedding"]).any()     # starts at zero
+  b = np.zeros((task.padded_items, 1), np.float32)
+  b[:NI, 0] = np.linspace(-1, 1, NI)
+  tb["item_bias"]["embedding"] = jax.device_put(
+      jnp.asarray(b), tb["item_bias"]["embedding"].sharding)
+  users, items = task.eval_reprs(state)
+  p = np.asarray(tb["user_embed"]["embedding"])
+  q = np.asarray(tb["item_embed"]["embedding"])
+  u, i = np.array([0, 3, 19]), np.array([5, 29, 0])
+  got = np.sum(np.asarray(users)[u] * np.asarray(items)[i], axis=1)
+  np.testing.assert_allclose(got, np.sum(p[u] * q[i], axis=1) + b[i, 0], rtol=1e-5)
+  # One BPR step moves the positive's bias up and the negative's down.
+  n = 8   # a multiple of the data axis of any test mesh
+  batch = {"user": np.arange(n, dtype=np.int32), "pos": np.full(n, 4, np.int32),
+           "neg": np.full((n, 1), 7, np.int32)}
+  before = np.asarray(state["params"]["tables"]["item_bias"]["embedding"])[:, 0].copy()
+  state, _ = task.train_step(state, sharding.global_batch_from_local(task.mesh, batch))
+  after = np.asarray(state["params"]["tables"]["item_bias"]["embedding"])[:, 0]
+  assert after[4] > before[4] and after[7] < before[7]
+  untouched = np.setdiff1d(np.arange(NI), [4, 7])
+  np.testing.assert_array_equal(after[untouched], before[untouched])
+
+
 def test_vbpr_score_equals_formula():
   info = _info()
   task = Task(_cfg("vbpr"), info, sharding.make_mesh())
