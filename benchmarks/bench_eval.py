@@ -4,7 +4,8 @@ Problem (random, NOT MovieLens data -- only its shape): 162,541 users x 59,047 i
 d = 64 float32 embeddings, ~20M train interactions (masked) and ~2.5M test interactions
 (ground truth), drawn with skewed user activity and Zipf item popularity, train and test
 disjoint. Every method runs in its own child process so its peak RSS (``ru_maxrss``) is its
-own; data generation (same seed) is timed separately from evaluation. "eval CPU s" is the
+own; data generation (same seed; cached in ``--cache_dir`` after the first run, so "data
+gen s" is then the load time) is timed separately from evaluation. "eval CPU s" is the
 process CPU time of the evaluation (all threads): on a shared machine it varies less than
 wall time.
 
@@ -65,6 +66,28 @@ def make_problem(num_users: int, num_items: int, dim: int, n_train: int, n_test:
   return um, im, train, test
 
 
+def cached_problem(args):
+  """``make_problem`` once per shape and seed, kept in ``--cache_dir`` for the other methods.
+
+  Generation takes minutes at full size on 2 cores; every method must see the same data
+  anyway, so the first child writes it (temp file, then rename) and the next ones load it.
+  """
+  key = f"{args.users}_{args.items}_{args.dim}_{args.train}_{args.test}_{args.seed}"
+  path = os.path.join(args.cache_dir, f"eval_problem_{key}.npz") if args.cache_dir else ""
+  if path and os.path.exists(path):
+    z = np.load(path)
+    return (z["um"], z["im"], (z["tr_ptr"], z["tr_idx"]), (z["te_ptr"], z["te_idx"]))
+  um, im, train, test = make_problem(args.users, args.items, args.dim, args.train, args.test,
+                                     args.seed)
+  if path:
+    os.makedirs(args.cache_dir, exist_ok=True)
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, um=um, im=im, tr_ptr=train[0], tr_idx=train[1], te_ptr=test[0],
+             te_idx=test[1])
+    os.replace(tmp, path)
+  return um, im, train, test
+
+
 def numpy_eval(um, im, train, test, ks, metrics, chunk):
   """Plain numpy/BLAS chunked scorer: matmul, -inf on train items, argpartition top-k."""
   from mmrec_jax.evaluation.metrics import metrics_from_hits  # pylint: disable=g-import-not-at-top
@@ -101,8 +124,7 @@ def child(args) -> None:
     os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices}"
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
   t0 = time.perf_counter()
-  um, im, train, test = make_problem(args.users, args.items, args.dim, args.train, args.test,
-                                     args.seed)
+  um, im, train, test = cached_problem(args)
   t_data = time.perf_counter() - t0
   rss_data = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
   ks, metrics = (10, 20), ("recall", "ndcg", "precision", "hit", "mrr", "map")
@@ -140,6 +162,8 @@ def main() -> None:
   p.add_argument("--model", type=int, default=1, help="size of the mesh 'model' axis")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--methods", default="jax,numpy")
+  p.add_argument("--cache_dir", default="runs/bench_eval_cache",
+                 help="where the generated problem is kept between methods/runs ('' = off)")
   p.add_argument("--method", default="", help=argparse.SUPPRESS)   # child mode
   args = p.parse_args()
   if args.method:
@@ -152,7 +176,8 @@ def main() -> None:
   for method in args.methods.split(","):
     cmd = [sys.executable, __file__, "--method", method] + [
         f"--{k}={getattr(args, k)}" for k in ("users", "items", "dim", "train", "test", "chunk",
-                                              "item_chunk", "devices", "model", "seed")]
+                                              "item_chunk", "devices", "model", "seed",
+                                              "cache_dir")]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
     rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
   print(f"\nusers={args.users} items={args.items} d={args.dim} train_nnz={rows[0]['nnz_train']} "
