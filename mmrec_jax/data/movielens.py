@@ -16,8 +16,16 @@ Where the files come from, in order:
    year is a separate field), and the release date is absent.
 
 Item side info goes to items.jsonl: title, genres, year, tags (20M/25M/latest: the
-users' free-text tags, most frequent first, at most 50) and imdb_id/tmdb_id (links.csv).
-A 'text' modality is built from it by ``text_features.handcrafted_text_features``.
+users' free-text tags, most frequent first, at most 50), imdb_id/tmdb_id (links.csv) and,
+where the tag genome is shipped (genome-scores.csv + genome-tags.csv: 20M, 25M, latest),
+genome_tags: the movie's ``GENOME_TOP_TAGS`` most relevant genome tags, most relevant
+first. The genome covers movies nobody tagged, which is why it is worth reading: the
+free-text tags of most movies are empty. A 'text' modality is built from the side info by
+``text_features.handcrafted_text_features`` (genome tags included in its TF-IDF).
+
+User and movie ids must be integers in every MovieLens file: a non-numeric id means the
+file is damaged (or not MovieLens), so it fails naming the file and line rather than
+being kept as a string id.
 """
 
 from __future__ import annotations
@@ -59,6 +67,9 @@ RECBOLE_100K = "recbole/dataset_example/ml-100k/ml-100k"
 # file whose presence identifies each layout
 _LAYOUT_KEY = {"100k": "u.data", "1m": "ratings.dat", "csv": "ratings.csv"}
 _MAX_TAGS = 50
+# Genome tags kept per movie in items.jsonl: enough to describe a movie (the genome has
+# 1,128 tags, most of them barely relevant to any one movie), few enough for text features.
+GENOME_TOP_TAGS = 10
 
 
 def _layout(variant: str) -> str:
@@ -145,7 +156,8 @@ def locate(cfg, cache_dir: pathlib.Path) -> dict:
     p = pathlib.Path(os.path.expanduser(cfg.path))
     if not p.exists():
       raise DataError(str(p), "MovieLens path not found (data.path)")
-    return {"variant": v, "origin": "local", "files": _Files(p, v).described()}
+    return {"variant": v, "origin": "local", "files": _Files(p, v).described(),
+            **_reader_desc(v)}
   archive = cache_dir / "downloads" / f"ml-{v}.zip"
   wheel = cache_dir / "recbole" / RECBOLE_WHEEL
   if archive.is_file():
@@ -165,9 +177,14 @@ def locate(cfg, cache_dir: pathlib.Path) -> dict:
   return _wheel_desc(wheel)
 
 
+def _reader_desc(v: str) -> dict:
+  """Reader settings that change the prepared output (so they enter the fingerprint)."""
+  return {"genome_top_tags": GENOME_TOP_TAGS} if _layout(v) == "csv" else {}
+
+
 def _grouplens_desc(v, archive):
   return {"variant": v, "origin": "grouplens", "archive": archive.name,
-          "sha256": SHA256[v] or _sha256(archive)}
+          "sha256": SHA256[v] or _sha256(archive), **_reader_desc(v)}
 
 
 def _wheel_desc(wheel):
@@ -266,7 +283,8 @@ def split_title(title: str) -> tuple[str, int | None]:
   return title[: m.start()].strip(), int(m.group(1))
 
 
-_RATING_COLS = [tables.Column("user", "id"), tables.Column("item", "id"),
+# MovieLens ids are integers in every release: kind 'int', so a stray string is an error.
+_RATING_COLS = [tables.Column("user", "int"), tables.Column("item", "int"),
                 tables.Column("rating", "float"), tables.Column("timestamp", "float")]
 
 
@@ -369,4 +387,60 @@ def _load_csv(files: _Files) -> RawData:
         d["imdb_id"] = imdb.strip()
       if tmdb.strip():
         d["tmdb_id"] = tmdb.strip()
+  has_scores, has_tags = files.has("genome-scores.csv"), files.has("genome-tags.csv")
+  if has_scores and has_tags:
+    for mid, tags in _genome_top_tags(files).items():
+      info.setdefault(mid, {})["genome_tags"] = tags
+  elif has_scores or has_tags:
+    present, absent = (("genome-scores.csv", "genome-tags.csv") if has_scores
+                       else ("genome-tags.csv", "genome-scores.csv"))
+    logging.warning("%s without %s: the tag genome is not used", files.where(present),
+                    absent)
   return _raw(cols, info)
+
+
+def _genome_top_tags(files: _Files, top: int = GENOME_TOP_TAGS) -> dict[str, list[str]]:
+  """movieId -> its ``top`` genome tags by relevance (ties: smaller tagId first).
+
+  genome-scores.csv has a row per (movie, tag) pair (15.6M rows in ML-25M), so it is read
+  by the vectorised table reader and ranked with one lexsort, never row by row.
+  """
+  names: dict[int, str] = {}
+  where_tags = files.where("genome-tags.csv")
+  for line, (tid, tag) in _csv_rows(files, "genome-tags.csv", ["tagId", "tag"]):
+    try:
+      key = int(tid)
+    except ValueError:
+      raise DataError(f"{where_tags}:{line}", f"tagId {tid.strip()!r} is not an "
+                      "integer") from None
+    if key in names:
+      raise DataError(f"{where_tags}:{line}", f"tagId {key} is listed twice")
+    names[key] = tag.strip()
+  where = files.where("genome-scores.csv")
+  opener = files.opener("genome-scores.csv")
+  header = tables.read_header(opener, where, ",")
+  if header != ["movieId", "tagId", "relevance"]:
+    raise DataError(f"{where}:1", f"header {header}, expected movieId,tagId,relevance")
+  cols = tables.read_columns(
+      opener, where=where, delimiter=",", skip_lines=1,
+      columns=[tables.Column("movie", "int"), tables.Column("tag", "int"),
+               tables.Column("relevance", "float")])
+  movie, tag, rel = cols["movie"], cols["tag"], cols["relevance"]
+  known = np.fromiter(names, np.int64, len(names))
+  unknown = np.flatnonzero(~np.isin(tag, known))
+  if unknown.size:
+    r = int(unknown[0])
+    raise DataError(f"{where}:{tables.line_of_row(opener, r, 1)}",
+                    f"tagId {int(tag[r])} is not in {files.where('genome-tags.csv')}")
+  order = np.lexsort((tag, -rel, movie))   # by movie, then relevance down, then tagId
+  movie, tag = movie[order], tag[order]
+  start = np.ones(movie.shape[0], bool)
+  np.not_equal(movie[1:], movie[:-1], out=start[1:])
+  first = np.flatnonzero(start)
+  rank = np.arange(movie.shape[0]) - np.repeat(first, np.diff(np.append(first,
+                                                                        movie.shape[0])))
+  keep = rank < top
+  out: dict[str, list[str]] = {}
+  for m, t in zip(movie[keep].tolist(), tag[keep].tolist()):
+    out.setdefault(str(m), []).append(names[t])
+  return out

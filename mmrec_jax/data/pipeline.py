@@ -340,7 +340,8 @@ def _check_features(features, expected_dims, num_items) -> dict[str, _Features]:
   if features is None:
     raise ConfigError("input.stream_features=True needs feature shards per modality; "
                       "none were passed (features=None)")
-  wanted = list(expected_dims) if expected_dims else list(features)
+  # An empty expected_dims means "the model streams no modality", not "all of them".
+  wanted = list(expected_dims) if expected_dims is not None else list(features)
   out = {}
   for m in wanted:
     if m not in features:
@@ -350,7 +351,7 @@ def _check_features(features, expected_dims, num_items) -> dict[str, _Features]:
     where = f"features/{m}"
     if int(fs.num_items) != num_items:
       raise DataError(where, f"has num_items={fs.num_items} but the dataset has {num_items}")
-    if expected_dims and int(fs.dim) != int(expected_dims[m]):
+    if expected_dims is not None and int(fs.dim) != int(expected_dims[m]):
       raise DataError(where, f"has dim={fs.dim} but {expected_dims[m]} was expected")
     f = _Features(fs)
     if f.mask.shape != (num_items,):
@@ -375,8 +376,9 @@ def make_train_pipeline(train_split: Any, num_users: int, num_items: int, input_
     input_cfg: the ``config.input`` section (batch_size is GLOBAL).
     seed: the run's seed; batches are a pure function of (seed, batch index).
     features: FeatureShards per modality; used when ``input.stream_features``.
-    expected_dims: modality -> feature dim the model expects; modalities listed here
-      must be present in ``features`` (default: every modality of ``features``).
+    expected_dims: modality -> feature dim the model expects; exactly these modalities
+      are streamed, each must be in ``features`` with that dim (None: every modality of
+      ``features``, unchecked; {}: none).
     process_index, process_count: default ``jax.process_index()/process_count()``.
     num_epochs: None repeats forever.
     num_threads: grain read threads per process (prefetching batches ahead).

@@ -7,16 +7,17 @@ the concatenation of three blocks, then L2-normalised as a whole:
 
   * genre multi-hot    one column per genre (lowercased, sorted); 1.0 where the item has it;
   * year one-hot       buckets between the ``year_buckets`` edges, plus "unknown";
-  * TF-IDF             over tokens of the title, genres and tags: lowercase, regex
+  * TF-IDF             over tokens of the title, genres, tags and genome_tags (the
+                       MovieLens tag genome's most relevant tags): lowercase, regex
                        ``[^\\W_]+``; sublinear tf ``1 + ln(count)``; smooth idf
                        ``ln((1 + n_docs) / (1 + df)) + 1`` with n_docs = items that have
                        text; each row L2-normalised. The vocabulary keeps tokens with
                        ``df >= min_df``, the ``max_vocab`` most frequent (ties by token),
                        ordered alphabetically.
 
-An item has the modality when it has a non-empty title, genres or tags; items without
-get an all-zero row and mask False (the feature-shard imputation). MovieLens's
-"(no genres listed)" is read as no genres.
+An item has the modality when it has a non-empty title, genres, tags or genome_tags;
+items without get an all-zero row and mask False (the feature-shard imputation).
+MovieLens's "(no genres listed)" is read as no genres.
 """
 
 from __future__ import annotations
@@ -63,7 +64,11 @@ def _year_names(edges: Sequence[int]) -> list[str]:
 
 
 def _clean(item_info: Sequence[dict[str, Any]]):
-  """Validates records; returns (titles, genre lists, years, tag lists)."""
+  """Validates records; returns (titles, genre lists, years, tag lists).
+
+  The tag list of an item is its free-text ``tags`` followed by its ``genome_tags``: both
+  are words describing the movie, and TF-IDF weighs them the same way.
+  """
   titles, genres, years, tags = [], [], [], []
   for i, rec in enumerate(item_info):
     if not isinstance(rec, dict):
@@ -74,7 +79,7 @@ def _clean(item_info: Sequence[dict[str, Any]]):
       raise DataError(f"{_WHERE} row {i} key 'title'", f"must be a string or null, got "
                       f"{type(title).__name__}")
     lists = []
-    for key in ("genres", "tags"):
+    for key in ("genres", "tags", "genome_tags"):
       v = rec.get(key) or []
       if not isinstance(v, list) or not all(isinstance(s, str) for s in v):
         raise DataError(f"{_WHERE} row {i} key {key!r}", "must be a list of strings")
@@ -85,7 +90,7 @@ def _clean(item_info: Sequence[dict[str, Any]]):
                       f"{year!r}")
     titles.append((title or "").strip())
     genres.append(sorted({g for g in lists[0] if g not in NO_GENRES}))
-    tags.append(lists[1])
+    tags.append(lists[1] + lists[2])
     years.append(year)
   return titles, genres, years, tags
 
