@@ -162,3 +162,18 @@ def test_side_data_graph_links_items_sharing_rare_tags():
   assert not dense[4].any() and not dense[:, 4].any()   # no side data: no edges
   with pytest.raises(DataError, match="row 0"):
     side_graph.tag_features([{"tags": "heist"}])
+
+
+def test_side_data_graph_uses_tag_genome_fields():
+  """Items with only tag-genome tags in common are linked; genome tags are their own field."""
+  from mmrec_jax.graph import side_graph
+  items = [{"genome_tags": ["dystopia", "robots"]}, {"genome_tags": ["robots"]},
+           {"genres": ["Drama"]}, {"genres": ["Drama"], "genome_tags": ["dystopia"]}]
+  x, mask, vocab = side_graph.tag_features(items)
+  assert "genome_tags:robots" in vocab and "genome_tags:dystopia" in vocab
+  np.testing.assert_array_equal(mask, [True, True, True, True])
+  g = side_graph.shared_tag_graph(x, mask, k=3)   # self + 2 neighbours
+  dense = np.zeros((4, 4))
+  np.add.at(dense, (np.asarray(g.dst), np.asarray(g.src)), np.asarray(g.weight))
+  assert dense[0, 1] > 0 and dense[0, 3] > 0    # shared genome tags
+  assert dense[1, 2] == 0                       # nothing in common

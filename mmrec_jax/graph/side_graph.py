@@ -11,7 +11,8 @@ modality links each item to the k items with which it shares the most informativ
 (``data.modalities=('text', 'graph')``; it shares the non-image mixing weight).
 
 Sources (from a prepared dataset):
-  * ``items.jsonl`` fields ``genres`` and ``tags`` (MovieLens genres, user tags, ...);
+  * ``items.jsonl`` fields ``genres``, ``tags`` and ``genome_tags`` (MovieLens genres,
+    user tags, the top tag-genome tags of each movie);
   * optionally the MovieLens tag genome (``genome-scores.csv``: movieId,tagId,relevance),
     whose L2-normalised relevance vectors are concatenated to the incidence vectors.
 Items with no side data have zero rows and mask False (never linked, see knn.py).
@@ -37,7 +38,9 @@ from mmrec_jax.errors import DataError
 from mmrec_jax.graph.knn import knn_graph
 from mmrec_jax.graph.propagation import EdgeList
 
-FIELDS = ("genres", "tags")
+# ``genome_tags``: each MovieLens movie's most relevant tag-genome tags, written by
+# preparation when the genome files are present (mmrec_jax/data/movielens.py).
+FIELDS = ("genres", "tags", "genome_tags")
 
 
 def tag_features(item_info: Sequence[dict], fields: Sequence[str] = FIELDS,
