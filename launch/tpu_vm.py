@@ -15,8 +15,11 @@ Stages (``--stages``, default all, in this order):
 Every worker runs the same command; ``MMREC_DISTRIBUTED=auto`` makes ``mmrec_jax.main``
 call ``jax.distributed.initialize()``, which finds the other workers from the TPU
 metadata. A multi-host slice needs a workdir that all workers share (Orbax writes each
-host's shards into the same checkpoint directory): ``--bucket=gs://B/prefix`` mounts the
-bucket with gcsfuse at ``~/mmrec_jax/gcs`` on every worker and puts the workdir there.
+host's shards into the same checkpoint directory, and ``fetch`` without a bucket copies
+worker 0's disk only): ``--bucket=gs://B/prefix`` mounts the bucket with gcsfuse at
+``~/mmrec_jax/gcs`` on every worker and puts the workdir there. It is required for a
+multi-host accelerator type (a size above 8, e.g. v4-16, v5litepod-16) whenever install,
+run or fetch is among the stages.
 A SIGTERM (preemption of a spot VM) saves a checkpoint; rerun ``--stages=run`` to resume.
 """
 
@@ -37,6 +40,19 @@ BUCKET_MOUNT = "gcs"
 VERSIONS = {"v2": "tpu-ubuntu2204-base", "v3": "tpu-ubuntu2204-base",
             "v4": "tpu-ubuntu2204-base", "v5litepod": "v2-alpha-tpuv5-lite",
             "v5p": "v2-alpha-tpuv5", "v6e": "v2-alpha-tpuv6e"}
+# The size in an accelerator type counts TensorCores (v2-v4, v5p) or chips (v5litepod,
+# v6e). The largest single-host type of every generation has size 8 (v4-8 = 4 chips x 2
+# cores, v5litepod-8 = 8 chips); a larger size is a slice of several hosts (how many
+# depends on the generation's host shape, which the check does not need).
+MAX_SINGLE_HOST_SIZE = 8
+# Stages whose commands depend on where the workdir lives.
+WORKDIR_STAGES = ("install", "run", "fetch")
+
+
+def is_multi_host(accelerator_type: str) -> bool:
+  """True for a slice of several hosts (v4-16, v5litepod-16, v6e-32, ...)."""
+  size = accelerator_type.rsplit("-", 1)[-1]
+  return size.isdigit() and int(size) > MAX_SINGLE_HOST_SIZE
 
 
 def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -55,7 +71,8 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
                  help=f"comma-separated subset of {','.join(STAGES)}")
   p.add_argument("--python", default="python3.11", help="interpreter for the venv")
   p.add_argument("--bucket", default=None,
-                 help="gs://bucket[/prefix]: shared workdir via gcsfuse (multi-host)")
+                 help="gs://bucket[/prefix]: shared workdir via gcsfuse (required for a "
+                      "multi-host accelerator type)")
   p.add_argument("--fetch_to", default="results", help="local directory for the workdir")
   common.add_common_flags(p)
   args = p.parse_args(own)
@@ -74,6 +91,13 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     args.version = VERSIONS[gen]
   if args.bucket and not args.bucket.startswith("gs://"):
     p.error(f"--bucket={args.bucket!r} must start with gs://")
+  workdir_stages = [s for s in args.stages if s in WORKDIR_STAGES]
+  if is_multi_host(args.accelerator_type) and workdir_stages and not args.bucket:
+    # Each worker's local workdir would hold only its own checkpoint shards, and fetch
+    # would bring back worker 0's part: an unrestorable run. Refuse before creating a VM.
+    p.error(f"--accelerator_type={args.accelerator_type} is a multi-host slice: its workdir "
+            f"must be shared storage, pass --bucket=gs://BUCKET[/prefix] (stages "
+            f"{','.join(workdir_stages)} use it)")
   return args, main_args
 
 

@@ -6,9 +6,22 @@ Detection order (first match wins):
      the launch/ scripts set);
   2. MMREC_DISTRIBUTED=auto (set by launch/tpu_vm.py): ``jax.distributed.initialize()``
      with jax's own cluster detection (GCE TPU VM metadata, SLURM, ...);
-  3. a Cloud TPU VM slice with several workers, or a SLURM job with several tasks:
-     ``jax.distributed.initialize()`` auto-detects the cluster;
-  4. otherwise a single process: nothing to do.
+  3. a SLURM job with several tasks (SLURM_JOB_ID, SLURM_NTASKS > 1);
+  4. a Cloud TPU slice with several workers: on GKE TPU_WORKER_HOSTNAMES (or
+     TPU_PROCESS_ADDRESSES) lists them; on a bare Cloud TPU VM (``python -m mmrec_jax.main``
+     started by hand on every worker) only the GCE metadata server does, so it is asked,
+     through jax's own Cloud TPU helpers, for the slice's worker endpoints;
+  5. otherwise a single process: nothing to do.
+In cases 2-4 ``jax.distributed.initialize()`` auto-detects the cluster itself.
+
+The metadata server is only asked on a machine that jax itself recognised as a Cloud TPU VM
+at import (libtpu installed and TPU chips on the PCI bus): on a CPU or GPU host the check
+costs nothing and sends no network request, so single-host runs are unaffected.
+
+After initialisation every process but process 0 logs at WARNING and above (see
+``quiet_non_main_process``): N hosts printing the same step lines would bury the one log
+a user reads, while warnings and errors of any host still show.
+
 ``--local_device_ids`` / MMREC_LOCAL_DEVICE_IDS optionally pins GPUs per process.
 """
 
@@ -35,6 +48,42 @@ def _env_int(name: str) -> int | None:
   return int(value) if value not in (None, "") else None
 
 
+def cloud_tpu_worker_count() -> int:
+  """Workers (hosts) of the Cloud TPU slice this process runs on; 1 elsewhere.
+
+  Uses jax's own Cloud TPU detection: ``cloud_tpu_init.running_in_cloud_tpu_vm`` (set when
+  ``import jax`` found libtpu and TPU chips) gates the query, and
+  ``GceTpuCluster._get_worker_list_in_slice`` reads the ``worker-network-endpoints``
+  metadata attribute exactly as ``jax.distributed.initialize()`` will. These are private
+  jax modules, so a jax that moved them degrades to the environment check (GKE) instead of
+  failing; a metadata server that does not answer logs a warning and counts as one host
+  (set MMREC_DISTRIBUTED=auto to force initialisation).
+  """
+  hosts = os.environ.get("TPU_PROCESS_ADDRESSES") or os.environ.get("TPU_WORKER_HOSTNAMES")
+  if hosts:  # GKE (and multislice set-ups) name the workers in the environment
+    return len([h for h in hosts.split(",") if h.strip()])
+  try:
+    # pylint: disable=g-import-not-at-top
+    from jax._src import cloud_tpu_init
+    from jax._src.clusters import cloud_tpu_cluster
+    # pylint: enable=g-import-not-at-top
+    on_tpu_vm = bool(cloud_tpu_init.running_in_cloud_tpu_vm)
+    gce = cloud_tpu_cluster.GceTpuCluster
+  except (ImportError, AttributeError):
+    return 1
+  if not on_tpu_vm or os.environ.get("TPU_SKIP_MDS_QUERY") is not None:
+    return 1  # not a Cloud TPU VM: no metadata query
+  try:
+    # pylint: disable-next=protected-access
+    return len(gce._get_worker_list_in_slice()) * gce._get_num_slices()
+  except Exception as e:  # pylint: disable=broad-except
+    logging.warning("Cloud TPU VM, but the metadata server did not list the slice's "
+                    "workers (%s: %s); running as a single process. Set "
+                    "MMREC_DISTRIBUTED=auto on every worker of a multi-host slice.",
+                    type(e).__name__, e)
+    return 1
+
+
 def cluster_kind() -> str:
   """'explicit', 'auto', 'slurm', 'tpu' or 'single': how this process was started."""
   if (_COORD.present and _COORD.value) or os.environ.get("MMREC_COORDINATOR"):
@@ -45,9 +94,23 @@ def cluster_kind() -> str:
     return "auto"
   if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_JOB_ID" in os.environ:
     return "slurm"
-  if os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") >= 1:
+  if cloud_tpu_worker_count() > 1:
     return "tpu"
   return "single"
+
+
+def quiet_non_main_process() -> bool:
+  """Lowers absl logging to WARNING on every process but process 0; True if it did.
+
+  Every process runs the same loop and would print the same INFO lines N times. An
+  explicit ``--verbosity``/``-v`` is the user asking for a host's detail, so it is kept.
+  """
+  if jax.process_index() == 0:
+    return False
+  if "verbosity" in flags.FLAGS and flags.FLAGS["verbosity"].present:
+    return False
+  logging.set_verbosity(logging.WARNING)
+  return True
 
 
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
@@ -66,9 +129,12 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
   else:
     jax.distributed.initialize(local_device_ids=local_device_ids)
   _initialized = True
+  # Every process logs that it joined (one line per host: the way to see which hosts got
+  # this far when a start-up hangs); after that only process 0 speaks at INFO.
   logging.info("jax.distributed (%s): process %d of %d, %d local / %d global devices", kind,
                jax.process_index(), jax.process_count(), jax.local_device_count(),
                jax.device_count())
+  quiet_non_main_process()
 
 
 def initialize_from_flags() -> None:

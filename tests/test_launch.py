@@ -34,11 +34,12 @@ def remote_command(cmd: list[str]) -> list[list[str]]:
   return [shlex.split(part) for part in body.split("; ")[1:]]
 
 
-def test_tpu_vm_all_stages():
+def test_tpu_vm_pod_all_stages():
+  """A multi-host slice: every stage on every worker, the workdir in the shared bucket."""
   cmds = dry_run("tpu_vm.py", "--name=mmrec-pod", "--zone=us-central2-b",
-                 "--accelerator_type=v4-32", "--project=proj", "--spot", "--dry-run",
-                 "--", *MAIN)
-  create, tar, scp, install, run, mkdir, fetch, delete = cmds
+                 "--accelerator_type=v4-32", "--project=proj", "--spot",
+                 "--bucket=gs://bkt/exp", "--dry-run", "--", *MAIN)
+  create, tar, scp, install, run, fetch, delete = cmds
   assert create[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "create", "mmrec-pod"]
   assert {"--zone=us-central2-b", "--project=proj", "--accelerator-type=v4-32",
           "--version=tpu-ubuntu2204-base", "--spot"} <= set(create)
@@ -49,14 +50,54 @@ def test_tpu_vm_all_stages():
   lines = remote_command(install)
   assert ["python3.11", "-m", "venv", ".venv"] in lines
   assert [".venv/bin/pip", "install", "-q", "-e", ".[tpu]"] in lines
+  mount = ["mountpoint", "-q", "gcs", "||", "gcsfuse", "--implicit-dirs", "--only-dir=exp",
+           "bkt", "gcs"]
+  assert mount in lines  # every worker mounts the bucket at install time
   assert "--worker=all" in run and "--zone=us-central2-b" in run
-  main = remote_command(run)[-1]
+  run_lines = remote_command(run)
+  assert mount in run_lines  # and again before the run (a restarted VM lost the mount)
+  main = run_lines[-1]
   assert main[:2] == ["env", "MMREC_DISTRIBUTED=auto"]
-  assert main[2:] == [".venv/bin/python", "-m", "mmrec_jax.main", *MAIN]
+  assert main[2:] == [".venv/bin/python", "-m", "mmrec_jax.main",
+                      "--config=experiments/ml25m.py", "--workdir=gcs/ml25m"]
+  # Results come from the bucket (every host's shards), not from worker 0's disk.
+  assert fetch == ["gcloud", "storage", "cp", "-r", "gs://bkt/exp/ml25m", "results"]
+  assert delete[4:6] == ["delete", "mmrec-pod"] and "--quiet" in delete
+
+
+def test_tpu_vm_single_host_fetches_from_worker_0():
+  cmds = dry_run("tpu_vm.py", "--name=mmrec-v4", "--zone=us-central2-b",
+                 "--accelerator_type=v4-8", "--dry-run", "--", *MAIN)
+  _, _, _, install, run, mkdir, fetch, _ = cmds
+  assert not any("gcsfuse" in line for line in remote_command(install))
+  main = remote_command(run)[-1]
+  assert main == ["env", "MMREC_DISTRIBUTED=auto", ".venv/bin/python", "-m",
+                  "mmrec_jax.main", *MAIN]
   assert mkdir == ["mkdir", "-p", "results"]
   assert fetch[4] == "scp" and "--recurse" in fetch and "--worker=0" in fetch
-  assert "mmrec-pod:mmrec_jax/runs/ml25m" in fetch
-  assert delete[4:6] == ["delete", "mmrec-pod"] and "--quiet" in delete
+  assert "mmrec-v4:mmrec_jax/runs/ml25m" in fetch
+
+
+@pytest.mark.parametrize("accelerator,stages", [
+    ("v4-32", "create,copy,install,run,fetch,delete"), ("v4-16", "run"),
+    ("v5litepod-16", "fetch"), ("v6e-32", "install"), ("v2-32", "run,fetch")])
+def test_tpu_vm_multi_host_without_bucket_fails(accelerator, stages):
+  out = subprocess.run([sys.executable, str(REPO / "launch" / "tpu_vm.py"), "--name=t",
+                        "--zone=z", f"--accelerator_type={accelerator}", f"--stages={stages}",
+                        "--dry-run", "--", *MAIN], capture_output=True, text=True,
+                       timeout=60, check=False)
+  assert out.returncode == 2 and out.stdout == ""  # nothing would have been run
+  (error,) = [l for l in out.stderr.splitlines() if "error:" in l]
+  assert f"--accelerator_type={accelerator} is a multi-host slice" in error
+  assert "--bucket=gs://" in error
+
+
+@pytest.mark.parametrize("accelerator,stages", [
+    ("v4-8", "run,fetch"), ("v5litepod-8", "run"), ("v5p-8", "install"), ("v6e-4", "fetch"),
+    ("v4-32", "create,copy,delete")])   # no stage that touches the workdir
+def test_tpu_vm_no_bucket_needed(accelerator, stages):
+  assert dry_run("tpu_vm.py", "--name=t", "--zone=z", f"--accelerator_type={accelerator}",
+                 f"--stages={stages}", "--dry-run", "--", *MAIN)
 
 
 def test_tpu_vm_bucket_workdir_and_stage_subset():
@@ -117,7 +158,8 @@ def test_slurm_script(tmp_path, per, tasks, per_node, local_ids):
 
 
 def test_k8s_manifest(tmp_path):
-  yaml = pytest.importorskip("yaml")
+  # A hard import: PyYAML is a test dependency, so a missing one fails instead of skipping.
+  import yaml  # pylint: disable=g-import-not-at-top
   out = tmp_path / "job.yaml"
   (cmd,) = dry_run("k8s.py", "--name=mm", "--num_processes=4", "--gpus_per_process=8",
                    "--image=reg/mmrec:1", "--pvc=runs", "--namespace=ml", f"--out={out}",
@@ -183,11 +225,107 @@ def test_unknown_stage_lists_valid_ones():
   assert out.returncode != 0 and "boot" in out.stderr and "install" in out.stderr
 
 
-def test_distributed_auto_kind(monkeypatch):
+_CLUSTER_VARS = ("MMREC_COORDINATOR", "MMREC_DISTRIBUTED", "SLURM_JOB_ID", "SLURM_NTASKS",
+                 "TPU_WORKER_HOSTNAMES", "TPU_PROCESS_ADDRESSES", "TPU_SKIP_MDS_QUERY",
+                 "MEGASCALE_NUM_SLICES")
+
+
+@pytest.fixture
+def bare_env(monkeypatch):
+  """No cluster variables, not on a Cloud TPU VM, metadata server unreachable."""
+  from jax._src import cloud_tpu_init  # pylint: disable=g-import-not-at-top
+  from jax._src.clusters import cloud_tpu_cluster  # pylint: disable=g-import-not-at-top
   from mmrec_jax import distributed  # pylint: disable=g-import-not-at-top
-  for var in ("MMREC_COORDINATOR", "SLURM_NTASKS", "TPU_WORKER_HOSTNAMES"):
+  for var in _CLUSTER_VARS:
     monkeypatch.delenv(var, raising=False)
+  monkeypatch.setattr(cloud_tpu_init, "running_in_cloud_tpu_vm", False)
+
+  def no_metadata(key):
+    raise AssertionError(f"metadata server queried for {key!r}")
+  monkeypatch.setattr(cloud_tpu_cluster, "get_metadata", no_metadata)
+  return distributed
+
+
+def test_distributed_auto_kind(bare_env, monkeypatch):
   monkeypatch.setenv("MMREC_DISTRIBUTED", "auto")
-  assert distributed.cluster_kind() == "auto"
+  assert bare_env.cluster_kind() == "auto"
   monkeypatch.delenv("MMREC_DISTRIBUTED")
-  assert distributed.cluster_kind() == "single"
+  assert bare_env.cluster_kind() == "single"  # and no metadata query off a TPU VM
+
+
+def test_distributed_slurm_kind(bare_env, monkeypatch):
+  monkeypatch.setenv("SLURM_JOB_ID", "42")
+  monkeypatch.setenv("SLURM_NTASKS", "8")
+  assert bare_env.cluster_kind() == "slurm"
+  monkeypatch.setenv("SLURM_NTASKS", "1")   # a one-task job (or an salloc shell)
+  assert bare_env.cluster_kind() == "single"
+  monkeypatch.setenv("SLURM_NTASKS", "8")
+  monkeypatch.delenv("SLURM_JOB_ID")        # not inside a job
+  assert bare_env.cluster_kind() == "single"
+
+
+def test_distributed_gke_tpu_kind(bare_env, monkeypatch):
+  monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "w-0,w-1,w-2,w-3")
+  assert bare_env.cluster_kind() == "tpu"
+  monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "localhost")
+  assert bare_env.cluster_kind() == "single"
+
+
+def _fake_tpu_vm(monkeypatch, endpoints: str, tpu_env: str = "") -> list[str]:
+  """Turns this process into a Cloud TPU VM whose metadata server lists ``endpoints``."""
+  from jax._src import cloud_tpu_init  # pylint: disable=g-import-not-at-top
+  from jax._src.clusters import cloud_tpu_cluster  # pylint: disable=g-import-not-at-top
+  asked = []
+
+  def metadata(key):
+    asked.append(key)
+    values = {"worker-network-endpoints": endpoints, "tpu-env": tpu_env,
+              "agent-worker-number": "0"}
+    return values[key], 200
+  monkeypatch.setattr(cloud_tpu_init, "running_in_cloud_tpu_vm", True)
+  monkeypatch.setattr(cloud_tpu_cluster, "get_metadata", metadata)
+  return asked
+
+
+def test_distributed_bare_cloud_tpu_vm_kind(bare_env, monkeypatch):
+  # The old name:id:ip format and the new hostname format of worker-network-endpoints.
+  asked = _fake_tpu_vm(monkeypatch, "w0:0:10.0.0.2,w1:1:10.0.0.3,w2:2:10.0.0.4")
+  assert bare_env.cloud_tpu_worker_count() == 3
+  assert bare_env.cluster_kind() == "tpu"
+  assert "worker-network-endpoints" in asked
+  _fake_tpu_vm(monkeypatch, "t1v-n-0")            # a single-host TPU VM (v4-8)
+  assert bare_env.cluster_kind() == "single"
+  _fake_tpu_vm(monkeypatch, "t1v-n-0", "MEGASCALE_NUM_SLICES: '2'\n")  # 2 slices x 1 host
+  assert bare_env.cluster_kind() == "tpu"
+  _fake_tpu_vm(monkeypatch, "a,b")
+  monkeypatch.setenv("TPU_SKIP_MDS_QUERY", "1")   # jax's own "do not ask" switch
+  assert bare_env.cluster_kind() == "single"
+
+
+def test_distributed_unreachable_metadata_is_single(bare_env, monkeypatch):
+  from jax._src import cloud_tpu_init  # pylint: disable=g-import-not-at-top
+  from jax._src.clusters import cloud_tpu_cluster  # pylint: disable=g-import-not-at-top
+
+  def down(key):
+    raise OSError(f"connection refused ({key})")
+  monkeypatch.setattr(cloud_tpu_init, "running_in_cloud_tpu_vm", True)
+  monkeypatch.setattr(cloud_tpu_cluster, "get_metadata", down)
+  assert bare_env.cluster_kind() == "single"
+
+
+def test_quiet_non_main_process(monkeypatch):
+  import jax  # pylint: disable=g-import-not-at-top
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  from mmrec_jax import distributed  # pylint: disable=g-import-not-at-top
+  before = logging.get_verbosity()
+  try:
+    logging.set_verbosity(logging.INFO)
+    monkeypatch.setattr(jax, "process_index", lambda: 0)
+    assert not distributed.quiet_non_main_process()
+    assert logging.get_verbosity() == logging.INFO       # process 0 keeps INFO
+    monkeypatch.setattr(jax, "process_index", lambda: 1)
+    assert distributed.quiet_non_main_process()
+    assert logging.get_verbosity() == logging.WARNING
+    assert not logging.level_info()
+  finally:
+    logging.set_verbosity(before)
