@@ -10,7 +10,7 @@ through :func:`mmrec_jax.train.train_and_evaluate` (so runs resume, and finished
 reused); model selection uses the validation split only and the test split is scored once
 per finished model. Outputs in ``<workdir>``: ``comparison.md``, ``comparison.csv`` (mean of
 each test metric, paired t-test and Wilcoxon p-values per user against the baseline,
-training time), ``metrics.png`` (bars) and ``curves.png`` (validation curves).
+training time and time per epoch), ``metrics.png`` (bars) and ``curves.png`` (validation curves).
 """
 
 from __future__ import annotations
@@ -53,15 +53,31 @@ def parse_run(spec: str, default_modalities: Sequence[str]) -> tuple[str, str, t
   return name, model, modalities
 
 
-def build_table(runs: dict[str, pathlib.Path], baseline: str, split: str
-                ) -> tuple[list[str], list[list]]:
+def epoch_seconds(result: dict, run_dir: pathlib.Path, num_train: int | None) -> float:
+  """Seconds per training epoch of a finished run.
+
+  ``results.json`` has it since ``epoch_seconds`` was added; for older runs it is derived
+  from the training time per step and ``num_train // batch_size`` steps per epoch (the
+  pipeline's definition), with the batch size from the run's ``config.json``.
+  """
+  if "epoch_seconds" in result:
+    return float(result["epoch_seconds"])
+  cfg_path = run_dir / "config.json"
+  if num_train is None or not cfg_path.exists() or not result.get("steps"):
+    return float("nan")
+  batch = json.loads(cfg_path.read_text())["input"]["batch_size"]
+  return float(result["train_seconds"]) / result["steps"] * (num_train // batch)
+
+
+def build_table(runs: dict[str, pathlib.Path], baseline: str, split: str,
+                num_train: int | None = None) -> tuple[list[str], list[list]]:
   """Rows of the comparison: metric means, p-values vs baseline, training time."""
   results = {n: json.loads((d / "results.json").read_text()) for n, d in runs.items()}
   per_user = {n: dict(np.load(d / f"per_user_{split}.npz")) for n, d in runs.items()}
   metrics = sorted(results[baseline][split])
   key = next((m for m in metrics if m.startswith("ndcg")), metrics[0])
   header = (["run"] + metrics + [f"p_ttest({key})", f"p_wilcoxon({key})", "train_s",
-                                 "best_step"])
+                                 "epoch_s", "best_step"])
   rows = []
   base_u = per_user[baseline]
   for name in runs:
@@ -75,7 +91,8 @@ def build_table(runs: dict[str, pathlib.Path], baseline: str, split: str
         raise ValueError(f"runs {name} and {baseline} were evaluated on different users")
       tests = paired_tests(pu[key], base_u[key])
       row += [tests["t_pvalue"], tests["wilcoxon_pvalue"]]
-    row += [r.get("train_seconds", float("nan")), r.get("best_step", -1)]
+    row += [r.get("train_seconds", float("nan")), epoch_seconds(r, runs[name], num_train),
+            r.get("best_step", -1)]
     rows.append(row)
   return header, rows
 
@@ -168,7 +185,9 @@ def run_comparison(config, specs: Sequence[str], workdir: str | pathlib.Path,
       (n for n in names if n == baseline or n.split("-")[0] == baseline), None)
   if base is None:
     raise ValueError(f"--baseline={baseline!r} is not one of the runs {names}")
-  header, rows = build_table(runs, base, split)
+  from mmrec_jax.data import prepare as prepare_lib  # pylint: disable=g-import-not-at-top
+  num_train = len(prepare_lib.prepare(config.data).split("train").users)
+  header, rows = build_table(runs, base, split, num_train)
   title = f"{config.data.source} {config.data.variant}: {split} metrics (baseline {base})"
   write_outputs(workdir, header, rows, runs, config.train.selection_metric, title)
   return workdir / "comparison.md"

@@ -308,6 +308,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   results: dict[str, Any] = {"status": status, "steps": step,
                              "best_step": loop["best_step"],
                              "train_seconds": round(loop["train_seconds"], 3),
+                             "steps_per_epoch": steps_per_epoch,
+                             # Wall time of one epoch of training steps (incl. input and
+                             # logging, excl. validation); what the comparison reports.
+                             "epoch_seconds": round(loop["train_seconds"] * steps_per_epoch
+                                                    / max(step, 1), 3),
                              "model": config.model.name,
                              "modalities": list(modalities)}
   for split in ("valid", "test"):
