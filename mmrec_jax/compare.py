@@ -188,7 +188,9 @@ def run_comparison(config, specs: Sequence[str], workdir: str | pathlib.Path,
   from mmrec_jax.data import prepare as prepare_lib  # pylint: disable=g-import-not-at-top
   num_train = len(prepare_lib.prepare(config.data).split("train").users)
   header, rows = build_table(runs, base, split, num_train)
-  title = f"{config.data.source} {config.data.variant}: {split} metrics (baseline {base})"
+  dataset = config.data.source + (f" {config.data.variant}" if config.data.source ==
+                                  "movielens" else "")
+  title = f"{dataset}: {split} metrics (baseline {base})"
   write_outputs(workdir, header, rows, runs, config.train.selection_metric, title)
   return workdir / "comparison.md"
 
