@@ -48,9 +48,6 @@ class FREEDOM(GraphRecommender):
 
   def __init__(self, cfg: ml_collections.ConfigDict, *, num_users: int, num_items: int,
                feature_dims: Mapping[str, int], rngs: nnx.Rngs):
-    if not feature_dims:
-      raise ConfigError(f"model.name={cfg.name!r} needs at least one modality in "
-                        "data.modalities")
     prune = hparam(cfg, "graph_dropout")
     if not 0.0 <= prune < 1.0:
       raise ConfigError(f"model.graph_dropout={prune} (edge pruning ratio) must be in [0, 1)")

@@ -2,7 +2,7 @@
 
 A graph model cannot score a batch from the batch's rows alone: the representation of a
 user is a weighted sum over its multi-hop neighbourhood, i.e. over (almost) every row of
-every table. ``mmrec_jax.step.Task`` therefore trains a :class:`GraphRecommender` with
+every table. The registry declares these models ``regime="graph"``, and the step trains them with
 *whole-table* gradients (row-sharded like the tables; the row-wise optimizer then updates
 every row) instead of the gathered-rows path of the other models. Cost per step grows
 with the number of edges (propagation), not with users x items.
@@ -36,32 +36,21 @@ from jax.sharding import Mesh
 
 from mmrec_jax.errors import DataError
 from mmrec_jax.graph import propagation
+from mmrec_jax.models import registry
 from mmrec_jax.models.base import Recommender
 
 
-# Hyper-parameters that mean different things per model; used where the config holds -1.
-# Values from each paper's reported setting or search grid (see experiments/ml100k_graph.py).
-PAPER_DEFAULTS = {
-    "lightgcn": {"reg_weight": 1e-4},
-    "freedom": {"reg_weight": 1e-4, "graph_dropout": 0.8},
-    "lattice": {"reg_weight": 1e-4},
-    "bm3": {"reg_weight": 0.1, "graph_dropout": 0.5},
-    "mmgcn": {"reg_weight": 1e-4},
-}
-
-
 def hparam(cfg: ml_collections.ConfigDict, field: str) -> float:
-  """``cfg.<field>``, or the paper default of ``cfg.name`` when the config holds -1."""
+  """``cfg.<field>``, or the paper default of ``cfg.name`` (its registry entry) at -1."""
   value = float(getattr(cfg, field))
   if value >= 0:
     return value
-  return float(PAPER_DEFAULTS.get(cfg.name, {}).get(field, 0.0))
+  return registry.paper_default(cfg.name, field)
 
 
 class GraphRecommender(Recommender):
   """A recommender whose towers are computed over the whole graph (see module doc)."""
 
-  uses_graph = True
   uses_rank_loss = True
   mesh: Mesh | None = None   # set by the Task (static): edges are sharded on its 'data'
 

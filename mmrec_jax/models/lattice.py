@@ -39,8 +39,6 @@ class LATTICE(GraphRecommender):
 
   def __init__(self, cfg: ml_collections.ConfigDict, *, num_users: int, num_items: int,
                feature_dims: Mapping[str, int], rngs: nnx.Rngs):
-    if not feature_dims:
-      raise ConfigError("model.name='lattice' needs at least one modality in data.modalities")
     if not 0.0 <= cfg.lambda_coeff <= 1.0:
       raise ConfigError(f"model.lambda_coeff={cfg.lambda_coeff} must be in [0, 1]")
     self.modalities = tuple(sorted(feature_dims))

@@ -47,8 +47,6 @@ class MMGCN(GraphRecommender):
 
   def __init__(self, cfg: ml_collections.ConfigDict, *, num_users: int, num_items: int,
                feature_dims: Mapping[str, int], rngs: nnx.Rngs):
-    if not feature_dims:
-      raise ConfigError("model.name='mmgcn' needs at least one modality in data.modalities")
     if cfg.num_layers < 1:
       raise ConfigError(f"model.num_layers={cfg.num_layers} must be >= 1 for mmgcn")
     self.modalities = tuple(sorted(feature_dims))

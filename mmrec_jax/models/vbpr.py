@@ -28,8 +28,6 @@ class VBPR(Recommender):
 
   def __init__(self, cfg: ml_collections.ConfigDict, *, num_users: int, num_items: int,
                feature_dims: Mapping[str, int], rngs: nnx.Rngs):
-    if not feature_dims:
-      raise ConfigError("model.name='vbpr' needs at least one modality in data.modalities")
     if cfg.embed_dim < 2:
       raise ConfigError(f"model.embed_dim={cfg.embed_dim} must be >= 2 for vbpr")
     self.modalities = tuple(sorted(feature_dims))

@@ -1,0 +1,162 @@
+"""The one model registry: what each model is, declared once, importable without jax.
+
+Every caller that needs to know something about a model asks here instead of comparing
+model names: the trainer picks the training regime, ``train``/``compare``/experiments
+learn whether a model consumes item features, the graph models read their paper
+defaults, and hyperparameter search reads the search space. The model class itself is
+imported lazily (``ModelSpec.load``), so reading the registry costs no jax import.
+
+Adding a model is one file (the ``Recommender`` subclass) plus one :class:`ModelSpec`
+line in ``MODELS`` below; a model defined outside the package (a notebook, a test) is
+added at run time with :func:`register`. Nothing else names models.
+
+Training regimes (``mmrec_jax/step/``):
+  * ``rows``: the step gathers the table rows a batch touches and updates only those
+    (cost grows with the batch, not the catalogue); the model implements the per-batch
+    towers ``user_repr``/``item_repr`` of ``models/base.py``.
+  * ``graph``: the model propagates whole tables over a graph built once from the train
+    split (``models/graph_base.py``); the step takes whole-table gradients.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from collections.abc import Mapping
+from typing import Any
+
+from mmrec_jax.errors import ConfigError
+
+REGIMES = ("rows", "graph")
+FEATURE_USE = ("none", "optional", "required")
+# Distributions of a search space entry: ("log_float", lo, hi), ("float", lo, hi),
+# ("int", lo, hi) or ("choice", (v1, v2, ...)); keys are dotted config paths.
+DISTRIBUTIONS = ("log_float", "float", "int", "choice")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+  """What a model is, for everything outside ``models/``.
+
+  Attributes:
+    name: the ``model.name`` that selects it.
+    target: ``"module:Class"`` (imported on first use) or the class itself.
+    features: "none" (IDs only; ``data.modalities`` is ignored and dropped), "optional"
+      (uses the configured modalities, also runs with none) or "required" (needs at
+      least one modality; ``build_model`` fails otherwise).
+    regime: "rows" or "graph" (module docstring).
+    paper_defaults: values used where the config holds -1 for a field whose meaning
+      differs per model (``model.reg_weight``, ``model.graph_dropout``); from the paper.
+    search_space: dotted config key -> distribution tuple (``DISTRIBUTIONS``), the
+      space hyperparameter search draws from for this model.
+    reference: the paper, for humans.
+  """
+  name: str
+  target: str | type
+  features: str = "none"
+  regime: str = "rows"
+  paper_defaults: Mapping[str, float] = dataclasses.field(default_factory=dict)
+  search_space: Mapping[str, tuple] = dataclasses.field(default_factory=dict)
+  reference: str = ""
+
+  def __post_init__(self):
+    if self.features not in FEATURE_USE:
+      raise ConfigError(f"model {self.name!r}: features={self.features!r} is not one of "
+                        f"{list(FEATURE_USE)}")
+    if self.regime not in REGIMES:
+      raise ConfigError(f"model {self.name!r}: regime={self.regime!r} is not one of "
+                        f"{list(REGIMES)}")
+    for key, dist in self.search_space.items():
+      if not dist or dist[0] not in DISTRIBUTIONS:
+        raise ConfigError(f"model {self.name!r}: search_space[{key!r}]={dist!r} must start "
+                          f"with one of {list(DISTRIBUTIONS)}")
+
+  @property
+  def uses_features(self) -> bool:
+    return self.features != "none"
+
+  def load(self) -> type:
+    """The model class (imports its module on first use)."""
+    if not isinstance(self.target, str):
+      return self.target
+    module, _, cls = self.target.partition(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+_COMMON_SPACE = {
+    "optimizer.learning_rate": ("log_float", 1e-4, 3e-2),
+    "optimizer.sparse_learning_rate": ("log_float", 1e-4, 3e-2),
+    "model.embed_dim": ("choice", (32, 64, 128)),
+    "loss.l2": ("log_float", 1e-6, 1e-2),
+}
+_GRAPH_SPACE = {**_COMMON_SPACE, "model.num_layers": ("int", 1, 4),
+                "model.reg_weight": ("log_float", 1e-6, 1e-2)}
+_MM_GRAPH_SPACE = {**_GRAPH_SPACE, "model.knn_k": ("choice", (5, 10, 20))}
+
+MODELS: dict[str, ModelSpec] = {s.name: s for s in (
+    ModelSpec("bpr_mf", "mmrec_jax.models.bpr_mf:BPRMF", features="none",
+              search_space={**_COMMON_SPACE, "input.num_negatives": ("choice", (1, 2, 4, 8)),
+                            "model.item_bias": ("choice", (False, True))},
+              reference="Rendle et al., BPR, UAI 2009"),
+    ModelSpec("vbpr", "mmrec_jax.models.vbpr:VBPR", features="required",
+              search_space=_COMMON_SPACE, reference="He & McAuley, VBPR, AAAI 2016"),
+    ModelSpec("two_tower", "mmrec_jax.models.two_tower:TwoTower", features="optional",
+              search_space={**_COMMON_SPACE, "model.hidden_dim": ("choice", (64, 128, 256)),
+                            "model.fusion": ("choice", ("concat", "sum", "attention",
+                                                        "gating")),
+                            "model.modality_dropout": ("float", 0.0, 0.5)},
+              reference="Yi et al., sampling-bias-corrected two-tower, RecSys 2019"),
+    ModelSpec("lightgcn", "mmrec_jax.models.lightgcn:LightGCN", features="none",
+              regime="graph", paper_defaults={"reg_weight": 1e-4},
+              search_space=_GRAPH_SPACE, reference="He et al., LightGCN, SIGIR 2020"),
+    ModelSpec("freedom", "mmrec_jax.models.freedom:FREEDOM", features="required",
+              regime="graph", paper_defaults={"reg_weight": 1e-4, "graph_dropout": 0.8},
+              search_space={**_MM_GRAPH_SPACE, "model.graph_dropout": ("choice", (0.8, 0.9))},
+              reference="Zhou & Shen, FREEDOM, ACM MM 2023"),
+    ModelSpec("lattice", "mmrec_jax.models.lattice:LATTICE", features="required",
+              regime="graph", paper_defaults={"reg_weight": 1e-4},
+              search_space={**_MM_GRAPH_SPACE, "model.lambda_coeff": ("float", 0.5, 1.0)},
+              reference="Zhang et al., LATTICE, ACM MM 2021"),
+    ModelSpec("bm3", "mmrec_jax.models.bm3:BM3", features="required", regime="graph",
+              paper_defaults={"reg_weight": 0.1, "graph_dropout": 0.5},
+              search_space={**_GRAPH_SPACE, "model.reg_weight": ("choice", (0.1, 0.01)),
+                            "model.graph_dropout": ("choice", (0.3, 0.5))},
+              reference="Zhou et al., BM3, WWW 2023"),
+    ModelSpec("mmgcn", "mmrec_jax.models.mmgcn:MMGCN", features="required",
+              regime="graph", paper_defaults={"reg_weight": 1e-4},
+              search_space=_GRAPH_SPACE, reference="Wei et al., MMGCN, ACM MM 2019"),
+)}
+
+
+def get(name: str) -> ModelSpec:
+  """The spec of ``name``; an unknown name is a one-line ConfigError listing the valid."""
+  try:
+    return MODELS[name]
+  except KeyError:
+    raise ConfigError(f"model.name={name!r} is not one of {sorted(MODELS)}") from None
+
+
+def register(spec: ModelSpec, *, replace: bool = False) -> ModelSpec:
+  """Adds a model defined outside the package (``replace`` to redefine a name)."""
+  if spec.name in MODELS and not replace:
+    raise ConfigError(f"model {spec.name!r} is already registered")
+  MODELS[spec.name] = spec
+  return spec
+
+
+def unregister(name: str) -> None:
+  """Removes a model added with :func:`register` (tests)."""
+  MODELS.pop(name, None)
+
+
+def names() -> tuple[str, ...]:
+  return tuple(MODELS)
+
+
+def paper_default(name: str, field: str, default: float = 0.0) -> float:
+  return float(get(name).paper_defaults.get(field, default))
+
+
+def model_modalities(name: str, modalities: tuple[str, ...] | Any) -> tuple[str, ...]:
+  """The modalities a run of ``name`` uses: none for ID-only models, else as given."""
+  return tuple(modalities) if get(name).uses_features else ()
