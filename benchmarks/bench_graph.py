@@ -45,6 +45,7 @@ def main() -> int:
   from mmrec_jax.data import pipeline as pipeline_lib  # pylint: disable=g-import-not-at-top
   from mmrec_jax.data import prepare as prepare_lib  # pylint: disable=g-import-not-at-top
   from mmrec_jax.step import Task  # pylint: disable=g-import-not-at-top
+  from mmrec_jax.models import registry  # pylint: disable=g-import-not-at-top
 
   print(f"devices: {jax.device_count()} x {jax.devices()[0].platform}")
   print("| dataset | model | users | items | train edges | batch | steps/epoch | setup_s "
@@ -59,7 +60,7 @@ def main() -> int:
       c = mod.get_config(variant)
       c.unlock()
       c.model.name = model
-      c.data.modalities = () if model == "lightgcn" else mods
+      c.data.modalities = registry.model_modalities(model, mods)
       c.lock()
       ds = prepare_lib.prepare(c.data)
       ds, modalities = train.resolve_modalities(ds, c)

@@ -52,6 +52,7 @@ import optax  # noqa: E402
 
 from mmrec_jax import config as config_lib  # noqa: E402
 from mmrec_jax import sharding  # noqa: E402
+from mmrec_jax.models import registry  # noqa: E402
 from mmrec_jax.step import DataInfo, Task  # noqa: E402
 
 
@@ -90,7 +91,7 @@ def _task_runner(model, num_items, mesh):
   cfg.optimizer.sparse = ARGS.sparse
   cfg.data.modalities = ("text",)
   feats, masks = {}, {}
-  if model == "two_tower":
+  if registry.get(model).uses_features:
     feats = {"text": np.random.default_rng(1).standard_normal(
         (num_items, ARGS.feature_dim), dtype=np.float32)}
     masks = {"text": np.ones(num_items, bool)}

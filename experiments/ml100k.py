@@ -14,6 +14,15 @@ on PyPI (the log says which).
 from mmrec_jax import config as config_lib
 
 
+# Per-model settings tuned on the valid split (benchmarks/RESULTS_ml100k.md). bpr_mf:
+# row-wise SGD on the tables (the loss is a batch mean: lr 50 at batch 1024 ~ 0.05 per
+# example), 4 negatives.
+TUNED = {"bpr_mf": {"model.embed_dim": 128, "optimizer.sparse": "sgd",
+                    "optimizer.sparse_learning_rate": 50.0, "input.num_negatives": 4,
+                    "loss.l2": 2e-3, "train.num_epochs": 100, "train.eval_every_epochs": 5,
+                    "train.early_stopping_patience": 3}}
+
+
 def get_config(arg: str | None = None):
   variants = config_lib.parse_variants(arg, ("smoke",) + config_lib.MODEL_VARIANTS)
   c = config_lib.base_config()
@@ -33,18 +42,7 @@ def get_config(arg: str | None = None):
   c.optimizer.learning_rate = 1e-3
   c.optimizer.sparse_learning_rate = 1e-3
   c.mesh.min_sharded_bytes = 1 << 16
-  config_lib.apply_model_variant(c, variants)
-  if c.model.name == "bpr_mf" and "smoke" not in variants:
-    # Tuned on the valid split (benchmarks/RESULTS_ml100k.md): row-wise SGD on the tables
-    # (the loss is a batch mean: lr 50 at batch 1024 ~ 0.05 per example), 4 negatives.
-    c.model.embed_dim = 128
-    c.optimizer.sparse = "sgd"
-    c.optimizer.sparse_learning_rate = 50.0
-    c.input.num_negatives = 4
-    c.loss.l2 = 2e-3
-    c.train.num_epochs = 100
-    c.train.eval_every_epochs = 5
-    c.train.early_stopping_patience = 3
+  config_lib.apply_model_variant(c, variants, tuned={} if "smoke" in variants else TUNED)
   if "smoke" in variants:
     config_lib.apply_smoke(c)
     c.data.text_features = "handcrafted"

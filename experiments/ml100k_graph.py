@@ -19,8 +19,8 @@ each paper's setting or search grid):
   * num_layers 2 (LightGCN reports 1-4 with 3 best and 2 within ~1%; FREEDOM 2 UI layers;
     BM3 searches {1, 2}); num_mm_layers 1 and knn_k 10 (LATTICE, FREEDOM);
     image_weight 0.1 (FREEDOM), lambda_coeff 0.9 (LATTICE), cl_weight 2.0 (BM3);
-  * reg_weight / graph_dropout = -1: each model's paper default (models/graph_base.py
-    PAPER_DEFAULTS: LightGCN L2 1e-4; FREEDOM 1e-4 from {0,1e-5,1e-4,1e-3} and edge
+  * reg_weight / graph_dropout = -1: each model's paper default (models/registry.py
+    paper_defaults: LightGCN L2 1e-4; FREEDOM 1e-4 from {0,1e-5,1e-4,1e-3} and edge
     pruning 0.8 from {0.8,0.9}; LATTICE 1e-4; BM3 0.1 from {0.1,0.01}, dropout 0.5 from
     {0.3,0.5}).
 Variants: ``smoke`` and a model name (lightgcn, freedom, lattice, bm3, mmgcn, bpr_mf,
@@ -29,12 +29,9 @@ vbpr, two_tower).
 
 from mmrec_jax import config as config_lib
 
-GRAPH_VARIANTS = ("lightgcn", "freedom", "lattice", "bm3", "mmgcn")
-
-
 def get_config(arg: str | None = None):
   variants = config_lib.parse_variants(
-      arg, ("smoke",) + config_lib.MODEL_VARIANTS + GRAPH_VARIANTS)
+      arg, ("smoke",) + config_lib.MODEL_VARIANTS)
   c = config_lib.base_config()
   c.data.source = "movielens"
   c.data.variant = "100k"
@@ -58,11 +55,6 @@ def get_config(arg: str | None = None):
   c.optimizer.sparse_learning_rate = 5e-3
   c.mesh.min_sharded_bytes = 1 << 16
   config_lib.apply_model_variant(c, variants)
-  for name in GRAPH_VARIANTS:
-    if name in variants:
-      c.model.name = name
-  if c.model.name == "lightgcn":
-    c.data.modalities = ()
   if "smoke" in variants:
     config_lib.apply_smoke(c)
   return config_lib.finalize(c)

@@ -30,6 +30,7 @@ from ml_collections import config_flags
 
 from mmrec_jax import distributed  # noqa: F401  (defines the multi-process flags)
 from mmrec_jax.evaluation.stats import paired_tests
+from mmrec_jax.models import registry
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Base experiment config file.",
@@ -47,8 +48,7 @@ def parse_run(spec: str, default_modalities: Sequence[str]) -> tuple[str, str, t
   if not model:
     raise ValueError(f"--runs: empty model name in {spec!r}")
   modalities = tuple(m for m in mods.split("+") if m) if sep else tuple(default_modalities)
-  if model == "bpr_mf":
-    modalities = ()
+  modalities = registry.model_modalities(model, modalities)
   name = model + ("-" + "+".join(modalities) if modalities else "-ids")
   return name, model, modalities
 

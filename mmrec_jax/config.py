@@ -7,7 +7,12 @@ in an experiment file or a ``--config.x.y=`` override fails at start-up with the
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import ml_collections
+
+from mmrec_jax.models import registry
 
 # Names chosen from the config, with the modules that implement them. Kept here so a
 # bad name fails at start-up listing the valid ones, before any data is read.
@@ -72,7 +77,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   # ---------------------------------------------------------------- model
   m = c.model = ml_collections.ConfigDict()
-  m.name = "two_tower"        # bpr_mf | vbpr | two_tower | (graph models, issue 7)
+  m.name = "two_tower"        # a name of mmrec_jax/models/registry.py MODELS
   m.embed_dim = 64
   m.fusion = "concat"         # concat | sum | attention | gating
   m.hidden_dim = 128
@@ -85,8 +90,8 @@ def base_config() -> ml_collections.ConfigDict:
   m.knn_k = 10                # multimodal graph models
   m.num_mm_layers = 1         # item-item graph layers (FREEDOM, LATTICE)
   m.image_weight = 0.1        # weight of the image item-item graph (FREEDOM, LATTICE)
-  # Graph-model specific; -1 = the chosen model's paper default (models/graph_base.py
-  # PAPER_DEFAULTS), so one comparison config serves models with different papers.
+  # Graph-model specific; -1 = the chosen model's paper default (its paper_defaults in
+  # models/registry.py), so one comparison config serves models with different papers.
   m.reg_weight = -1.0         # LightGCN: L2 of ego rows; FREEDOM: modality BPR terms;
                               # LATTICE: L2 of propagated rows; BM3: embedding norm
   m.graph_dropout = -1.0      # FREEDOM: edge pruning ratio; BM3: target dropout ratio
@@ -148,6 +153,7 @@ def finalize(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   check(c.data.source, DATA_SOURCES, "data.source")
   check(c.data.split, SPLITS, "data.split")
   check(c.input.negative_sampler, NEGATIVE_SAMPLERS, "input.negative_sampler")
+  check(c.model.name, registry.names(), "model.name")
   c.lock()
   return c
 
@@ -178,13 +184,25 @@ def parse_variants(arg: str | None, known: tuple[str, ...]) -> set[str]:
   return names
 
 
-MODEL_VARIANTS = ("bpr_mf", "vbpr", "two_tower")
+# Every registered model is a variant of every experiment (``:bpr_mf``, ``:lightgcn``, ...).
+MODEL_VARIANTS = registry.names()
 
 
-def apply_model_variant(c: ml_collections.ConfigDict, variants: set[str]) -> None:
-  """``:bpr_mf`` etc. pick the model (and ID-only models drop the modalities)."""
-  for name in MODEL_VARIANTS:
+def apply_model_variant(c: ml_collections.ConfigDict, variants: set[str],
+                        tuned: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+  """``:<model>`` picks the model; ID-only models drop the modalities.
+
+  Args:
+    c: the (unlocked) experiment config.
+    variants: the variant names of the config argument.
+    tuned: per-model settings this experiment found by validation (dotted key ->
+      value), applied when that model is chosen; the experiment's own record, so no code
+      compares model names.
+  """
+  for name in registry.names():
     if name in variants:
       c.model.name = name
-  if c.model.name == "bpr_mf":
-    c.data.modalities = ()
+  c.data.modalities = registry.model_modalities(c.model.name, c.data.modalities)
+  for key, value in (tuned or {}).get(c.model.name, {}).items():
+    section, field = key.split(".")
+    setattr(getattr(c, section), field, value)

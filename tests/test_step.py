@@ -165,7 +165,7 @@ def test_init_is_sharded_at_creation():
   """init is compiled with out_shardings: each device outputs only its table shard."""
   n_items = 1 << 18
   task = Task(_cfg(), DataInfo(256, n_items), sharding.make_mesh())
-  compiled = jax.jit(task._init_fn, out_shardings=task.state_shardings).lower(
+  compiled = jax.jit(task.layout.init_fn, out_shardings=task.state_shardings).lower(
       jax.random.PRNGKey(0)).compile()
   table_bytes = task.padded_items * 16 * 4
   mem = compiled.memory_analysis()
@@ -176,7 +176,7 @@ def test_init_is_sharded_at_creation():
 
 
 def test_streamed_eval_reprs_equal_on_device(monkeypatch):
-  monkeypatch.setattr(step_lib, "STREAM_EVAL_CHUNK", 256)
+  monkeypatch.setattr(step_lib.rows, "STREAM_EVAL_CHUNK", 256)
   info = _info(ni=600)        # 768 padded rows: three chunks
   over = dict(model__name="two_tower", model__fusion="concat")
   frozen = Task(_cfg(**over), info, sharding.make_mesh())

@@ -319,7 +319,8 @@ def test_feature_dim_the_model_disagrees_with_fails_when_the_pipeline_is_built(
   import dataclasses
   from mmrec_jax import train
   from mmrec_jax.errors import DataError
-  real = train.build_data_info
+  from mmrec_jax.loop import setup
+  real = setup.build_data_info
 
   def wider(ds, config, modalities):
     info = real(ds, config, modalities)
@@ -327,7 +328,7 @@ def test_feature_dim_the_model_disagrees_with_fails_when_the_pipeline_is_built(
              for m, f in info.features.items()}
     return dataclasses.replace(info, features=feats)
 
-  monkeypatch.setattr(train, "build_data_info", wider)
+  monkeypatch.setattr(setup, "build_data_info", wider)
   monkeypatch.setattr(train.Task, "train_step",
                       lambda *a, **k: pytest.fail("trained with mismatched features"))
   with pytest.raises(DataError) as info:

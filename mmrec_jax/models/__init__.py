@@ -1,39 +1,26 @@
 """Models chosen by ``model.name`` from the registry (``models/registry.py``).
 
 All are dot-product recommenders (``models/base.py``). What a model is (features, training
-regime, paper defaults, search space) is declared once in its registry entry; this module
-only builds the chosen one.
+regime, paper defaults, search space) is declared once in its registry entry. This package
+imports no jax by itself, so ``config`` and the command-line tools can read the registry
+cheaply; ``build_model`` and ``Recommender`` load flax on first use.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import importlib
+from typing import Any
 
-import ml_collections
-from flax import nnx
-
-from mmrec_jax.errors import ConfigError
 from mmrec_jax.models import registry
-from mmrec_jax.models.base import Recommender
 from mmrec_jax.models.registry import MODELS, ModelSpec
 
+_LAZY = {"build_model": "mmrec_jax.models.build", "Recommender": "mmrec_jax.models.base"}
 
-def build_model(model_cfg: ml_collections.ConfigDict, *, num_users: int, num_items: int,
-                feature_dims: Mapping[str, int], rngs: nnx.Rngs) -> Recommender:
-  """Builds ``model_cfg.name`` with (padded) table sizes and per-modality feature widths.
 
-  ID-only models get no feature widths; models whose spec says ``features="required"``
-  fail here, once for all of them, when no modality is configured. Call under
-  ``nnx.use_eager_sharding(False)`` (as ``step.Task`` does) so the logical axis names on
-  parameters stay metadata until shardings are chosen.
-  """
-  spec = registry.get(model_cfg.name)
-  dims = dict(feature_dims) if spec.uses_features else {}
-  if spec.features == "required" and not dims:
-    raise ConfigError(f"model.name={spec.name!r} needs at least one modality in "
-                      "data.modalities")
-  return spec.load()(model_cfg, num_users=num_users, num_items=num_items,
-                     feature_dims=dims, rngs=rngs)
+def __getattr__(name: str) -> Any:
+  if name in _LAZY:
+    return getattr(importlib.import_module(_LAZY[name]), name)
+  raise AttributeError(f"module 'mmrec_jax.models' has no attribute {name!r}")
 
 
 __all__ = ["MODELS", "ModelSpec", "Recommender", "build_model", "registry"]
