@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from mmrec_jax.data.features import write_feature_shards
+from mmrec_jax.data.feature_store import write_feature_shards
 
 
 def _rates(fns, ids_list, nbytes, reps):

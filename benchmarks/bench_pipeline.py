@@ -24,7 +24,7 @@ import time
 import numpy as np
 
 from mmrec_jax.config import base_config
-from mmrec_jax.data.features import write_feature_shards
+from mmrec_jax.data.feature_store import write_feature_shards
 from mmrec_jax.data.pipeline import make_train_pipeline
 
 Split = collections.namedtuple("Split", "users items")

@@ -18,7 +18,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import pathlib
 import sys
 from collections.abc import Sequence
@@ -28,6 +27,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from mmrec_jax import io_utils
 from mmrec_jax import distributed  # noqa: F401  (defines the multi-process flags)
 from mmrec_jax.evaluation.stats import paired_tests
 from mmrec_jax.models import registry
@@ -111,12 +111,12 @@ def write_outputs(workdir: pathlib.Path, header: list[str], rows: list[list],
   md += ["", "p-values: two-sided paired tests over users against the baseline "
          "(first row marked '-'). Test split scored once per model, on the checkpoint "
          "with the best validation metric."]
-  _atomic_text(workdir / "comparison.md", "\n".join(md) + "\n")
+  io_utils.atomic_write_text(workdir / "comparison.md", "\n".join(md) + "\n")
   buf = io.StringIO()
   w = csv.writer(buf)
   w.writerow(header)
   w.writerows(rows)
-  _atomic_text(workdir / "comparison.csv", buf.getvalue())
+  io_utils.atomic_write_text(workdir / "comparison.csv", buf.getvalue())
 
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
@@ -150,12 +150,6 @@ def write_outputs(workdir: pathlib.Path, header: list[str], rows: list[list],
   fig.tight_layout()
   fig.savefig(workdir / "curves.png", dpi=100)
   plt.close(fig)
-
-
-def _atomic_text(path: pathlib.Path, text: str) -> None:
-  tmp = path.with_name(f".{path.name}.tmp")
-  tmp.write_text(text)
-  os.replace(tmp, path)
 
 
 def run_comparison(config, specs: Sequence[str], workdir: str | pathlib.Path,

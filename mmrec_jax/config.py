@@ -12,13 +12,15 @@ from typing import Any
 
 import ml_collections
 
+from mmrec_jax.data import negatives, sources, splits
 from mmrec_jax.models import registry
 
-# Names chosen from the config, with the modules that implement them. Kept here so a
-# bad name fails at start-up listing the valid ones, before any data is read.
-DATA_SOURCES = ("movielens", "recbole", "mmrec", "presplit", "synthetic", "prepared")
-SPLITS = ("temporal_ratio", "random_ratio", "leave_last_out", "global_temporal")
-NEGATIVE_SAMPLERS = ("uniform", "popularity", "in_batch")
+# Names chosen from the config: each is checked against the registry dict of the module
+# that implements it, so a bad name fails at start-up listing the valid ones, before any
+# data is read.
+DATA_SOURCES = (*sources.SOURCES, sources.PREPARED)
+SPLITS = tuple(splits.SPLITS)
+NEGATIVE_SAMPLERS = tuple(negatives.SAMPLERS)
 
 
 def base_config() -> ml_collections.ConfigDict:

@@ -33,6 +33,8 @@ import jax
 from absl import flags
 from absl import logging
 
+from mmrec_jax.errors import ConfigError
+
 _COORD = flags.DEFINE_string("coordinator_address", None,
                              "host:port of process 0 for jax.distributed (multi-process).")
 _NUM = flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process).")
@@ -145,7 +147,6 @@ def initialize_from_flags() -> None:
   local = _LOCAL.value or os.environ.get("MMREC_LOCAL_DEVICE_IDS")
   local_ids = [int(x) for x in local.split(",")] if local else None
   if coord and (num is None or pid is None):
-    from mmrec_jax.errors import ConfigError  # pylint: disable=g-import-not-at-top
     raise ConfigError("--coordinator_address needs --num_processes and --process_id "
                       "(or MMREC_NUM_PROCESSES / MMREC_PROCESS_ID)")
   initialize(coord, num, pid, local_ids)

@@ -6,24 +6,20 @@ Only process 0 writes (multi-host runs would otherwise write N copies).
 from __future__ import annotations
 
 import json
-import os
 import pathlib
-import tempfile
 from collections.abc import Mapping
 from typing import Any
 
 import jax
 
+from mmrec_jax import io_utils
+
 
 def write_json_atomic(path: pathlib.Path, obj: Any) -> None:
-  """Writes JSON via a temp file + rename, so readers never see half a file."""
+  """Writes a run's JSON (sorted keys) via a temp file + rename: never half a file."""
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-  with os.fdopen(fd, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-    f.write("\n")
-  os.replace(tmp, path)
+  io_utils.atomic_write_json(path, obj, indent=2, sort_keys=True)
 
 
 class MetricsWriter:
@@ -85,10 +81,11 @@ def plot_learning_curves(metrics_path: pathlib.Path, out_png: pathlib.Path,
     axes[1].plot(*zip(*valid), marker="o")
   axes[1].set(title=f"validation {metric}", xlabel="step")
   fig.tight_layout()
-  tmp = pathlib.Path(out_png).with_suffix(".tmp.png")
-  fig.savefig(tmp, dpi=100)
-  plt.close(fig)
-  os.replace(tmp, out_png)
+  try:
+    with io_utils.atomic_path(out_png) as tmp:
+      fig.savefig(tmp, dpi=100)
+  finally:
+    plt.close(fig)
 
 
 def metrics_table(results: Mapping[str, Mapping[str, float]]) -> str:

@@ -9,6 +9,8 @@ import json
 import os
 import pathlib
 import re
+import subprocess
+import sys
 import zipfile
 
 import numpy as np
@@ -18,6 +20,21 @@ from mmrec_jax.data import prepare as prep
 from mmrec_jax.data import synthetic
 from mmrec_jax.data.dataset import PreparedDataset, describe
 from mmrec_jax.errors import DataError
+
+
+def test_sources_registry_is_importable_without_jax():
+  """SOURCES (what config validation reads) and the other data registries need no jax."""
+  code = ("import sys; from mmrec_jax.data import negatives, sources, splits; "
+          "print(list(sources.SOURCES), sources.PREPARED, list(splits.SPLITS), "
+          "list(negatives.SAMPLERS), 'jax' in sys.modules)")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       check=True).stdout.split("\n")[0]
+  assert out == ("['movielens', 'recbole', 'mmrec', 'presplit', 'synthetic'] prepared "
+                 "['temporal_ratio', 'random_ratio', 'leave_last_out', 'global_temporal'] "
+                 "['uniform', 'popularity', 'in_batch'] False")
+  from mmrec_jax.data import movielens, sources   # pylint: disable=g-import-not-at-top
+  assert sources.SOURCES["movielens"] == (movielens.locate, movielens.load)
+  assert sources.SOURCES["synthetic"].load is sources.load_synthetic
 
 
 def write(path, text, encoding="utf-8"):
@@ -161,7 +178,7 @@ def test_movielens_layouts(tmp_path, variant, maker, subdir):
 
 def test_movielens_tag_genome_top_tags_feed_text_features(tmp_path):
   from mmrec_jax.data import movielens
-  from mmrec_jax.data import text_features
+  from mmrec_jax.features import handcrafted as text_features
   ml_genome_dir(tmp_path / "raw")
   cfg = {"source": "movielens", "variant": "25m", "path": str(tmp_path / "raw"),
          "cache_dir": str(tmp_path / "c")}

@@ -5,6 +5,7 @@ import pytest
 
 from mmrec_jax.data import prepare as prep
 from mmrec_jax.data import splits
+from mmrec_jax.errors import ConfigError
 
 
 def random_log(seed=0, n_users=40, n=800, ties=True):
@@ -76,7 +77,7 @@ def test_random_ratio_seeded():
              for _, _, t, l in per_user_blocks(users, ts, a) if (l == 2).any())
 
 
-@pytest.mark.parametrize("method", list(splits.METHODS))
+@pytest.mark.parametrize("method", list(splits.SPLITS))
 def test_prepared_splits_partition_the_log(tmp_path, method):
   """Through prepare(): no overlap, every deduplicated row once, rows in (user, time) order."""
   rng = np.random.default_rng(7)
@@ -129,3 +130,18 @@ def test_stable_order_matches_lexsort(scale):
   major = rng.integers(0, 50, 3000)
   minor = rng.integers(-5, 20, 3000) * scale
   assert np.array_equal(splits.stable_order(major, minor), np.lexsort((minor, major)))
+
+
+def test_splits_registry_dispatches_by_name():
+  """SPLITS (what config validation reads) maps each data.split name to its function."""
+  assert list(splits.SPLITS) == ["temporal_ratio", "random_ratio", "leave_last_out",
+                                 "global_temporal"]
+  users, ts = random_log(3)
+  for name, fn in splits.SPLITS.items():
+    kw = dict(num_users=40, ratios=(0.8, 0.1, 0.1), global_cut=(0.8, 0.9), seed=1,
+              temporal_order=None)
+    np.testing.assert_array_equal(splits.assign(name, users, ts, **kw),
+                                  fn(users, ts, **kw))
+  with pytest.raises(ConfigError, match=r"data\.split='nope' is not one of "
+                                        r"\['temporal_ratio', 'random_ratio'"):
+    splits.assign("nope", users, ts, num_users=40)

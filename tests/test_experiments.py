@@ -130,7 +130,7 @@ def test_presplit_override_keeps_the_experiments_model_and_features(tmp_path):
   """ml1m's two-tower model on pre-split files: its text tower reads features built from
   the items file (handcrafted, as the experiment's smoke variant says)."""
   from mmrec_jax.data import prepare as prep
-  from mmrec_jax.data.text_features import handcrafted_text_features
+  from mmrec_jax.features.handcrafted import handcrafted_text_features
   from test_train import latest_params
   paths = _write_presplit(tmp_path)
   config = load_config("ml1m", "smoke", **_presplit_overrides(paths, tmp_path))

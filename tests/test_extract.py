@@ -204,7 +204,7 @@ def test_command_line_with_config_writes_shards_and_mask(tmp_path):
                                                        "shard-00001.npy"]
   mask = np.load(out / "mask.npy")
   assert mask.dtype == bool and mask.shape == (NUM_ITEMS,) and mask.all()
-  from mmrec_jax.data import features as feature_io  # pylint: disable=g-import-not-at-top
+  from mmrec_jax.data import feature_store as feature_io  # pylint: disable=g-import-not-at-top
   shards = feature_io.FeatureShards.open(out, verify=True)   # checksums of every shard
   assert (shards.num_items, shards.dim) == (NUM_ITEMS, 384)
   feats = shards.to_array()

@@ -143,7 +143,7 @@ def test_degree_sensitive_prune_keeps_fraction_and_renormalises():
 
 
 def test_side_data_graph_links_items_sharing_rare_tags():
-  from mmrec_jax.graph import side_graph
+  from mmrec_jax.features import side_graph
   items = [{"genres": ["Drama"], "tags": ["heist"]},
            {"genres": ["Drama"], "tags": ["heist", "noir"]},
            {"genres": ["Drama"], "tags": []},
@@ -166,7 +166,7 @@ def test_side_data_graph_links_items_sharing_rare_tags():
 
 def test_side_data_graph_uses_tag_genome_fields():
   """Items with only tag-genome tags in common are linked; genome tags are their own field."""
-  from mmrec_jax.graph import side_graph
+  from mmrec_jax.features import side_graph
   items = [{"genome_tags": ["dystopia", "robots"]}, {"genome_tags": ["robots"]},
            {"genres": ["Drama"]}, {"genres": ["Drama"], "genome_tags": ["dystopia"]}]
   x, mask, vocab = side_graph.tag_features(items)

@@ -123,3 +123,15 @@ def test_bad_sampler_settings():
     negatives.NegativeSampler("popularity", 3, np.ones(3), alpha=-1.0)
   with pytest.raises(DataError, match="no item has train interactions"):
     negatives.NegativeSampler("popularity", 3, np.zeros(3), alpha=1.0)
+
+
+def test_samplers_registry_names_and_in_batch():
+  """SAMPLERS (what config validation reads): name -> distribution; in_batch draws none."""
+  assert list(negatives.SAMPLERS) == ["uniform", "popularity", "in_batch"]
+  assert negatives.SAMPLERS[negatives.IN_BATCH] is None
+  assert negatives.SAMPLERS["uniform"](5, None, 0.75) is None
+  np.testing.assert_allclose(negatives.SAMPLERS["popularity"](3, np.array([1, 0, 3]), 1.0),
+                             [0.25, 0.0, 0.75])
+  with pytest.raises(ConfigError, match=r"'in_batch' is not one of \['uniform', "
+                                        r"'popularity', 'in_batch'\]"):
+    negatives.NegativeSampler("in_batch", 10)

@@ -8,7 +8,7 @@ import pytest
 
 from mmrec_jax.config import base_config
 from mmrec_jax.data.dataset import Split as DatasetSplit
-from mmrec_jax.data.features import write_feature_shards
+from mmrec_jax.data.feature_store import write_feature_shards
 from mmrec_jax.data.pipeline import make_train_pipeline
 from mmrec_jax.errors import ConfigError, DataError
 

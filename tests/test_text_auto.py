@@ -266,7 +266,7 @@ def _prepared(tmp_path):
 
 def _fake_extract(calls):
   """Writes a small random text_minilm modality instead of running MiniLM."""
-  from mmrec_jax.data import features as feature_io  # pylint: disable=g-import-not-at-top
+  from mmrec_jax.data import feature_store as feature_io  # pylint: disable=g-import-not-at-top
   from mmrec_jax.features import extract  # pylint: disable=g-import-not-at-top
 
   def fake(path, modality, encoder, *, name, **kwargs):

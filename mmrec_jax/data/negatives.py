@@ -10,7 +10,8 @@ batch are ``splitmix64(key, j)`` (exactly the j-th output of a SplitMix64 stream
 single-process batch. The per-batch ``key`` comes from ``np.random.SeedSequence`` over
 (seed, epoch, batch, round), which decorrelates neighbouring batches.
 
-Samplers (``input.negative_sampler``):
+Samplers (``input.negative_sampler``; :data:`SAMPLERS`, the registry it is checked against,
+maps each name to the function giving its sampling distribution):
   * ``uniform``    -- every item with probability 1/num_items;
   * ``popularity`` -- item i with probability proportional to ``count_i ** alpha``
     (``count_i`` = train interactions of i; items never seen in train get 0 when
@@ -29,11 +30,12 @@ most of the sampling mass.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from mmrec_jax.errors import ConfigError, DataError
 
-SAMPLERS = ("uniform", "popularity")
 _GAMMA = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
@@ -127,32 +129,53 @@ def _alias_table(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   return threshold, alias
 
 
+def uniform_distribution(num_items: int, item_counts: np.ndarray | None,
+                         alpha: float) -> None:
+  """Every item with probability 1/num_items (None: drawn without an alias table)."""
+  del num_items, item_counts, alpha
+
+
+def popularity_distribution(num_items: int, item_counts: np.ndarray | None,
+                            alpha: float) -> np.ndarray:
+  """float64 [num_items]: ``count_i ** alpha``, normalised (module docstring)."""
+  if alpha < 0:
+    raise ConfigError(f"input.popularity_alpha={alpha} must be >= 0")
+  if item_counts is None or len(item_counts) != num_items:
+    raise DataError("item_counts", f"popularity sampler needs {num_items} item counts")
+  weights = np.asarray(item_counts, np.float64) ** float(alpha)
+  if alpha > 0:
+    weights[np.asarray(item_counts) == 0] = 0.0
+  total = weights.sum()
+  if not total > 0:
+    raise DataError("train split", "popularity sampler: no item has train interactions")
+  return weights / total
+
+
+# input.negative_sampler -> (num_items, item_counts, alpha) -> the sampling probabilities
+# (None: uniform). 'in_batch' draws nothing: the loss uses the other positives of the
+# batch, so it has no distribution here (pipeline.py handles it).
+SAMPLERS: dict[str, Callable[[int, np.ndarray | None, float], np.ndarray | None] | None] = {
+    "uniform": uniform_distribution,
+    "popularity": popularity_distribution,
+    "in_batch": None,
+}
+IN_BATCH = "in_batch"
+
+
 class NegativeSampler:
   """Draws item ids from a fixed distribution as a pure function of (key, index)."""
 
   def __init__(self, name: str, num_items: int, item_counts: np.ndarray | None = None,
                alpha: float = 0.75, max_rounds: int = 10):
-    if name not in SAMPLERS:
-      raise ConfigError(
-          f"input.negative_sampler={name!r} is not one of {list(SAMPLERS) + ['in_batch']}")
+    if SAMPLERS.get(name) is None:   # unknown, or in_batch (nothing to draw)
+      raise ConfigError(f"input.negative_sampler={name!r} is not one of {list(SAMPLERS)}")
     if num_items < 2:
       raise DataError("num_items", f"need at least 2 items to sample negatives, got {num_items}")
     self.name = name
     self.num_items = int(num_items)
     self.max_rounds = int(max_rounds)
-    self._probs = None
-    if name == "popularity":
-      if alpha < 0:
-        raise ConfigError(f"input.popularity_alpha={alpha} must be >= 0")
-      if item_counts is None or len(item_counts) != num_items:
-        raise DataError("item_counts", f"popularity sampler needs {num_items} item counts")
-      weights = np.asarray(item_counts, np.float64) ** float(alpha)
-      if alpha > 0:
-        weights[np.asarray(item_counts) == 0] = 0.0
-      total = weights.sum()
-      if not total > 0:
-        raise DataError("train split", "popularity sampler: no item has train interactions")
-      self._probs = weights / total
+    self._probs = SAMPLERS[name](self.num_items, item_counts, alpha)
+    if self._probs is not None:
       self._threshold, self._alias = _alias_table(self._probs)
 
   @property

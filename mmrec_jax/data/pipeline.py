@@ -56,7 +56,6 @@ from mmrec_jax.errors import ConfigError, DataError
 _PERM_TAG = 0x5045524D   # 'PERM': separates the permutation seed from the negative keys
 _NEG_TAG = 0x4E454753    # 'NEGS'
 STATE_VERSION = 1
-NEGATIVE_SAMPLERS = ("uniform", "popularity", "in_batch")
 
 
 class _Features:
@@ -397,11 +396,11 @@ def make_train_pipeline(train_split: Any, num_users: int, num_items: int, input_
     raise ConfigError(f"input.batch_size={batch_size} must be a positive multiple of the "
                       f"process count {process_count} (it is the GLOBAL batch size)")
   name = _cfg(input_cfg, "negative_sampler", "uniform")
-  if name not in NEGATIVE_SAMPLERS:
+  if name not in negatives_lib.SAMPLERS:
     raise ConfigError(f"input.negative_sampler={name!r} is not one of "
-                      f"{list(NEGATIVE_SAMPLERS)}")
+                      f"{list(negatives_lib.SAMPLERS)}")
   num_negatives = int(_cfg(input_cfg, "num_negatives", 1))
-  if name != "in_batch" and num_negatives < 1:
+  if name != negatives_lib.IN_BATCH and num_negatives < 1:
     raise ConfigError(f"input.num_negatives={num_negatives} must be >= 1 with "
                       f"input.negative_sampler={name!r}")
   worker_count = int(_cfg(input_cfg, "worker_count", 0))
@@ -430,7 +429,7 @@ def make_train_pipeline(train_split: Any, num_users: int, num_items: int, input_
 
   counts = np.bincount(items, minlength=num_items)
   sampler = exclude = logq = None
-  if name == "in_batch":
+  if name == negatives_lib.IN_BATCH:
     with np.errstate(divide="ignore"):
       logq = np.log(counts / n).astype(np.float32)   # -inf for items never in train
   else:

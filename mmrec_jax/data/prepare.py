@@ -43,9 +43,13 @@ import numpy as np
 from absl import logging
 
 from mmrec_jax import config as config_lib
-from mmrec_jax.data import sources, splits
-from mmrec_jax.data.dataset import FORMAT_VERSION, SPLIT_NAMES, PreparedDataset, sha256_file
+from mmrec_jax import io_utils
+from mmrec_jax.data import feature_store, sources, splits
+from mmrec_jax.data.cache import cache_dir_of  # re-exported: prepare.cache_dir_of
+from mmrec_jax.data.dataset import FORMAT_VERSION, SPLIT_NAMES, PreparedDataset
 from mmrec_jax.errors import ConfigError, DataError
+from mmrec_jax.features.handcrafted import handcrafted_text_features
+from mmrec_jax.io_utils import sha256_file
 
 PREP_VERSION = 1   # bump when the same inputs would prepare differently
 _COMMON_KEYS = ("source", "rating_threshold", "dedup", "user_core", "item_core", "split",
@@ -61,11 +65,6 @@ _SOURCE_KEYS = {
 _GIVEN_SPLIT = ("presplit", "mmrec")
 # Test hook: called with the temp dir after the split arrays are written (atomicity tests).
 _after_partial_write = None
-
-
-def cache_dir_of(data) -> pathlib.Path:
-  d = data.cache_dir or os.environ.get("MMREC_JAX_CACHE") or "~/.cache/mmrec_jax"
-  return pathlib.Path(os.path.expanduser(d))
 
 
 def _resolve(cfg, seed):
@@ -93,10 +92,10 @@ def _resolve(cfg, seed):
 
 def validate(data) -> None:
   """ConfigError for bad values, before any file is read."""
-  if data.source not in config_lib.DATA_SOURCES:
-    raise ConfigError(f"data.source={data.source!r} is not one of "
-                      f"{list(config_lib.DATA_SOURCES)}")
-  if data.source == "prepared":
+  names = (*sources.SOURCES, sources.PREPARED)
+  if data.source not in names:
+    raise ConfigError(f"data.source={data.source!r} is not one of {list(names)}")
+  if data.source == sources.PREPARED:
     return
   try:
     thr = float(data.rating_threshold)
@@ -116,8 +115,8 @@ def validate(data) -> None:
       raise ConfigError(f"data.source={data.source!r} is kept exactly as given: "
                         "data.rating_threshold must be < 0 and data.user_core/item_core 0")
     return
-  if data.split not in splits.METHODS:
-    raise ConfigError(f"data.split={data.split!r} is not one of {list(splits.METHODS)}")
+  if data.split not in splits.SPLITS:
+    raise ConfigError(f"data.split={data.split!r} is not one of {list(splits.SPLITS)}")
   if data.split in ("temporal_ratio", "random_ratio"):
     splits.check_ratios(data.split_ratios)
   if data.split == "global_temporal":
@@ -147,12 +146,12 @@ def prepare(cfg, *, seed: int | None = None) -> PreparedDataset:
   """
   data, seed = _resolve(cfg, seed)
   validate(data)
-  if data.source == "prepared":
+  if data.source == sources.PREPARED:
     if not data.path:
       raise ConfigError("data.path is empty: set it to a prepared dataset directory")
     return PreparedDataset.open(os.path.expanduser(data.path))
   cache_dir = cache_dir_of(data)
-  locate, load = sources.registry()[data.source]
+  locate, load = sources.SOURCES[data.source]
   located = locate(data, cache_dir)
   pc = prep_config(data, seed)
   fingerprint = hashlib.sha256(json.dumps(
@@ -192,8 +191,8 @@ def prepare(cfg, *, seed: int | None = None) -> PreparedDataset:
 
 def _manifest_fingerprint(path: pathlib.Path) -> str | None:
   try:
-    return json.loads((path / "manifest.json").read_text()).get("fingerprint")
-  except (OSError, ValueError, AttributeError):
+    return io_utils.read_json(path / "manifest.json").get("fingerprint")
+  except DataError:
     return None
 
 
@@ -226,20 +225,14 @@ def _clean_leftovers(target: pathlib.Path) -> None:
 
 
 def _install(tmp: pathlib.Path, target: pathlib.Path, fingerprint: str) -> None:
-  if target.exists():
-    old = target.parent / f".{target.name}.old-{os.getpid()}"
-    os.rename(target, old)
-    try:
-      os.rename(tmp, target)
-    except BaseException:
-      os.rename(old, target)
-      raise
-    shutil.rmtree(old, ignore_errors=True)
-    return
+  # The old target is renamed to .<name>.old-*, which _clean_leftovers restores if the
+  # swap is interrupted (io_utils.replace_dir).
+  replacing = target.exists()
   try:
-    os.rename(tmp, target)
+    io_utils.replace_dir(tmp, target)
   except OSError:
-    if _manifest_fingerprint(target) != fingerprint:   # not a concurrent twin: real error
+    # A plain rename that lost to a concurrent twin preparing the same data is fine.
+    if replacing or _manifest_fingerprint(target) != fingerprint:
       raise
 
 
@@ -394,9 +387,7 @@ def build(raw: sources.RawData, data, seed: int, out: pathlib.Path, *, fingerpri
       "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
       "prep_version": PREP_VERSION, "notes": raw.notes,
   }
-  tmp = out / "manifest.json.tmp"
-  tmp.write_text(json.dumps(manifest, indent=1) + "\n")
-  os.replace(tmp, out / "manifest.json")
+  io_utils.atomic_write_json(out / "manifest.json", manifest, indent=1)
 
 
 def _where(raw: sources.RawData, row: int) -> str:
@@ -418,15 +409,14 @@ def _item_info(raw: sources.RawData, item_raw: np.ndarray) -> list[dict[str, Any
 
 
 def _write_features(raw, item_raw, info, out: pathlib.Path, rows_per_shard: int) -> list[str]:
-  from mmrec_jax.data import features as feats_lib  # pylint: disable=g-import-not-at-top
   root = out / "features"
   root.mkdir()
   n_items = item_raw.shape[0]
   written = []
   for m, spec in sorted(raw.features.items()):
     if isinstance(spec[0], str) and spec[0] == "npy":   # MMRec file: row r = item id r = internal id r (universe kept)
-      feats_lib.write_from_npy(root / m, spec[1], modality=m, num_items=n_items,
-                               zero_rows_missing=True, rows_per_shard=rows_per_shard)
+      feature_store.write_from_npy(root / m, spec[1], modality=m, num_items=n_items,
+                                   zero_rows_missing=True, rows_per_shard=rows_per_shard)
     else:
       arr, ids = spec
       order = np.argsort(ids, kind="stable")
@@ -435,14 +425,13 @@ def _write_features(raw, item_raw, info, out: pathlib.Path, rows_per_shard: int)
       mask = ids[order][pos] == item_raw.astype(ids.dtype)
       rows = np.zeros((n_items, arr.shape[1]), np.float32)
       rows[mask] = arr[order[pos[mask]]]
-      feats_lib.write_feature_shards(root / m, rows, mask, modality=m,
-                                     rows_per_shard=rows_per_shard, num_items=n_items)
+      feature_store.write_feature_shards(root / m, rows, mask, modality=m,
+                                         rows_per_shard=rows_per_shard, num_items=n_items)
     written.append(m)
   if raw.handcrafted_text and "text" not in raw.features:
-    from mmrec_jax.data.text_features import handcrafted_text_features  # pylint: disable=g-import-not-at-top
     arr, mask = handcrafted_text_features(info)
     if mask.any():
-      feats_lib.write_feature_shards(root / "text", arr, mask, modality="text",
-                                     rows_per_shard=rows_per_shard, num_items=n_items)
+      feature_store.write_feature_shards(root / "text", arr, mask, modality="text",
+                                         rows_per_shard=rows_per_shard, num_items=n_items)
       written.append("text")
   return sorted(written)

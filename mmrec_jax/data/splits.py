@@ -5,6 +5,8 @@ row. Ties in timestamps are broken by row order (the order of the source file af
 de-duplication), so the same input always gives the same split; without timestamps
 (all zeros) the temporal methods therefore follow file order.
 
+Methods (:data:`SPLITS`, the registry ``data.split`` is checked against):
+
 * ``temporal_ratio``  per user, oldest -> newest; the newest ``ratios[2]`` go to test and
   the ``ratios[1]`` before them to valid. Counts follow RecBole's rule: valid/test get
   ``floor(ratio * n)``, raised to 1 when ``0 < ratio * n < 1`` as long as train keeps at
@@ -21,11 +23,12 @@ de-duplication), so the same input always gives the same split; without timestam
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from mmrec_jax.errors import ConfigError
 
-METHODS = ("temporal_ratio", "random_ratio", "leave_last_out", "global_temporal")
 TRAIN, VALID, TEST = 0, 1, 2
 
 
@@ -72,41 +75,10 @@ def check_global_cut(cut, key: str = "data.global_cut") -> tuple[float, float]:
   return c
 
 
-def assign(method: str, users: np.ndarray, timestamps: np.ndarray, *, num_users: int,
-           ratios=(0.8, 0.1, 0.1), global_cut=(0.8, 0.9), seed: int = 0,
-           temporal_order: np.ndarray | None = None) -> np.ndarray:
-  """int8 label per row (0 train, 1 valid, 2 test) for ``method``; see the module doc.
-
-  ``temporal_order`` may pass ``stable_order(users, timestamps)`` when the caller has it
-  (saves a sort of every row).
-  """
-  if method not in METHODS:
-    raise ConfigError(f"data.split={method!r} is not one of {list(METHODS)}")
+def _newest_labels(users: np.ndarray, order: np.ndarray, counts: np.ndarray,
+                   n_valid: np.ndarray, n_test: np.ndarray) -> np.ndarray:
+  """Per user: the last ``n_test`` rows in ``order`` test, the ``n_valid`` before valid."""
   n = users.shape[0]
-  if method == "global_temporal":
-    c = check_global_cut(global_cut)
-    order = np.argsort(timestamps, kind="stable")
-    n_valid_start = int(np.floor(c[0] * n))
-    n_test_start = int(np.floor(c[1] * n))
-    ranked = np.full(n, TRAIN, np.int8)
-    ranked[n_valid_start:n_test_start] = VALID
-    ranked[n_test_start:] = TEST
-    labels = np.empty(n, np.int8)
-    labels[order] = ranked
-    return labels
-  if method == "random_ratio":
-    rng = np.random.default_rng([seed, 0x5B117])
-    order = stable_order(users, rng.permutation(n))
-  elif temporal_order is not None:
-    order = temporal_order
-  else:
-    order = stable_order(users, timestamps)   # stable: ties keep row order
-  counts = np.bincount(users, minlength=num_users).astype(np.int64)
-  if method == "leave_last_out":
-    n_test = (counts >= 2).astype(np.int64)
-    n_valid = (counts >= 3).astype(np.int64)
-  else:
-    n_valid, n_test = ratio_counts(counts, check_ratios(ratios))
   sorted_users = users[order]
   start = np.concatenate([[0], np.cumsum(counts)[:-1]])
   pos = np.arange(n, dtype=np.int64) - start[sorted_users]
@@ -117,6 +89,89 @@ def assign(method: str, users: np.ndarray, timestamps: np.ndarray, *, num_users:
   labels = np.empty(n, np.int8)
   labels[order] = ranked
   return labels
+
+
+def _temporal(users, timestamps, temporal_order):
+  if temporal_order is not None:
+    return temporal_order
+  return stable_order(users, timestamps)   # stable: ties keep row order
+
+
+def _user_counts(users: np.ndarray, num_users: int) -> np.ndarray:
+  return np.bincount(users, minlength=num_users).astype(np.int64)
+
+
+def temporal_ratio(users: np.ndarray, timestamps: np.ndarray, *, num_users: int, ratios,
+                   global_cut, seed: int, temporal_order: np.ndarray | None) -> np.ndarray:
+  """Per user by time: the newest ``ratios[2]`` test, the ``ratios[1]`` before valid."""
+  del global_cut, seed
+  order = _temporal(users, timestamps, temporal_order)
+  counts = _user_counts(users, num_users)
+  n_valid, n_test = ratio_counts(counts, check_ratios(ratios))
+  return _newest_labels(users, order, counts, n_valid, n_test)
+
+
+def random_ratio(users: np.ndarray, timestamps: np.ndarray, *, num_users: int, ratios,
+                 global_cut, seed: int, temporal_order: np.ndarray | None) -> np.ndarray:
+  """The counts of ``temporal_ratio`` over a seeded random order per user."""
+  del timestamps, global_cut, temporal_order
+  rng = np.random.default_rng([seed, 0x5B117])
+  order = stable_order(users, rng.permutation(users.shape[0]))
+  counts = _user_counts(users, num_users)
+  n_valid, n_test = ratio_counts(counts, check_ratios(ratios))
+  return _newest_labels(users, order, counts, n_valid, n_test)
+
+
+def leave_last_out(users: np.ndarray, timestamps: np.ndarray, *, num_users: int, ratios,
+                   global_cut, seed: int, temporal_order: np.ndarray | None) -> np.ndarray:
+  """Per user the newest row is test and the second newest valid."""
+  del ratios, global_cut, seed
+  order = _temporal(users, timestamps, temporal_order)
+  counts = _user_counts(users, num_users)
+  n_test = (counts >= 2).astype(np.int64)
+  n_valid = (counts >= 3).astype(np.int64)
+  return _newest_labels(users, order, counts, n_valid, n_test)
+
+
+def global_temporal(users: np.ndarray, timestamps: np.ndarray, *, num_users: int, ratios,
+                    global_cut, seed: int, temporal_order: np.ndarray | None) -> np.ndarray:
+  """One time cut for everyone at the ``global_cut`` quantiles of (time, row order)."""
+  del num_users, ratios, seed, temporal_order
+  n = users.shape[0]
+  c = check_global_cut(global_cut)
+  order = np.argsort(timestamps, kind="stable")
+  n_valid_start = int(np.floor(c[0] * n))
+  n_test_start = int(np.floor(c[1] * n))
+  ranked = np.full(n, TRAIN, np.int8)
+  ranked[n_valid_start:n_test_start] = VALID
+  ranked[n_test_start:] = TEST
+  labels = np.empty(n, np.int8)
+  labels[order] = ranked
+  return labels
+
+
+# data.split -> its implementation: (users, timestamps, *, num_users, ratios, global_cut,
+# seed, temporal_order) -> int8 label per row.
+SPLITS: dict[str, Callable[..., np.ndarray]] = {
+    "temporal_ratio": temporal_ratio,
+    "random_ratio": random_ratio,
+    "leave_last_out": leave_last_out,
+    "global_temporal": global_temporal,
+}
+
+
+def assign(method: str, users: np.ndarray, timestamps: np.ndarray, *, num_users: int,
+           ratios=(0.8, 0.1, 0.1), global_cut=(0.8, 0.9), seed: int = 0,
+           temporal_order: np.ndarray | None = None) -> np.ndarray:
+  """int8 label per row (0 train, 1 valid, 2 test) for ``method``; see the module doc.
+
+  ``temporal_order`` may pass ``stable_order(users, timestamps)`` when the caller has it
+  (saves a sort of every row).
+  """
+  if method not in SPLITS:
+    raise ConfigError(f"data.split={method!r} is not one of {list(SPLITS)}")
+  return SPLITS[method](users, timestamps, num_users=num_users, ratios=ratios,
+                        global_cut=global_cut, seed=seed, temporal_order=temporal_order)
 
 
 def ratio_counts(counts: np.ndarray, ratios) -> tuple[np.ndarray, np.ndarray]:

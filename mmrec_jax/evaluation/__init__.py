@@ -10,8 +10,9 @@ Metric definitions: :mod:`mmrec_jax.evaluation.metrics`; how ranking runs on dev
 
 from mmrec_jax.evaluation.export import read_topk, write_topk
 from mmrec_jax.evaluation.metrics import METRICS, metric_names, metrics_from_hits
-from mmrec_jax.evaluation.ranking import (CSR, EvalResult, csr_from_pairs, csr_union,
-                                          evaluate_embeddings, evaluate_split, split_csr)
+from mmrec_jax.evaluation.ranking import (csr_from_pairs, csr_union, evaluate_embeddings,
+                                          evaluate_split, split_csr)
+from mmrec_jax.evaluation.result import CSR, EvalResult
 from mmrec_jax.evaluation.slices import evaluate_slices, slice_metrics, slices_table
 from mmrec_jax.evaluation.stats import compare, holm, paired_tests
 

@@ -10,7 +10,8 @@ ranks ascending)::
 trip). Positions whose score is ``-inf`` (the user had fewer than K rankable items left after
 exclusion) are not written, so a user may have fewer than K lines. Raw ids must not contain
 tabs or newlines (they come from the prepared dataset, one per line, so they cannot).
-The file is written to ``<path>.tmp-<pid>`` and renamed into place: readers never see half.
+The file is written to a temp file beside it and renamed into place (io_utils.atomic_path):
+readers never see half of it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import pathlib
 import numpy as np
 
 from mmrec_jax.errors import DataError
+from mmrec_jax.io_utils import atomic_path
 
 
 def write_topk(path: str | os.PathLike, users_raw: np.ndarray, items_raw: np.ndarray,
@@ -52,10 +54,9 @@ def write_topk(path: str | os.PathLike, users_raw: np.ndarray, items_raw: np.nda
   if topk_items.size and (topk_items.min() < 0 or topk_items.max() >= items_raw.size):
     raise DataError(str(path), f"item id outside the {items_raw.size} raw item ids")
   path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
   k = topk_items.shape[1]
-  try:
-    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+  with atomic_path(path) as tmp:
+    with open(tmp, "x", encoding="utf-8", newline="\n") as f:
       f.write("user_id\titem_id\trank\tscore\n")
       for s in range(0, topk_items.shape[0], rows_per_write):
         it = topk_items[s:s + rows_per_write]
@@ -66,10 +67,6 @@ def write_topk(path: str | os.PathLike, users_raw: np.ndarray, items_raw: np.nda
         lines = [f"{a}\t{b}\t{c}\t{d:.9g}\n"
                  for a, b, c, d in zip(u, items_raw[it[ok]], r, sc[ok].tolist())]
         f.write("".join(lines))
-    os.replace(tmp, path)
-  except BaseException:
-    tmp.unlink(missing_ok=True)
-    raise
   return path
 
 

@@ -31,7 +31,6 @@ and are placed with ``jax.make_array_from_callback``; results are gathered with
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import weakref
 from collections.abc import Sequence
@@ -45,33 +44,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from mmrec_jax.errors import ConfigError, DataError
 from mmrec_jax.evaluation.metrics import metric_names, metrics_from_hits
+from mmrec_jax.evaluation.result import CSR, EvalResult  # also ranking.CSR/EvalResult
+from mmrec_jax.evaluation.slices import evaluate_slices
 from mmrec_jax.sharding import DATA, MODEL
-
-CSR = tuple[np.ndarray, np.ndarray]   # (indptr int64 [num_users + 1], indices int32)
-
-
-@dataclasses.dataclass
-class EvalResult:
-  """What one evaluation returns; every array is numpy on the host.
-
-  Attributes:
-    metrics: ``{'recall@10': mean over users with ground truth, ...}``.
-    per_user: ``{'recall@10': float32 [n_users]}`` aligned with ``users``.
-    users: int64 [n_users], the evaluated users (those with ground truth), sorted.
-    coverage: ``{'coverage@10': fraction of the catalogue in some user's top-10, ...}``.
-    topk_items: int32 [n_users, K] ranked item ids when asked for (``return_topk``).
-    topk_scores: float32 [n_users, K] their scores (``-inf``: nothing rankable left).
-    num_items: catalogue size.
-    slices: filled by :func:`mmrec_jax.evaluation.slices.evaluate_slices` callers.
-  """
-  metrics: dict[str, float]
-  per_user: dict[str, np.ndarray]
-  users: np.ndarray
-  coverage: dict[str, float]
-  num_items: int
-  topk_items: np.ndarray | None = None
-  topk_scores: np.ndarray | None = None
-  slices: dict[str, dict[str, float]] | None = None
 
 
 # ----------------------------------------------------------------------------- CSR helpers
@@ -387,7 +362,6 @@ def evaluate_split(user_matrix: jax.Array | np.ndarray, item_matrix: jax.Array |
   top-``eval.export_topk`` lists are attached to the result when asked for; every user of
   the dataset with ground truth in the split is evaluated.
   """
-  from mmrec_jax.evaluation.slices import evaluate_slices  # pylint: disable=g-import-not-at-top
   if split not in ("valid", "test"):
     raise ConfigError(f"evaluation split {split!r} is not one of ['valid', 'test']")
   truth = split_csr(ds, split)

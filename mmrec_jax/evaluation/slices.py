@@ -27,14 +27,11 @@ count), so an empty or tiny slice is visible rather than silently 0.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from mmrec_jax.evaluation.metrics import metric_names, metrics_from_hits
-
-if TYPE_CHECKING:
-  from mmrec_jax.evaluation.ranking import CSR, EvalResult
+from mmrec_jax.evaluation.result import CSR, EvalResult
 
 _BUCKET_NAMES = {2: ("head", "tail"), 3: ("head", "mid", "tail")}
 _USER_NAMES = {2: ("low", "high"), 3: ("low", "mid", "high")}
@@ -44,7 +41,7 @@ def _names(num: int, table: dict[int, tuple[str, ...]]) -> tuple[str, ...]:
   return table.get(num, tuple(f"q{j + 1}" for j in range(num)))
 
 
-def train_counts(train: "CSR", num_items: int) -> tuple[np.ndarray, np.ndarray]:
+def train_counts(train: CSR, num_items: int) -> tuple[np.ndarray, np.ndarray]:
   """(per-user, per-item) train interaction counts from the train CSR."""
   users = np.diff(train[0])
   items = np.bincount(train[1], minlength=num_items)
@@ -63,7 +60,7 @@ def item_buckets(item_counts: np.ndarray, num_buckets: int = 3) -> dict[str, np.
   return out
 
 
-def slice_metrics(result: "EvalResult", truth: "CSR", *, ks: Sequence[int],
+def slice_metrics(result: EvalResult, truth: CSR, *, ks: Sequence[int],
                   metrics: Sequence[str], items: np.ndarray | None = None,
                   users: np.ndarray | None = None) -> dict[str, float]:
   """Mean metrics with ground truth restricted to ``items`` (bool [num_items]) and/or the
@@ -105,7 +102,7 @@ def slice_metrics(result: "EvalResult", truth: "CSR", *, ks: Sequence[int],
   return out
 
 
-def evaluate_slices(result: "EvalResult", truth: "CSR", train: "CSR", *, ks: Sequence[int],
+def evaluate_slices(result: EvalResult, truth: CSR, train: CSR, *, ks: Sequence[int],
                     metrics: Sequence[str], num_buckets: int = 3) -> dict[str, dict[str, float]]:
   """All slices of the module docstring: ``{'cold_items': {...}, 'items_head': {...}, ...}``."""
   user_counts, item_counts = train_counts(train, result.num_items)

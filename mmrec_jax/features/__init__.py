@@ -1,10 +1,12 @@
-"""Pretrained item feature extraction (optional extra ``mmrec_jax[text]``).
+"""Item feature extraction: every modality computed from items.jsonl or pretrained models.
 
-Submodules are imported on use so ``import mmrec_jax.features`` needs neither
-``tokenizers`` nor Pillow: text_encoder (BERT/MiniLM), image_encoder (ViT/CLIP),
-loading (safetensors -> NNX), minilm (where the default MiniLM weights come from),
-auto (``data.text_features``), extract (:func:`extract_features` and the command
-``python -m mmrec_jax.features``).
+Results are written as feature shards (:mod:`mmrec_jax.data.feature_store`). Submodules
+are imported on use so ``import mmrec_jax.features`` needs neither jax nor the optional
+extra ``mmrec_jax[text]`` (``tokenizers``, Pillow): handcrafted (TF-IDF/genre/year 'text',
+written by preparation), side_graph (the 'graph' modality from shared tags/genres),
+text_encoder (BERT/MiniLM), image_encoder (ViT/CLIP), loading (safetensors -> NNX),
+minilm (where the default MiniLM weights come from), auto (``data.text_features``),
+extract (:func:`extract_features` and the command ``python -m mmrec_jax.features``).
 """
 
 from mmrec_jax.features.extract import ENCODERS, extract_features, item_text

@@ -17,6 +17,8 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from mmrec_jax.data import cache
+from mmrec_jax.data import prepare as prepare_lib
 from mmrec_jax.errors import MmrecError
 from mmrec_jax.features import extract
 
@@ -51,11 +53,9 @@ def _dataset_and_defaults() -> tuple[str, str | None, object]:
                      "and --dataset=<prepared dataset directory>")
   if _DATASET.value is not None:
     return _DATASET.value, None, None
-  # Imported here: preparing data needs the data stack, --dataset does not.
-  from mmrec_jax.data import prepare as prepare_lib  # pylint: disable=g-import-not-at-top
   data = _CONFIG.value.data
   ds = prepare_lib.prepare(data)   # as train_and_evaluate and main --mode=prepare do
-  return str(ds.path), data.get("text_model_dir") or None, prepare_lib.cache_dir_of(data)
+  return str(ds.path), data.get("text_model_dir") or None, cache.cache_dir_of(data)
 
 
 def main(argv):

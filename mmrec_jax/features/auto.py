@@ -23,7 +23,10 @@ import os
 
 from absl import logging
 
+from mmrec_jax.data.cache import cache_dir_of
+from mmrec_jax.data.dataset import PreparedDataset
 from mmrec_jax.errors import ConfigError, DataError
+from mmrec_jax.features import extract, minilm
 
 TEXT_FEATURES = ("handcrafted", "minilm", "auto")
 MINILM_MODALITY = "text_minilm"
@@ -45,7 +48,6 @@ def minilm_missing(model_dir: str = "", cache_dir: os.PathLike | str | None = No
             "pip install 'mmrec_jax[text]')")
   if model_dir:
     return None   # an explicit directory: extraction reports a bad one, never a fallback
-  from mmrec_jax.features import minilm  # pylint: disable=g-import-not-at-top
   try:
     minilm.minilm_dir(cache_dir, fetch=fetch)
   except (ConfigError, DataError) as e:
@@ -60,7 +62,6 @@ def minilm_available(model_dir: str = "", cache_dir: os.PathLike | str | None = 
 
 
 def _cache_dir(data_cfg):
-  from mmrec_jax.data.prepare import cache_dir_of  # pylint: disable=g-import-not-at-top
   return cache_dir_of(data_cfg)
 
 
@@ -86,13 +87,11 @@ def _ensure_here(ds, data_cfg, wanted: tuple[str, ...]) -> tuple[object, tuple[s
   text = resolve_text_modality(ds, data_cfg) if "text" in wanted else "text"
   wanted = tuple(text if m == "text" else m for m in wanted)
   if MINILM_MODALITY in wanted and MINILM_MODALITY not in ds.modalities:
-    from mmrec_jax.data.dataset import PreparedDataset  # pylint: disable=g-import-not-at-top
-    from mmrec_jax.features.extract import extract_features  # pylint: disable=g-import-not-at-top
     logging.info("extracting all-MiniLM-L6-v2 text features into %s (once per dataset)",
                  ds.path)
-    extract_features(ds.path, "text", "minilm", name=MINILM_MODALITY,
-                     model_dir=data_cfg.text_model_dir or None,
-                     cache_dir=_cache_dir(data_cfg), progress=False)
+    extract.extract_features(ds.path, "text", "minilm", name=MINILM_MODALITY,
+                             model_dir=data_cfg.text_model_dir or None,
+                             cache_dir=_cache_dir(data_cfg), progress=False)
     ds = PreparedDataset.open(ds.path)
   elif MINILM_MODALITY in wanted:
     logging.info("using MiniLM text features (modality %s)", MINILM_MODALITY)
@@ -122,5 +121,4 @@ def ensure_modalities(ds, data_cfg, wanted: tuple[str, ...]) -> tuple[object, tu
     finally:
       _barrier()
   _barrier()
-  from mmrec_jax.data.dataset import PreparedDataset  # pylint: disable=g-import-not-at-top
   return _ensure_here(PreparedDataset.open(ds.path), data_cfg, wanted)

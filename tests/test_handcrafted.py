@@ -5,9 +5,9 @@ import math
 import numpy as np
 import pytest
 
-from mmrec_jax.data.text_features import (DEFAULT_YEAR_BUCKETS, handcrafted_feature_names,
-                                          handcrafted_text_blocks,
-                                          handcrafted_text_features, tokenize)
+from mmrec_jax.features.handcrafted import (DEFAULT_YEAR_BUCKETS, handcrafted_feature_names,
+                                            handcrafted_text_blocks,
+                                            handcrafted_text_features, tokenize)
 from mmrec_jax.errors import DataError
 
 

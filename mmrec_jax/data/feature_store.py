@@ -1,4 +1,7 @@
-"""Precomputed item features per modality, stored as fixed-size memory-mapped shards.
+"""The feature-shard store: precomputed item features per modality, memory-mapped shards.
+
+(Named feature_store, not features, so it is not confused with the ``mmrec_jax.features``
+package, which computes features; this module only stores and reads them.)
 
 Layout of a feature directory (format_version 1, see docs/architecture.md):
 
@@ -23,7 +26,6 @@ viewed as ``ml_dtypes.bfloat16`` when read; the manifest says "bfloat16".
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pathlib
@@ -34,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from mmrec_jax import io_utils
 from mmrec_jax.errors import DataError
 
 FORMAT_VERSION = 1
@@ -58,14 +61,6 @@ def _storage_dtypes(name: str) -> tuple[np.dtype, np.dtype]:
 
 def _shard_name(i: int) -> str:
   return f"shard-{i:05d}.npy"
-
-
-def _sha256(path: pathlib.Path) -> str:
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 22), b""):
-      h.update(block)
-  return h.hexdigest()
 
 
 class FeatureShards:
@@ -108,12 +103,7 @@ class FeatureShards:
     mpath = path / MANIFEST
     if not mpath.is_file():
       raise DataError(str(mpath), "missing (not a feature shard directory)")
-    try:
-      manifest = json.loads(mpath.read_text())
-    except (OSError, ValueError) as e:
-      raise DataError(str(mpath), f"unreadable JSON ({e})") from None
-    if not isinstance(manifest, dict):
-      raise DataError(str(mpath), "top level must be a JSON object")
+    manifest = io_utils.read_json(mpath)
     missing = [k for k in _REQUIRED_KEYS if k not in manifest]
     if missing:
       raise DataError(str(mpath), f"missing keys {missing}")
@@ -164,7 +154,7 @@ class FeatureShards:
       if arr.shape != (want_rows, self.dim) or arr.dtype != disk_dtype:
         raise DataError(str(spath), f"shape {arr.shape} dtype {arr.dtype}, manifest says "
                         f"({want_rows}, {self.dim}) {disk_dtype}")
-      if verify and _sha256(spath) != entry["sha256"]:
+      if verify and io_utils.sha256_file(spath) != entry["sha256"]:
         raise DataError(str(spath), "sha256 does not match the manifest (corrupted shard)")
       if disk_dtype != self.dtype:
         arr = arr.view(self.dtype)
@@ -340,22 +330,6 @@ def _chunks_of(features: np.ndarray | Iterable[np.ndarray], step: int) -> Iterat
     yield from features
 
 
-def _replace_dir(tmp: pathlib.Path, out_dir: pathlib.Path) -> None:
-  """Moves the complete ``tmp`` to ``out_dir``; an old ``out_dir`` goes only after."""
-  if not out_dir.exists():
-    os.rename(tmp, out_dir)
-    return
-  old = pathlib.Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.old-"))
-  os.rmdir(old)
-  os.rename(out_dir, old)
-  try:
-    os.rename(tmp, out_dir)
-  except BaseException:
-    os.rename(old, out_dir)
-    raise
-  shutil.rmtree(old, ignore_errors=True)
-
-
 def write_feature_shards(out_dir: os.PathLike | str,
                          features: np.ndarray | Iterable[np.ndarray],
                          mask: np.ndarray | None,
@@ -412,7 +386,7 @@ def write_feature_shards(out_dir: os.PathLike | str,
       name = _shard_name(len(shards))
       data = buf[:n] if disk == logical else buf[:n].view(disk)
       np.save(tmp / name, data, allow_pickle=False)
-      shards.append({"file": name, "rows": n, "sha256": _sha256(tmp / name)})
+      shards.append({"file": name, "rows": n, "sha256": io_utils.sha256_file(tmp / name)})
 
     for chunk in _chunks_of(features, rows_per_shard):
       chunk = np.asarray(chunk)
@@ -474,7 +448,7 @@ def write_feature_shards(out_dir: os.PathLike | str,
         "imputation": IMPUTATION,
     }
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
-    _replace_dir(tmp, out_dir)
+    io_utils.replace_dir(tmp, out_dir)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise

@@ -18,7 +18,10 @@ Sources (from a prepared dataset):
 Items with no side data have zero rows and mask False (never linked, see knn.py).
 When there are more distinct tags than ``max_dim``, the ``max_dim`` most frequent are kept.
 
-  python -m mmrec_jax.graph.side_graph --dataset=<prepared dir> [--max_dim=512] \
+It lives with the other feature extractors (it writes a modality's shards and registers it
+like extract.py does); mmrec_jax.graph keeps only the graph computations it uses (knn.py).
+
+  python -m mmrec_jax.features.side_graph --dataset=<prepared dir> [--max_dim=512] \
       [--genome=<ml-25m/genome-scores.csv>] [--name=graph]
 """
 
@@ -34,7 +37,10 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 import numpy as np
 
+from mmrec_jax.data.dataset import PreparedDataset
+from mmrec_jax.data.feature_store import write_feature_shards
 from mmrec_jax.errors import DataError
+from mmrec_jax.features.extract import register_modality
 from mmrec_jax.graph.knn import knn_graph
 from mmrec_jax.graph.propagation import EdgeList
 
@@ -105,9 +111,6 @@ def shared_tag_graph(features: np.ndarray, mask: np.ndarray, k: int = 10) -> Edg
 def add_graph_modality(dataset_dir: str | pathlib.Path, *, name: str = "graph",
                        max_dim: int = 512, genome: str | None = None) -> pathlib.Path:
   """Writes the side-data features as modality ``name`` of a prepared dataset."""
-  from mmrec_jax.data.dataset import PreparedDataset  # pylint: disable=g-import-not-at-top
-  from mmrec_jax.data.features import write_feature_shards  # pylint: disable=g-import-not-at-top
-  from mmrec_jax.features.extract import register_modality  # pylint: disable=g-import-not-at-top
   ds = PreparedDataset.open(dataset_dir)
   x, mask, _ = tag_features(ds.item_info(), max_dim=max_dim)
   if genome:   # both sources, each L2-normalised: cosine sums their similarities
