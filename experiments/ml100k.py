@@ -13,7 +13,6 @@ on PyPI (the log says which).
 
 from mmrec_jax import config as config_lib
 
-
 # Per-model settings tuned on the valid split (benchmarks/RESULTS_ml100k.md). bpr_mf:
 # row-wise SGD on the tables (the loss is a batch mean: lr 50 at batch 1024 ~ 0.05 per
 # example), 4 negatives.

@@ -29,6 +29,7 @@ vbpr, two_tower).
 
 from mmrec_jax import config as config_lib
 
+
 def get_config(arg: str | None = None):
   variants = config_lib.parse_variants(
       arg, ("smoke",) + config_lib.MODEL_VARIANTS)

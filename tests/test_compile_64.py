@@ -61,6 +61,7 @@ def probe(feature_dim: int = FEATURE_DIM) -> dict:
   """
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
+
   from mmrec_jax import sharding  # pylint: disable=g-import-not-at-top
   from mmrec_jax.step import DataInfo, Task  # pylint: disable=g-import-not-at-top
 

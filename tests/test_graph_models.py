@@ -227,7 +227,7 @@ def test_model_reprs_and_loss_match_numpy(name):
 def test_graph_models_need_modalities_and_train_edges():
   with pytest.raises(ConfigError, match="needs at least one modality"):
     _task("freedom", mods=())
-  users, items, feats, masks = _data()
+  users, items, _, _ = _data()
   c = config_lib.base_config()
   c.model.name = "lightgcn"
   c.data.modalities = ()

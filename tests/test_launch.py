@@ -235,6 +235,7 @@ def bare_env(monkeypatch):
   """No cluster variables, not on a Cloud TPU VM, metadata server unreachable."""
   from jax._src import cloud_tpu_init  # pylint: disable=g-import-not-at-top
   from jax._src.clusters import cloud_tpu_cluster  # pylint: disable=g-import-not-at-top
+
   from mmrec_jax import distributed  # pylint: disable=g-import-not-at-top
   for var in _CLUSTER_VARS:
     monkeypatch.delenv(var, raising=False)
@@ -316,6 +317,7 @@ def test_distributed_unreachable_metadata_is_single(bare_env, monkeypatch):
 def test_quiet_non_main_process(monkeypatch):
   import jax  # pylint: disable=g-import-not-at-top
   from absl import logging  # pylint: disable=g-import-not-at-top
+
   from mmrec_jax import distributed  # pylint: disable=g-import-not-at-top
   before = logging.get_verbosity()
   try:

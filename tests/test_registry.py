@@ -124,7 +124,7 @@ def content_only():
 
 def test_a_model_registered_from_outside_trains_end_to_end(content_only, tmp_path,
                                                            monkeypatch):
-  from mmrec_jax.train import train_and_evaluate  # noqa: PLC0415
+  from mmrec_jax.train import train_and_evaluate
   monkeypatch.setenv("MMREC_JAX_CACHE", str(tmp_path / "cache"))
   c = config_lib.base_config()
   c.data.source = "synthetic"

@@ -95,6 +95,7 @@ def phase_save(workdir: pathlib.Path) -> dict:
 
 def phase_resume(workdir: pathlib.Path) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
+
   from mmrec_jax.checkpointing import RunCheckpointer  # pylint: disable=g-import-not-at-top
   config, task, mesh = _task()
   ckpt = RunCheckpointer(workdir)

@@ -37,7 +37,7 @@ class RowsRegime(Regime):
                ) -> tuple[State, dict[str, jax.Array]]:
     s = self.s
     cfg, cdt, layout = s.config, s.compute_dtype, s.layout
-    constrain = lambda x: constrain_batch(s.mesh, x)  # noqa: E731
+    constrain = lambda x: constrain_batch(s.mesh, x)
     user = batch["user"]
     b = user.shape[0]
     items = s.contract.item_ids(batch)

@@ -19,7 +19,8 @@ from collections.abc import Mapping
 import jax
 import ml_collections
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from mmrec_jax import losses, sharding
 from mmrec_jax.errors import ConfigError, DataError

@@ -18,12 +18,12 @@ import sys
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
+import jax
+import numpy as np
 
-from mmrec_jax import config as config_lib  # noqa: E402
-from mmrec_jax import sharding  # noqa: E402
-from mmrec_jax.step import DataInfo, Task  # noqa: E402
+from mmrec_jax import config as config_lib
+from mmrec_jax import sharding
+from mmrec_jax.step import DataInfo, Task
 
 NU, NI, B, N = 30, 44, 16, 2
 ROW_MODELS = ("bpr_mf", "vbpr", "two_tower")
