@@ -23,6 +23,13 @@ SPLITS = tuple(splits.SPLITS)
 NEGATIVE_SAMPLERS = tuple(negatives.SAMPLERS)
 
 
+# Keys that were renamed: the old flag fails with a one-line hint naming the new key.
+# ``data.items`` collided with the ``ConfigDict.items`` method, so ``--config.data.items=``
+# could never be set from the command line; no key may be named like a ConfigDict
+# attribute (tests/test_config.py checks every key).
+RENAMED_KEYS = {"data.items": "data.items_file"}
+
+
 def base_config() -> ml_collections.ConfigDict:
   """All fields with defaults. Experiments override, never add."""
   c = ml_collections.ConfigDict()
@@ -46,7 +53,7 @@ def base_config() -> ml_collections.ConfigDict:
   d.train = ""
   d.valid = ""
   d.test = ""
-  d.items = ""
+  d.items_file = ""           # optional item side file (titles/genres/text) of the split
   # mmrec source: directory with <name>.inter (x_label split column) + *_feat.npy
   d.name = ""
   # synthetic source (planted structure)
@@ -158,6 +165,48 @@ def finalize(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   check(c.model.name, registry.names(), "model.name")
   c.lock()
   return c
+
+
+# Numeric settings with a lower bound: (dotted key, minimum, what the minimum means).
+# Checked when a run starts (``validate``), after every ``--config.x=`` override was
+# applied: a bad value fails in one line naming the key instead of as a shape error
+# inside a jit (``model.embed_dim=0``) or a run that keeps nothing (``max_checkpoints=0``).
+_MINIMUMS: tuple[tuple[str, float, str], ...] = (
+    ("model.embed_dim", 1, "embedding width"),
+    ("model.hidden_dim", 1, "hidden width"),
+    ("input.batch_size", 1, "global batch size"),
+    ("input.num_negatives", 0, "negatives per positive"),
+    ("input.prefetch", 0, "prefetched batches"),
+    ("input.worker_count", 0, "input workers"),
+    ("train.num_epochs", 1, "epochs"),
+    ("train.eval_every_epochs", 1, "epochs between validations"),
+    ("train.log_every_steps", 1, "steps between log rows"),
+    ("train.checkpoint_every_steps", 0, "0 = at every evaluation"),
+    ("train.max_checkpoints", 1, "latest checkpoints kept; 0 would leave nothing to resume"),
+    ("train.early_stopping_patience", 0, "0 = off"),
+    ("eval.user_chunk", 1, "users scored at once"),
+    ("eval.item_chunk", 0, "0 = whole catalogue"),
+    ("eval.export_topk", 0, "0 = no export"),
+    ("data.rows_per_shard", 1, "feature rows per shard"),
+    ("data.user_core", 0, "k-core threshold"),
+    ("data.item_core", 0, "k-core threshold"),
+)
+
+
+def validate(c: ml_collections.ConfigDict) -> None:
+  """Value checks of a complete config (after overrides); ValueError naming the key.
+
+  Only values are checked here: names against their registries in :func:`finalize`,
+  combinations (batch over the mesh, modalities in the dataset) where they are used.
+  """
+  for key, minimum, meaning in _MINIMUMS:
+    section, field = key.split(".")
+    value = c[section][field]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
+      raise ValueError(f"config.{key}={value!r}: must be a number >= {minimum:g} ({meaning})")
+  ks = tuple(c.eval.ks)
+  if not ks or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in ks):
+    raise ValueError(f"config.eval.ks={ks!r}: must be positive integers, e.g. (10, 20)")
 
 
 def apply_smoke(c: ml_collections.ConfigDict) -> None:

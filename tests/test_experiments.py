@@ -122,7 +122,7 @@ def _presplit_overrides(paths, tmp_path, items=True):
           "data.valid": str(paths["valid"]), "data.test": str(paths["test"]),
           "data.cache_dir": str(tmp_path / "cache"), "train.max_steps": 1}
   if items:
-    over["data.items"] = str(paths["items"])
+    over["data.items_file"] = str(paths["items"])
   return over
 
 
@@ -157,7 +157,7 @@ def test_presplit_override_keeps_the_experiments_model_and_features(tmp_path):
 
 
 def test_presplit_override_without_items_has_no_text_for_the_model(tmp_path):
-  """Without data.items there is no side info, so ml1m's text model cannot run: a clear
+  """Without data.items_file there is no side info, so ml1m's text model cannot run: a clear
   error rather than a silent ID-only run."""
   from mmrec_jax.errors import ConfigError
   paths = _write_presplit(tmp_path)
@@ -165,3 +165,38 @@ def test_presplit_override_without_items_has_no_text_for_the_model(tmp_path):
   with pytest.raises(ConfigError, match=r"config\.data\.modalities: \['text'\] not in the "
                                         r"dataset at .* \(it has \[\]\)"):
     train_and_evaluate(config, tmp_path / "run")
+
+
+def _readme_presplit_command() -> str:
+  """The pre-split command line as README.md documents it."""
+  readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+  line = next(l for l in readme.splitlines() if "--config.data.source=presplit" in l)
+  return line.strip().strip("*` ").split("`")[0]
+
+
+def test_readme_presplit_command_through_the_real_flag_parser(tmp_path):
+  """The README's flags, typed as a user would, reach the run (``items_file`` included)."""
+  import subprocess
+  import sys
+  flags = _readme_presplit_command().replace("[", "").replace("]", "").split()
+  assert "--config.data.items_file=items.tsv" in flags, flags
+  paths = _write_presplit(tmp_path)
+  cmd = [sys.executable, "-m", "mmrec_jax.main", "--config=" + str(
+      pathlib.Path(__file__).resolve().parents[1] / "experiments/ml1m.py") + ":smoke",
+         "--workdir=run", "--mode=prepare", f"--config.data.cache_dir={tmp_path / 'cache'}",
+         *flags]
+  out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  from mmrec_jax.data.dataset import PreparedDataset
+  prepared = list((tmp_path / "cache" / "prepared").iterdir())
+  assert len(prepared) == 1
+  ds = PreparedDataset.open(prepared[0])
+  assert ds.manifest["source"] == "presplit" and "text" in ds.modalities
+  assert {d["title"] for d in ds.item_info()} >= {"Movie 1 comedy"}
+  # The old key fails at once with one line naming the new one.
+  old = [f.replace("items_file", "items") for f in cmd]
+  out = subprocess.run(old, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 2
+  assert out.stderr.strip().splitlines() == [
+      "error: --config.data.items: this key is now config.data.items_file; "
+      "use --config.data.items_file=..."]

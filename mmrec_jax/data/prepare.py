@@ -58,7 +58,7 @@ _SOURCE_KEYS = {
     "movielens": ("variant", "path"),
     "recbole": ("path", "name"),
     "mmrec": ("path", "name"),
-    "presplit": ("train", "valid", "test", "items"),
+    "presplit": ("train", "valid", "test", "items_file"),
     "synthetic": ("num_users", "num_items", "num_interactions", "latent_dim", "text_dim",
                   "image_dim", "popularity_exponent"),
 }

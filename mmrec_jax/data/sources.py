@@ -88,10 +88,9 @@ def load_recbole(cfg, located, seed, cache_dir=None) -> RawData:
 
 # ---------------------------------------------------------------- pre-split files
 def _presplit_paths(cfg) -> dict[str, pathlib.Path]:
-  # cfg["items"], not cfg.items: ConfigDict.items is the dict method.
   out = {s: require_file(cfg[s], f"data.{s}") for s in ("train", "valid", "test")}
-  if cfg["items"]:
-    out["items"] = require_file(cfg["items"], "data.items")
+  if cfg.items_file:
+    out["items"] = require_file(cfg.items_file, "data.items_file")
   return out
 
 
