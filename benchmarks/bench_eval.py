@@ -77,30 +77,31 @@ def cached_problem(args):
   if path and os.path.exists(path):
     z = np.load(path)
     return (z["um"], z["im"], (z["tr_ptr"], z["tr_idx"]), (z["te_ptr"], z["te_idx"]))
-  um, im, train, test = make_problem(args.users, args.items, args.dim, args.train, args.test,
-                                     args.seed)
+  um, im, train, test = make_problem(
+    args.users, args.items, args.dim, args.train, args.test, args.seed
+  )
   if path:
     os.makedirs(args.cache_dir, exist_ok=True)
     tmp = path + ".tmp.npz"
-    np.savez(tmp, um=um, im=im, tr_ptr=train[0], tr_idx=train[1], te_ptr=test[0],
-             te_idx=test[1])
+    np.savez(tmp, um=um, im=im, tr_ptr=train[0], tr_idx=train[1], te_ptr=test[0], te_idx=test[1])
     os.replace(tmp, path)
   return um, im, train, test
 
 
 def numpy_eval(um, im, train, test, ks, metrics, chunk):
   """Plain numpy/BLAS chunked scorer: matmul, -inf on train items, argpartition top-k."""
-  from mmrec_jax.evaluation.metrics import metrics_from_hits  # pylint: disable=g-import-not-at-top
+  from mmrec_jax.evaluation.metrics import metrics_from_hits
+
   kmax = max(ks)
   n_truth = np.diff(test[0])
   users = np.nonzero(n_truth > 0)[0]
   sums = {}
   for s in range(0, users.size, chunk):
-    ids = users[s:s + chunk]
+    ids = users[s : s + chunk]
     scores = um[ids] @ im.T
     lens = np.diff(train[0])[ids]
     rows = np.repeat(np.arange(ids.size), lens)
-    cols = np.concatenate([train[1][train[0][u]:train[0][u + 1]] for u in ids])
+    cols = np.concatenate([train[1][train[0][u] : train[0][u + 1]] for u in ids])
     scores[rows, cols] = -np.inf
     part = np.argpartition(-scores, kmax, axis=1)[:, :kmax]
     ps = np.take_along_axis(scores, part, axis=1)
@@ -108,7 +109,7 @@ def numpy_eval(um, im, train, test, ks, metrics, chunk):
     top = np.take_along_axis(part, order, axis=1)
     tlen = n_truth[ids]
     trow = np.repeat(np.arange(ids.size), tlen)
-    tcols = np.concatenate([test[1][test[0][u]:test[0][u + 1]] for u in ids])
+    tcols = np.concatenate([test[1][test[0][u] : test[0][u + 1]] for u in ids])
     key_truth = np.sort(trow.astype(np.int64) * im.shape[0] + tcols)
     key_top = np.arange(ids.size)[:, None].astype(np.int64) * im.shape[0] + top
     pos = np.minimum(np.searchsorted(key_truth, key_top), key_truth.size - 1)
@@ -132,21 +133,44 @@ def child(args) -> None:
   if args.method == "numpy":
     means = numpy_eval(um, im, train, test, ks, metrics, args.chunk)
   else:
-    import jax  # pylint: disable=g-import-not-at-top
-    from mmrec_jax.evaluation.ranking import evaluate_embeddings  # pylint: disable=g-import-not-at-top
-    from mmrec_jax.sharding import make_mesh  # pylint: disable=g-import-not-at-top
+    import jax
+
+    from mmrec_jax.evaluation.ranking import evaluate_embeddings
+    from mmrec_jax.sharding import make_mesh
+
     mesh = make_mesh(data=args.devices // args.model, model=args.model)
     users = np.arange(args.users)
-    res = evaluate_embeddings(jax.numpy.asarray(um), jax.numpy.asarray(im), users=users,
-                              truth=test, exclude=train, ks=ks, metrics=metrics, mesh=mesh,
-                              user_chunk=args.chunk, item_chunk=args.item_chunk)
+    res = evaluate_embeddings(
+      jax.numpy.asarray(um),
+      jax.numpy.asarray(im),
+      users=users,
+      truth=test,
+      exclude=train,
+      ks=ks,
+      metrics=metrics,
+      mesh=mesh,
+      user_chunk=args.chunk,
+      item_chunk=args.item_chunk,
+    )
     means = res.metrics
   t_eval, c_eval = time.perf_counter() - t0, time.process_time() - c0
   rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-  print(json.dumps({"method": args.method, "t_data": t_data, "t_eval": t_eval, "cpu_eval": c_eval,
-                    "rss_data_mb": rss_data, "rss_mb": rss, "metrics": means,
-                    "nnz_train": int(train[1].size), "nnz_test": int(test[1].size),
-                    "users_eval": int((np.diff(test[0]) > 0).sum())}))
+  print(
+    json.dumps(
+      {
+        "method": args.method,
+        "t_data": t_data,
+        "t_eval": t_eval,
+        "cpu_eval": c_eval,
+        "rss_data_mb": rss_data,
+        "rss_mb": rss,
+        "metrics": means,
+        "nnz_train": int(train[1].size),
+        "nnz_test": int(test[1].size),
+        "users_eval": int((np.diff(test[0]) > 0).sum()),
+      }
+    )
+  )
 
 
 def main() -> None:
@@ -162,9 +186,12 @@ def main() -> None:
   p.add_argument("--model", type=int, default=1, help="size of the mesh 'model' axis")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--methods", default="jax,numpy")
-  p.add_argument("--cache_dir", default="runs/bench_eval_cache",
-                 help="where the generated problem is kept between methods/runs ('' = off)")
-  p.add_argument("--method", default="", help=argparse.SUPPRESS)   # child mode
+  p.add_argument(
+    "--cache_dir",
+    default="runs/bench_eval_cache",
+    help="where the generated problem is kept between methods/runs ('' = off)",
+  )
+  p.add_argument("--method", default="", help=argparse.SUPPRESS)  # child mode
   args = p.parse_args()
   if args.method:
     child(args)
@@ -175,23 +202,44 @@ def main() -> None:
   rows = []
   for method in args.methods.split(","):
     cmd = [sys.executable, __file__, "--method", method] + [
-        f"--{k}={getattr(args, k)}" for k in ("users", "items", "dim", "train", "test", "chunk",
-                                              "item_chunk", "devices", "model", "seed",
-                                              "cache_dir")]
+      f"--{k}={getattr(args, k)}"
+      for k in (
+        "users",
+        "items",
+        "dim",
+        "train",
+        "test",
+        "chunk",
+        "item_chunk",
+        "devices",
+        "model",
+        "seed",
+        "cache_dir",
+      )
+    ]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
     rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-  print(f"\nusers={args.users} items={args.items} d={args.dim} train_nnz={rows[0]['nnz_train']} "
-        f"test_nnz={rows[0]['nnz_test']} evaluated_users={rows[0]['users_eval']} "
-        f"chunk={args.chunk} jax mesh=({args.devices // args.model},{args.model}) "
-        f"cpu_cores={os.cpu_count()}\n")
-  print("| method | eval wall s | eval CPU s | peak RSS MB | RSS after data MB | data gen s "
-        "| recall@20 | ndcg@20 |")
+  print(
+    f"\nusers={args.users} items={args.items} d={args.dim} train_nnz={rows[0]['nnz_train']} "
+    f"test_nnz={rows[0]['nnz_test']} evaluated_users={rows[0]['users_eval']} "
+    f"chunk={args.chunk} jax mesh=({args.devices // args.model},{args.model}) "
+    f"cpu_cores={os.cpu_count()}\n"
+  )
+  print(
+    "| method | eval wall s | eval CPU s | peak RSS MB | RSS after data MB | data gen s "
+    "| recall@20 | ndcg@20 |"
+  )
   print("|---|---|---|---|---|---|---|---|")
   for r in rows:
-    name = ("mmrec_jax evaluate_embeddings" if r["method"] == "jax" else
-            "numpy/BLAS chunked + argpartition")
-    print(f"| {name} | {r['t_eval']:.1f} | {r['cpu_eval']:.1f} | {r['rss_mb']:.0f} | {r['rss_data_mb']:.0f} | "
-          f"{r['t_data']:.1f} | {r['metrics']['recall@20']:.5f} | {r['metrics']['ndcg@20']:.5f} |")
+    name = (
+      "mmrec_jax evaluate_embeddings"
+      if r["method"] == "jax"
+      else "numpy/BLAS chunked + argpartition"
+    )
+    print(
+      f"| {name} | {r['t_eval']:.1f} | {r['cpu_eval']:.1f} | {r['rss_mb']:.0f} | {r['rss_data_mb']:.0f} | "
+      f"{r['t_data']:.1f} | {r['metrics']['recall@20']:.5f} | {r['metrics']['ndcg@20']:.5f} |"
+    )
   if len(rows) > 1:
     diff = max(abs(rows[0]["metrics"][k] - rows[1]["metrics"][k]) for k in rows[0]["metrics"])
     print(f"\nmax |metric difference| between methods: {diff:.2e}")

@@ -46,8 +46,10 @@ def main() -> None:
   ap.add_argument("--batches", type=int, default=20)
   args = ap.parse_args()
   rng = np.random.default_rng(0)
-  print("| dim | layout | shards | numpy table[ids] GB/s | gather(out=) GB/s | ratio "
-        "| gather GB/s | ratio |")
+  print(
+    "| dim | layout | shards | numpy table[ids] GB/s | gather(out=) GB/s | ratio "
+    "| gather GB/s | ratio |"
+  )
   print("|---|---|---|---|---|---|---|---|")
   with tempfile.TemporaryDirectory() as tmp:
     for dim in args.dims:
@@ -55,18 +57,25 @@ def main() -> None:
       ids_list = [rng.integers(0, args.items, args.batch) for _ in range(args.batches)]
       nbytes = args.batch * dim * 4
       for layout, rps in (("1 shard", 65536), ("8k-row shards", 8192)):
-        fs = write_feature_shards(pathlib.Path(tmp) / f"d{dim}_{rps}", table, None,
-                                  modality="bench", rows_per_shard=rps)
+        fs = write_feature_shards(
+          pathlib.Path(tmp) / f"d{dim}_{rps}", table, None, modality="bench", rows_per_shard=rps
+        )
         for ids in ids_list[:3]:
           assert np.array_equal(fs.gather(ids), table[ids])
         for _ in range(2):  # touch every page once so both sides read from RAM
           fs.gather(np.arange(args.items))
         out = np.empty((args.batch, dim), np.float32)
         base, got, got_alloc = _rates(
-            [lambda i: table[i], lambda i: fs.gather(i, out=out), fs.gather],
-            ids_list, nbytes, args.reps)
-        print(f"| {dim} | {layout} | {fs.num_shards} | {base:.2f} | {got:.2f} | "
-              f"{got / base:.2f} | {got_alloc:.2f} | {got_alloc / base:.2f} |", flush=True)
+          [lambda i: table[i], lambda i: fs.gather(i, out=out), fs.gather],  # noqa: B023, F821
+          ids_list,
+          nbytes,
+          args.reps,
+        )
+        print(
+          f"| {dim} | {layout} | {fs.num_shards} | {base:.2f} | {got:.2f} | "
+          f"{got / base:.2f} | {got_alloc:.2f} | {got_alloc / base:.2f} |",
+          flush=True,
+        )
       del table
 
 

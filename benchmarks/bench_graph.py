@@ -20,9 +20,9 @@ import sys
 import time
 
 DATASETS = {
-    # name -> (config file, variant, data.modalities for the multimodal models)
-    "ml100k": ("experiments/ml100k_graph.py", None, ("text",)),
-    "synthetic-ml1m": ("experiments/synthetic.py", None, ("text", "image")),
+  # name -> (config file, variant, data.modalities for the multimodal models)
+  "ml100k": ("experiments/ml100k_graph.py", None, ("text",)),
+  "synthetic-ml1m": ("experiments/synthetic.py", None, ("text", "image")),
 }
 
 
@@ -37,19 +37,23 @@ def _args():
 
 def main() -> int:
   a = _args()
-  import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from ml_collections import config_flags  # noqa: F401  pylint: disable=g-import-not-at-top
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  from mmrec_jax import sharding, train  # pylint: disable=g-import-not-at-top
-  from mmrec_jax.data import pipeline as pipeline_lib  # pylint: disable=g-import-not-at-top
-  from mmrec_jax.data import prepare as prepare_lib  # pylint: disable=g-import-not-at-top
-  from mmrec_jax.step import Task  # pylint: disable=g-import-not-at-top
-  from mmrec_jax.models import registry  # pylint: disable=g-import-not-at-top
+  import importlib.util
+
+  import jax
+  import numpy as np
+  from ml_collections import config_flags  # noqa: F401
+
+  from mmrec_jax import sharding, train
+  from mmrec_jax.data import pipeline as pipeline_lib
+  from mmrec_jax.data import prepare as prepare_lib
+  from mmrec_jax.models import registry
+  from mmrec_jax.step import Task
 
   print(f"devices: {jax.device_count()} x {jax.devices()[0].platform}")
-  print("| dataset | model | users | items | train edges | batch | steps/epoch | setup_s "
-        "| ms/step | epoch_s |")
+  print(
+    "| dataset | model | users | items | train edges | batch | steps/epoch | setup_s "
+    "| ms/step | epoch_s |"
+  )
   print("|---|---|---|---|---|---|---|---|---|---|")
   for dname in a.datasets.split(","):
     path, variant, mods = DATASETS[dname]
@@ -71,8 +75,9 @@ def main() -> int:
       state = task.init(0)
       jax.block_until_ready(state)
       setup = time.perf_counter() - t0
-      pipe = pipeline_lib.make_train_pipeline(ds.split("train"), ds.num_users, ds.num_items,
-                                              c.input, seed=0)
+      pipe = pipeline_lib.make_train_pipeline(
+        ds.split("train"), ds.num_users, ds.num_items, c.input, seed=0
+      )
       it = iter(pipe)
       times = []
       for i in range(a.warmup + a.steps):
@@ -83,11 +88,17 @@ def main() -> int:
         if i >= a.warmup:
           times.append(time.perf_counter() - t)
       ms = 1000 * float(np.mean(times))
-      n_edges = int(np.unique(np.asarray(info.train_users, np.int64) * ds.num_items
-                              + np.asarray(info.train_items)).size)
-      print(f"| {dname} | {model} | {ds.num_users} | {ds.num_items} | {n_edges} | "
-            f"{c.input.batch_size} | {pipe.steps_per_epoch} | {setup:.1f} | {ms:.0f} | "
-            f"{pipe.steps_per_epoch * ms / 1000:.1f} |", flush=True)
+      n_edges = int(
+        np.unique(
+          np.asarray(info.train_users, np.int64) * ds.num_items + np.asarray(info.train_items)
+        ).size
+      )
+      print(
+        f"| {dname} | {model} | {ds.num_users} | {ds.num_items} | {n_edges} | "
+        f"{c.input.batch_size} | {pipe.steps_per_epoch} | {setup:.1f} | {ms:.0f} | "
+        f"{pipe.steps_per_epoch * ms / 1000:.1f} |",
+        flush=True,
+      )
   return 0
 
 

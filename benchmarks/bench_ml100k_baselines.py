@@ -28,13 +28,13 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import itertools
 import json
 import os
 import pathlib
 import platform
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -46,37 +46,76 @@ NOTES_MARKER = "<!-- notes: kept when the tables above are regenerated -->"
 
 # ------------------------------------------------------------------------------ the grids
 # Small on purpose (2 shared CPU cores): main hyper-parameters of each family.
-_OURS = {"optimizer.sparse": "sgd", "optimizer.sparse_learning_rate": 50.0,
-         "input.num_negatives": 4, "model.embed_dim": 128, "train.num_epochs": 100,
-         "train.eval_every_epochs": 5, "train.early_stopping_patience": 3}
-GRIDS: dict[str, list[dict[str, Any]]] = {
-    "most_pop": [{}],   # sanity floor: train popularity, same for every user
-    "cornac_bpr": [dict(k=k, learning_rate=lr, lambda_reg=reg, max_iter=it)
-                   for k in (32, 64, 128) for lr in (0.01, 0.05) for reg in (0.01,)
-                   for it in (100, 300)],
-    "implicit_bpr": [dict(factors=f, learning_rate=lr, regularization=reg, iterations=it)
-                     for f in (32, 64, 128) for lr in (0.01, 0.05) for reg in (0.01,)
-                     for it in (100, 300)],
-    "implicit_als": [dict(factors=f, regularization=reg, alpha=a, iterations=15)
-                     for f in (32, 64, 128) for reg in (0.1, 1.0, 10.0) for a in (1.0, 10.0)],
-    # Ours: config overrides (dotted keys) of experiments/ml100k.py:<variant>. Tables by
-    # row-wise SGD (the step's loss is a batch MEAN, so lr 50 at batch 1024 is ~0.05 per
-    # example, Cornac's best), 4 uniform negatives, early stopping on valid ndcg@10.
-    "ours_bpr_mf": [{**_OURS, "loss.l2": l2} for l2 in (1e-3, 2e-3, 5e-3, 1e-2)]
-                   + [{**_OURS, "loss.l2": l2, "model.item_bias": True} for l2 in (2e-3, 5e-3)],
-    "ours_vbpr": [{**_OURS, "loss.l2": l2, "data.modalities": mods,
-                   "data.text_features": tf, "optimizer.learning_rate": 1e-3}
-                  for mods, tf, l2 in ((("text_minilm",), "minilm", 5e-3),
-                                       (("text",), "handcrafted", 5e-3),
-                                       (("text",), "handcrafted", 2e-3))],
-    # ~4x the step cost of BPR-MF here; not in the default --families.
-    "ours_two_tower": [{**_OURS, "loss.l2": 5e-3, "data.modalities": ("text_minilm",),
-                        "data.text_features": "minilm", "train.num_epochs": 80}],
+_OURS = {
+  "optimizer.sparse": "sgd",
+  "optimizer.sparse_learning_rate": 50.0,
+  "input.num_negatives": 4,
+  "model.embed_dim": 128,
+  "train.num_epochs": 100,
+  "train.eval_every_epochs": 5,
+  "train.early_stopping_patience": 3,
 }
-LABELS = {"most_pop": "MostPop (train counts)", "cornac_bpr": "Cornac BPR", "implicit_bpr": "implicit BPR",
-          "implicit_als": "implicit ALS", "ours_bpr_mf": "mmrec_jax BPR-MF",
-          "ours_vbpr": "mmrec_jax VBPR (IDs + text)",
-          "ours_two_tower": "mmrec_jax two-tower (IDs + text)"}
+GRIDS: dict[str, list[dict[str, Any]]] = {
+  "most_pop": [{}],  # sanity floor: train popularity, same for every user
+  "cornac_bpr": [
+    dict(k=k, learning_rate=lr, lambda_reg=reg, max_iter=it)
+    for k in (32, 64, 128)
+    for lr in (0.01, 0.05)
+    for reg in (0.01,)
+    for it in (100, 300)
+  ],
+  "implicit_bpr": [
+    dict(factors=f, learning_rate=lr, regularization=reg, iterations=it)
+    for f in (32, 64, 128)
+    for lr in (0.01, 0.05)
+    for reg in (0.01,)
+    for it in (100, 300)
+  ],
+  "implicit_als": [
+    dict(factors=f, regularization=reg, alpha=a, iterations=15)
+    for f in (32, 64, 128)
+    for reg in (0.1, 1.0, 10.0)
+    for a in (1.0, 10.0)
+  ],
+  # Ours: config overrides (dotted keys) of experiments/ml100k.py:<variant>. Tables by
+  # row-wise SGD (the step's loss is a batch MEAN, so lr 50 at batch 1024 is ~0.05 per
+  # example, Cornac's best), 4 uniform negatives, early stopping on valid ndcg@10.
+  "ours_bpr_mf": [{**_OURS, "loss.l2": l2} for l2 in (1e-3, 2e-3, 5e-3, 1e-2)]
+  + [{**_OURS, "loss.l2": l2, "model.item_bias": True} for l2 in (2e-3, 5e-3)],
+  "ours_vbpr": [
+    {
+      **_OURS,
+      "loss.l2": l2,
+      "data.modalities": mods,
+      "data.text_features": tf,
+      "optimizer.learning_rate": 1e-3,
+    }
+    for mods, tf, l2 in (
+      (("text_minilm",), "minilm", 5e-3),
+      (("text",), "handcrafted", 5e-3),
+      (("text",), "handcrafted", 2e-3),
+    )
+  ],
+  # ~4x the step cost of BPR-MF here; not in the default --families.
+  "ours_two_tower": [
+    {
+      **_OURS,
+      "loss.l2": 5e-3,
+      "data.modalities": ("text_minilm",),
+      "data.text_features": "minilm",
+      "train.num_epochs": 80,
+    }
+  ],
+}
+LABELS = {
+  "most_pop": "MostPop (train counts)",
+  "cornac_bpr": "Cornac BPR",
+  "implicit_bpr": "implicit BPR",
+  "implicit_als": "implicit ALS",
+  "ours_bpr_mf": "mmrec_jax BPR-MF",
+  "ours_vbpr": "mmrec_jax VBPR (IDs + text)",
+  "ours_two_tower": "mmrec_jax two-tower (IDs + text)",
+}
 
 
 def load_config(variant: str, cache_dir: str):
@@ -104,13 +143,20 @@ def train_interactions(ds) -> tuple[np.ndarray, np.ndarray]:
 
 
 def fit_cornac_bpr(ds, p: dict[str, Any], seed: int, threads: int):
-  import cornac  # pylint: disable=g-import-not-at-top
+  import cornac
+
   u, i = train_interactions(ds)
   triples = list(zip(u.astype(str).tolist(), i.astype(str).tolist(), [1.0] * u.size))
   train_set = cornac.data.Dataset.build(triples, fmt="UIR", seed=seed)
-  model = cornac.models.BPR(k=p["k"], max_iter=p["max_iter"], learning_rate=p["learning_rate"],
-                            lambda_reg=p["lambda_reg"], num_threads=threads, seed=seed,
-                            verbose=False)
+  model = cornac.models.BPR(
+    k=p["k"],
+    max_iter=p["max_iter"],
+    learning_rate=p["learning_rate"],
+    lambda_reg=p["lambda_reg"],
+    num_threads=threads,
+    seed=seed,
+    verbose=False,
+  )
   t0 = time.perf_counter()
   model.fit(train_set)
   secs = time.perf_counter() - t0
@@ -131,7 +177,8 @@ def fit_cornac_bpr(ds, p: dict[str, Any], seed: int, threads: int):
 
 
 def _train_csr(ds):
-  import scipy.sparse as sp  # pylint: disable=g-import-not-at-top
+  import scipy.sparse as sp
+
   u, i = train_interactions(ds)
   m = sp.csr_matrix((np.ones(u.size, np.float32), (u, i)), shape=(ds.num_users, ds.num_items))
   m.sum_duplicates()
@@ -140,11 +187,16 @@ def _train_csr(ds):
 
 
 def fit_implicit_bpr(ds, p: dict[str, Any], seed: int, threads: int):
-  from implicit.cpu.bpr import BayesianPersonalizedRanking  # pylint: disable=g-import-not-at-top
+  from implicit.cpu.bpr import BayesianPersonalizedRanking
+
   model = BayesianPersonalizedRanking(
-      factors=p["factors"], learning_rate=p["learning_rate"],
-      regularization=p["regularization"], iterations=p["iterations"], num_threads=threads,
-      random_state=seed)
+    factors=p["factors"],
+    learning_rate=p["learning_rate"],
+    regularization=p["regularization"],
+    iterations=p["iterations"],
+    num_threads=threads,
+    random_state=seed,
+  )
   csr = _train_csr(ds)
   t0 = time.perf_counter()
   model.fit(csr, show_progress=False)
@@ -153,14 +205,21 @@ def fit_implicit_bpr(ds, p: dict[str, Any], seed: int, threads: int):
 
 
 def fit_implicit_als(ds, p: dict[str, Any], seed: int, threads: int):
-  from implicit.cpu.als import AlternatingLeastSquares  # pylint: disable=g-import-not-at-top
+  from implicit.cpu.als import AlternatingLeastSquares
+
   model = AlternatingLeastSquares(
-      factors=p["factors"], regularization=p["regularization"], alpha=p["alpha"],
-      iterations=p["iterations"], num_threads=threads, random_state=seed)
+    factors=p["factors"],
+    regularization=p["regularization"],
+    alpha=p["alpha"],
+    iterations=p["iterations"],
+    num_threads=threads,
+    random_state=seed,
+  )
   csr = _train_csr(ds)
-  from threadpoolctl import threadpool_limits  # pylint: disable=g-import-not-at-top
+  from threadpoolctl import threadpool_limits
+
   t0 = time.perf_counter()
-  with threadpool_limits(1, "blas"):   # what implicit asks for (its own threads do the work)
+  with threadpool_limits(1, "blas"):  # what implicit asks for (its own threads do the work)
     model.fit(csr, show_progress=False)
   secs = time.perf_counter() - t0
   return np.asarray(model.user_factors), np.asarray(model.item_factors), secs
@@ -173,17 +232,23 @@ def fit_most_pop(ds, p: dict[str, Any], seed: int, threads: int):
   return np.ones((ds.num_users, 1), np.float32), counts[:, None], 0.0
 
 
-FITTERS: dict[str, Callable] = {"most_pop": fit_most_pop, "cornac_bpr": fit_cornac_bpr, "implicit_bpr": fit_implicit_bpr,
-                                "implicit_als": fit_implicit_als}
+FITTERS: dict[str, Callable] = {
+  "most_pop": fit_most_pop,
+  "cornac_bpr": fit_cornac_bpr,
+  "implicit_bpr": fit_implicit_bpr,
+  "implicit_als": fit_implicit_als,
+}
 
 
 def evaluate_factors(users: np.ndarray, items: np.ndarray, ds, eval_cfg, mesh) -> dict:
   """Our evaluator on exported factors: the exact protocol our own models get."""
-  from mmrec_jax.evaluation import evaluate_split  # pylint: disable=g-import-not-at-top
+  from mmrec_jax.evaluation import evaluate_split
+
   out = {}
   for split in ("valid", "test"):
-    res = evaluate_split(users.astype(np.float32), items.astype(np.float32), ds, split,
-                         eval_cfg, mesh)
+    res = evaluate_split(
+      users.astype(np.float32), items.astype(np.float32), ds, split, eval_cfg, mesh
+    )
     out[split] = {k: float(v) for k, v in res.metrics.items()}
   return out
 
@@ -192,7 +257,8 @@ def evaluate_factors(users: np.ndarray, items: np.ndarray, ds, eval_cfg, mesh) -
 
 
 def run_ours(family: str, p: dict[str, Any], args, seed: int) -> dict:
-  from mmrec_jax.train import train_and_evaluate  # pylint: disable=g-import-not-at-top
+  from mmrec_jax.train import train_and_evaluate
+
   variant = family.removeprefix("ours_")
   c = load_config(variant, args.cache_dir)
   c.seed = seed
@@ -208,8 +274,14 @@ def run_ours(family: str, p: dict[str, Any], args, seed: int) -> dict:
   t0 = time.perf_counter()
   res = train_and_evaluate(c, workdir)
   wall = time.perf_counter() - t0
-  return {"valid": res["valid"], "test": res["test"], "train_s": res["train_seconds"],
-          "wall_s": wall, "best_step": res["best_step"], "steps": res["steps"]}
+  return {
+    "valid": res["valid"],
+    "test": res["test"],
+    "train_s": res["train_seconds"],
+    "wall_s": wall,
+    "best_step": res["best_step"],
+    "steps": res["steps"],
+  }
 
 
 # ------------------------------------------------------------------------------ report
@@ -229,29 +301,47 @@ def write_report(runs: list[dict], out: pathlib.Path, header: str) -> str:
   """Best-valid table per family + every grid point (valid only, test hidden)."""
   current = {setting_key(f, p) for f, grid in GRIDS.items() for p in grid}
   seeded = [r for r in runs if r.get("seed", 0)]
-  runs = [r for r in runs if not r.get("seed", 0)
-          and setting_key(r["family"], r["params"]) in current]
+  runs = [
+    r for r in runs if not r.get("seed", 0) and setting_key(r["family"], r["params"]) in current
+  ]
   fams = [f for f in GRIDS if any(r["family"] == f for r in runs)]
-  lines = [header, "", "## Best-valid setting per model (selection: valid ndcg@10)", "",
-           "| model | setting | " + " | ".join(f"valid {m}" for m in SHOWN) + " | "
-           + " | ".join(f"test {m}" for m in SHOWN) + " | train s |",
-           "|---|---|" + "---:|" * (2 * len(SHOWN) + 1)]
+  lines = [
+    header,
+    "",
+    "## Best-valid setting per model (selection: valid ndcg@10)",
+    "",
+    "| model | setting | "
+    + " | ".join(f"valid {m}" for m in SHOWN)
+    + " | "
+    + " | ".join(f"test {m}" for m in SHOWN)
+    + " | train s |",
+    "|---|---|" + "---:|" * (2 * len(SHOWN) + 1),
+  ]
   for f in fams:
     rs = [r for r in runs if r["family"] == f]
     best = max(rs, key=lambda r: r["valid"][SELECT])
-    lines.append(f"| {LABELS[f]} | {_fmt_params(best['params'])} | "
-                 + " | ".join(f"{best['valid'][m]:.4f}" for m in SHOWN) + " | "
-                 + " | ".join(f"{best['test'][m]:.4f}" for m in SHOWN)
-                 + f" | {best['train_s']:.1f} |")
-  lines += ["", "## All grid points (valid split only)", "",
-            "| model | setting | " + " | ".join(f"valid {m}" for m in SHOWN)
-            + " | train s | notes |", "|---|---|" + "---:|" * (len(SHOWN) + 1) + "---|"]
+    lines.append(
+      f"| {LABELS[f]} | {_fmt_params(best['params'])} | "
+      + " | ".join(f"{best['valid'][m]:.4f}" for m in SHOWN)
+      + " | "
+      + " | ".join(f"{best['test'][m]:.4f}" for m in SHOWN)
+      + f" | {best['train_s']:.1f} |"
+    )
+  lines += [
+    "",
+    "## All grid points (valid split only)",
+    "",
+    "| model | setting | " + " | ".join(f"valid {m}" for m in SHOWN) + " | train s | notes |",
+    "|---|---|" + "---:|" * (len(SHOWN) + 1) + "---|",
+  ]
   for f in fams:
     for r in [r for r in runs if r["family"] == f]:
-      note = (f"best step {r['best_step']} of {r['steps']}" if "best_step" in r else "")
-      lines.append(f"| {LABELS[f]} | {_fmt_params(r['params'])} | "
-                   + " | ".join(f"{r['valid'][m]:.4f}" for m in SHOWN)
-                   + f" | {r['train_s']:.1f} | {note} |")
+      note = f"best step {r['best_step']} of {r['steps']}" if "best_step" in r else ""
+      lines.append(
+        f"| {LABELS[f]} | {_fmt_params(r['params'])} | "
+        + " | ".join(f"{r['valid'][m]:.4f}" for m in SHOWN)
+        + f" | {r['train_s']:.1f} | {note} |"
+      )
   lines += _seed_table(runs, seeded, fams)
   text = "\n".join(lines) + "\n"
   # Hand-written notes below the marker (commands, findings) survive regeneration.
@@ -272,55 +362,80 @@ def _seed_table(runs: list[dict], seeded: list[dict], fams: list[str]) -> list[s
     same = [best] + [r for r in seeded if r["family"] == f and r["params"] == best["params"]]
     if len(same) < 2:
       continue
-    cell = lambda split, m: (f"{np.mean([r[split][m] for r in same]):.4f} "
-                             f"± {np.std([r[split][m] for r in same], ddof=1):.4f}")
-    rows.append(f"| {LABELS[f]} | {len(same)} | " + " | ".join(
-        cell(split, m) for split in ("valid", "test") for m in ("ndcg@10", "recall@20"))
-                + f" | {np.mean([r['train_s'] for r in same]):.1f} |")
+    cell = lambda split, m, same=same: (
+      f"{np.mean([r[split][m] for r in same]):.4f} "
+      f"± {np.std([r[split][m] for r in same], ddof=1):.4f}"
+    )
+    rows.append(
+      f"| {LABELS[f]} | {len(same)} | "
+      + " | ".join(cell(split, m) for split in ("valid", "test") for m in ("ndcg@10", "recall@20"))
+      + f" | {np.mean([r['train_s'] for r in same]):.1f} |"
+    )
   if not rows:
     return []
-  return (["", "## Best-valid setting of each model over seeds (mean ± sample std)", "",
-           "Seeds change the initialisation and the sampled negatives/batch order (ours), "
-           "or the libraries' `seed`/`random_state`; the split is fixed.", "",
-           "| model | seeds | valid ndcg@10 | valid recall@20 | test ndcg@10 | test recall@20 "
-           "| train s |", "|---|---:|---:|---:|---:|---:|---:|"] + rows)
+  return [
+    "",
+    "## Best-valid setting of each model over seeds (mean ± sample std)",
+    "",
+    "Seeds change the initialisation and the sampled negatives/batch order (ours), "
+    "or the libraries' `seed`/`random_state`; the split is fixed.",
+    "",
+    "| model | seeds | valid ndcg@10 | valid recall@20 | test ndcg@10 | test recall@20 | train s |",
+    "|---|---:|---:|---:|---:|---:|---:|",
+  ] + rows
 
 
 def machine_note(threads: int) -> str:
-  import jax  # pylint: disable=g-import-not-at-top
+  import jax
+
   try:
-    import cornac  # pylint: disable=g-import-not-at-top
-    import implicit  # pylint: disable=g-import-not-at-top
+    import cornac
+    import implicit
+
     versions = f"cornac {cornac.__version__}, implicit {implicit.__version__}, "
   except ImportError:
     versions = ""
-  return (f"Machine: {platform.machine()} {os.cpu_count()} CPU cores, shared with other jobs "
-          f"(times are noisy); {versions}jax {jax.__version__} on "
-          f"{jax.devices()[0].platform}; baselines use num_threads={threads}.")
+  return (
+    f"Machine: {platform.machine()} {os.cpu_count()} CPU cores, shared with other jobs "
+    f"(times are noisy); {versions}jax {jax.__version__} on "
+    f"{jax.devices()[0].platform}; baselines use num_threads={threads}."
+  )
 
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--families", default=",".join(f for f in GRIDS if f != "ours_two_tower"),
-                      help=f"comma-separated subset of {list(GRIDS)}")
+  parser.add_argument(
+    "--families",
+    default=",".join(f for f in GRIDS if f != "ours_two_tower"),
+    help=f"comma-separated subset of {list(GRIDS)}",
+  )
   parser.add_argument("--workdir", default="runs/bench_ml100k")
   parser.add_argument("--out", default=str(ROOT / "benchmarks" / "RESULTS_ml100k.md"))
   parser.add_argument("--cache_dir", default="", help="'' = the experiment's default")
-  parser.add_argument("--seeds", type=int, default=1,
-                      help="> 1: rerun each family's best-valid setting with seeds 1..N-1")
+  parser.add_argument(
+    "--seeds",
+    type=int,
+    default=1,
+    help="> 1: rerun each family's best-valid setting with seeds 1..N-1",
+  )
   parser.add_argument("--threads", type=int, default=2, help="baselines' num_threads")
-  parser.add_argument("--max_points", type=int, default=0,
-                      help="> 0: at most this many NEW grid points per family (quick look)")
+  parser.add_argument(
+    "--max_points",
+    type=int,
+    default=0,
+    help="> 0: at most this many NEW grid points per family (quick look)",
+  )
   args = parser.parse_args()
   families = [f for f in args.families.split(",") if f]
   unknown = sorted(set(families) - set(GRIDS))
   if unknown:
     raise SystemExit(f"--families: unknown {unknown}; known: {list(GRIDS)}")
 
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  import jax  # pylint: disable=g-import-not-at-top
-  from mmrec_jax import sharding  # pylint: disable=g-import-not-at-top
-  from mmrec_jax.data.prepare import prepare  # pylint: disable=g-import-not-at-top
+  import jax
+  import ml_collections
+
+  from mmrec_jax import sharding
+  from mmrec_jax.data.prepare import prepare
 
   base = load_config("bpr_mf", args.cache_dir)
   ds = prepare(base.data)
@@ -330,22 +445,26 @@ def main() -> None:
   eval_cfg.export_topk = 0
   mesh = sharding.make_mesh(1, 1, devices=jax.devices()[:1])
   tr = ds.split("train")
-  print(f"dataset {ds.path}: {ds.num_users} users, {ds.num_items} items, "
-        f"train/valid/test {len(tr.users)}/{len(ds.split('valid').users)}/"
-        f"{len(ds.split('test').users)}", flush=True)
+  print(
+    f"dataset {ds.path}: {ds.num_users} users, {ds.num_items} items, "
+    f"train/valid/test {len(tr.users)}/{len(ds.split('valid').users)}/"
+    f"{len(ds.split('test').users)}",
+    flush=True,
+  )
 
   workdir = pathlib.Path(args.workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   log = workdir / "runs.jsonl"
   done = {setting_key(r["family"], r["params"], r.get("seed", 0)) for r in read_runs(log)}
-  header = ("# MovieLens-100K quality: mmrec_jax vs Cornac / implicit "
-            "(benchmarks/bench_ml100k_baselines.py)\n\n"
-            f"Split: per-user temporal 80/10/10 ({ds.num_users} users, {ds.num_items} items, "
-            f"{len(tr.users)} train interactions); full ranking over all items by our "
-            "evaluator, train items masked (train + valid at test). Grid: one seed (0) per "
-            "setting; the best-valid setting of each model is then rerun with more seeds "
-            "(last table).\n\n"
-            + machine_note(args.threads))
+  header = (
+    "# MovieLens-100K quality: mmrec_jax vs Cornac / implicit "
+    "(benchmarks/bench_ml100k_baselines.py)\n\n"
+    f"Split: per-user temporal 80/10/10 ({ds.num_users} users, {ds.num_items} items, "
+    f"{len(tr.users)} train interactions); full ranking over all items by our "
+    "evaluator, train items masked (train + valid at test). Grid: one seed (0) per "
+    "setting; the best-valid setting of each model is then rerun with more seeds "
+    "(last table).\n\n" + machine_note(args.threads)
+  )
 
   def run_point(family: str, params: dict[str, Any], seed: int) -> None:
     if family.startswith("ours_"):
@@ -357,9 +476,12 @@ def main() -> None:
     with open(log, "a") as f:
       f.write(json.dumps(rec) + "\n")
     done.add(setting_key(family, params, seed))
-    print(f"{LABELS[family]:32s} {_fmt_params(params):60s} seed {seed} valid ndcg@10 "
-          f"{rec['valid'][SELECT]:.4f} recall@20 {rec['valid']['recall@20']:.4f} "
-          f"({rec['train_s']:.1f}s)", flush=True)
+    print(
+      f"{LABELS[family]:32s} {_fmt_params(params):60s} seed {seed} valid ndcg@10 "
+      f"{rec['valid'][SELECT]:.4f} recall@20 {rec['valid']['recall@20']:.4f} "
+      f"({rec['train_s']:.1f}s)",
+      flush=True,
+    )
     write_report(read_runs(log), pathlib.Path(args.out), header)
 
   for family in families:

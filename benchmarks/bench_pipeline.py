@@ -72,8 +72,10 @@ def main() -> None:
   rng = np.random.default_rng(0)
   # Popularity-skewed items, like real interaction logs.
   items = np.minimum(rng.zipf(1.3, args.num_train) - 1, args.num_items - 1)
-  split = Split(rng.integers(0, args.num_users, args.num_train).astype(np.int32),
-                rng.permutation(args.num_items)[items].astype(np.int32))
+  split = Split(
+    rng.integers(0, args.num_users, args.num_train).astype(np.int32),
+    rng.permutation(args.num_items)[items].astype(np.int32),
+  )
   dims = [int(d) for d in args.dims.split(",")]
   workers = [int(w) for w in args.workers.split(",")]
   rows = []
@@ -85,19 +87,34 @@ def main() -> None:
     c.worker_count, c.prefetch, c.stream_features = w, args.prefetch, stream
     return c
 
-  id_cases = [("(a) ids + 1 uniform neg", {}),
-              ("(a2) ids + 4 popularity negs, exclude_positives",
-               dict(sampler="popularity", num_negatives=4, exclude=True))]
+  id_cases = [
+    ("(a) ids + 1 uniform neg", {}),
+    (
+      "(a2) ids + 4 popularity negs, exclude_positives",
+      dict(sampler="popularity", num_negatives=4, exclude=True),
+    ),
+  ]
   for label, kw in id_cases:
     for w in workers:
-      p = make_train_pipeline(split, args.num_users, args.num_items, cfg(w, False, **kw),
-                              seed=0, process_index=0, process_count=1,
-                              num_threads=args.num_threads)
-      rates = [args.id_batches * args.batch_size / _time_pipeline(p, args.id_batches)[0]
-               for _ in range(args.trials)]
+      p = make_train_pipeline(
+        split,
+        args.num_users,
+        args.num_items,
+        cfg(w, False, **kw),
+        seed=0,
+        process_index=0,
+        process_count=1,
+        num_threads=args.num_threads,
+      )
+      rates = [
+        args.id_batches * args.batch_size / _time_pipeline(p, args.id_batches)[0]
+        for _ in range(args.trials)
+      ]
       p.close()
-      rows.append(f"| {label} | {w} | {args.batch_size} | {np.median(rates) / 1e6:.2f} M "
-                  f"examples/s (best {max(rates) / 1e6:.2f}) | - | - |")
+      rows.append(
+        f"| {label} | {w} | {args.batch_size} | {np.median(rates) / 1e6:.2f} M "
+        f"examples/s (best {max(rates) / 1e6:.2f}) | - | - |"
+      )
       print(rows[-1], flush=True)
 
   with tempfile.TemporaryDirectory(dir=args.tmp or None) as tmp:
@@ -108,11 +125,22 @@ def main() -> None:
       feats[m] = write_feature_shards(pathlib.Path(tmp) / m, tab, None, modality=m)
       tables[m] = tab
     for w in workers:
-      p = make_train_pipeline(split, args.num_users, args.num_items, cfg(w, True), seed=0,
-                              process_index=0, process_count=1, features=feats,
-                              num_threads=args.num_threads)
-      nbytes = sum(int(np.prod(shape)) * dtype.itemsize
-                   for k, (shape, dtype) in p.element_spec.items() if k.startswith("feat_"))
+      p = make_train_pipeline(
+        split,
+        args.num_users,
+        args.num_items,
+        cfg(w, True),
+        seed=0,
+        process_index=0,
+        process_count=1,
+        features=feats,
+        num_threads=args.num_threads,
+      )
+      nbytes = sum(
+        int(np.prod(shape)) * dtype.itemsize
+        for k, (shape, dtype) in p.element_spec.items()
+        if k.startswith("feat_")
+      )
       # The host is shared and noisy: alternate pipeline and numpy-copy trials on the
       # same rows and report medians.
       pipe, ref = [], []
@@ -122,16 +150,22 @@ def main() -> None:
         ref.append(len(ids) * nbytes / _time_numpy_copy(tables, ids) / 1e9)
       p.close()
       gbs, refs = float(np.median(pipe)), float(np.median(ref))
-      rows.append(f"| (b) + features {args.dims} (pos+neg) | {w} | {args.batch_size} | "
-                  f"{gbs * 1e9 / nbytes * args.batch_size / 1e3:.0f} k examples/s | "
-                  f"{gbs:.2f} GB/s (best {max(pipe):.2f}) | {refs:.2f} GB/s "
-                  f"(best {max(ref):.2f}); median ratio {100 * gbs / refs:.0f}% |")
+      rows.append(
+        f"| (b) + features {args.dims} (pos+neg) | {w} | {args.batch_size} | "
+        f"{gbs * 1e9 / nbytes * args.batch_size / 1e3:.0f} k examples/s | "
+        f"{gbs:.2f} GB/s (best {max(pipe):.2f}) | {refs:.2f} GB/s "
+        f"(best {max(ref):.2f}); median ratio {100 * gbs / refs:.0f}% |"
+      )
       print(rows[-1], flush=True)
 
   print()
-  print(f"host: {os.cpu_count()} cores; num_items={args.num_items} "
-        f"num_train={args.num_train} batch={args.batch_size}")
-  print("| pipeline | workers | batch | throughput (median of trials) | feature GB/s | numpy copy GB/s; pipeline/copy |")
+  print(
+    f"host: {os.cpu_count()} cores; num_items={args.num_items} "
+    f"num_train={args.num_train} batch={args.batch_size}"
+  )
+  print(
+    "| pipeline | workers | batch | throughput (median of trials) | feature GB/s | numpy copy GB/s; pipeline/copy |"
+  )
   print("|---|---|---|---|---|---|")
   print("\n".join(rows))
 

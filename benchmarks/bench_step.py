@@ -58,11 +58,17 @@ from mmrec_jax.step import DataInfo, Task  # noqa: E402
 
 def _batches(mesh, num_items, n=8, seed=0):
   rng = np.random.default_rng(seed)
-  return [sharding.global_batch_from_local(mesh, {
-      "user": rng.integers(0, ARGS.users, ARGS.batch).astype(np.int32),
-      "pos": rng.integers(0, num_items, ARGS.batch).astype(np.int32),
-      "neg": rng.integers(0, num_items, (ARGS.batch, ARGS.negatives)).astype(np.int32)})
-          for _ in range(n)]
+  return [
+    sharding.global_batch_from_local(
+      mesh,
+      {
+        "user": rng.integers(0, ARGS.users, ARGS.batch).astype(np.int32),
+        "pos": rng.integers(0, num_items, ARGS.batch).astype(np.int32),
+        "neg": rng.integers(0, num_items, (ARGS.batch, ARGS.negatives)).astype(np.int32),
+      },
+    )
+    for _ in range(n)
+  ]
 
 
 class _Runner:
@@ -92,13 +98,17 @@ def _task_runner(model, num_items, mesh):
   cfg.data.modalities = ("text",)
   feats, masks = {}, {}
   if registry.get(model).uses_features:
-    feats = {"text": np.random.default_rng(1).standard_normal(
-        (num_items, ARGS.feature_dim), dtype=np.float32)}
+    feats = {
+      "text": np.random.default_rng(1).standard_normal(
+        (num_items, ARGS.feature_dim), dtype=np.float32
+      )
+    }
     masks = {"text": np.ones(num_items, bool)}
   info = DataInfo(ARGS.users, num_items, feats, masks, np.ones(num_items, np.int64))
   task = Task(cfg, info, mesh)
-  return _Runner(f"{model} sparse-{ARGS.sparse}", task.train_step, task.init(0),
-                 _batches(mesh, num_items))
+  return _Runner(
+    f"{model} sparse-{ARGS.sparse}", task.train_step, task.init(0), _batches(mesh, num_items)
+  )
 
 
 def _dense_runner(num_items, mesh):
@@ -110,13 +120,14 @@ def _dense_runner(num_items, mesh):
 
   def init(key):
     k1, k2 = jax.random.split(key)
-    params = {"user": 0.1 * jax.random.normal(k1, (nu, ARGS.dim)),
-              "item": 0.1 * jax.random.normal(k2, (ni, ARGS.dim))}
+    params = {
+      "user": 0.1 * jax.random.normal(k1, (nu, ARGS.dim)),
+      "item": 0.1 * jax.random.normal(k2, (ni, ARGS.dim)),
+    }
     return {"params": params, "opt": tx.init(params)}
 
   abstract = jax.eval_shape(init, jax.random.PRNGKey(0))
-  shardings = jax.tree.map(lambda a: rows if a.ndim == 2 else sharding.replicated(mesh),
-                           abstract)
+  shardings = jax.tree.map(lambda a: rows if a.ndim == 2 else sharding.replicated(mesh), abstract)
 
   def step(state, batch):
     def loss_fn(p):
@@ -124,13 +135,18 @@ def _dense_runner(num_items, mesh):
       s_pos = jnp.sum(u * p["item"][batch["pos"]], -1)
       s_neg = jnp.einsum("bd,bnd->bn", u, p["item"][batch["neg"]])
       return -jnp.mean(jax.nn.log_sigmoid(s_pos[:, None] - s_neg))
+
     loss, g = jax.value_and_grad(loss_fn)(state["params"])
     upd, opt = tx.update(g, state["opt"], state["params"])
     return {"params": optax.apply_updates(state["params"], upd), "opt": opt}, loss
 
   data = sharding.named_sharding(mesh, "batch")
-  step_jit = jax.jit(step, donate_argnums=0, in_shardings=(shardings, data),
-                     out_shardings=(shardings, sharding.replicated(mesh)))
+  step_jit = jax.jit(
+    step,
+    donate_argnums=0,
+    in_shardings=(shardings, data),
+    out_shardings=(shardings, sharding.replicated(mesh)),
+  )
   state = jax.jit(init, out_shardings=shardings)(jax.random.PRNGKey(0))
   return _Runner("bpr_mf dense optax-adam", step_jit, state, _batches(mesh, num_items))
 
@@ -143,10 +159,13 @@ def _ms(times):
 def main():
   mesh = sharding.make_mesh()
   sizes = [int(float(x)) for x in ARGS.items.split(",")]
-  print(f"# jax {jax.__version__}, {len(jax.devices())} x {jax.devices()[0].platform}, "
-        f"batch {ARGS.batch}, negatives {ARGS.negatives}, d={ARGS.dim}, "
-        f"users {ARGS.users}, {ARGS.rounds}x{ARGS.steps} timed steps after "
-        f"{ARGS.warmup} warm-up", file=sys.stderr)
+  print(
+    f"# jax {jax.__version__}, {len(jax.devices())} x {jax.devices()[0].platform}, "
+    f"batch {ARGS.batch}, negatives {ARGS.negatives}, d={ARGS.dim}, "
+    f"users {ARGS.users}, {ARGS.rounds}x{ARGS.steps} timed steps after "
+    f"{ARGS.warmup} warm-up",
+    file=sys.stderr,
+  )
   rows = []
   for model in ARGS.models.split(","):
     runners = [(n, _task_runner(model, n, mesh)) for n in sizes]
@@ -169,8 +188,9 @@ def main():
   print("| step | item rows | median ms | p90 ms | time / smallest table |")
   print("|---|---:|---:|---:|---:|")
   for label, n, med, p90, ratio in rows:
-    print(f"| {label} | {n:.0e} | {med:.1f} | {p90:.1f} | "
-          f"{'' if np.isnan(ratio) else f'{ratio:.2f}'} |")
+    print(
+      f"| {label} | {n:.0e} | {med:.1f} | {p90:.1f} | {'' if np.isnan(ratio) else f'{ratio:.2f}'} |"
+    )
 
 
 if __name__ == "__main__":

@@ -18,14 +18,28 @@ import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import numpy as np  # pylint: disable=g-import-not-at-top
+import numpy as np
 
-WORDS = ("love war city night family secret journey young old man woman detective "
-         "ship space future past dream friend enemy king queen music school crime "
-         "money power island river mountain storm fire island robot island home road "
-         "escape revenge heart truth lie game hunter killer child father mother").split()
-GENRES = ["Action", "Comedy", "Drama", "Thriller", "Romance", "Sci-Fi", "Horror",
-          "Animation", "Documentary", "Crime", "War", "Western"]
+WORDS = (
+  "love war city night family secret journey young old man woman detective "
+  "ship space future past dream friend enemy king queen music school crime "
+  "money power island river mountain storm fire island robot island home road "
+  "escape revenge heart truth lie game hunter killer child father mother"
+).split()
+GENRES = [
+  "Action",
+  "Comedy",
+  "Drama",
+  "Thriller",
+  "Romance",
+  "Sci-Fi",
+  "Horror",
+  "Animation",
+  "Documentary",
+  "Crime",
+  "War",
+  "Western",
+]
 
 
 def sentences(n: int, seed: int = 0) -> list[str]:
@@ -48,36 +62,48 @@ def main():
   args = ap.parse_args()
   texts = sentences(args.num)
 
-  import jax  # pylint: disable=g-import-not-at-top
-  from mmrec_jax.features import text_encoder  # pylint: disable=g-import-not-at-top
+  import jax
+
+  from mmrec_jax.features import text_encoder
+
   t0 = time.perf_counter()
-  enc = text_encoder.SentenceEncoder.from_pretrained(batch_size=args.batch_size,
-                                                     dtype=args.dtype)
+  enc = text_encoder.SentenceEncoder.from_pretrained(batch_size=args.batch_size, dtype=args.dtype)
   load_s = time.perf_counter() - t0
   t0 = time.perf_counter()
-  ours = enc.encode(texts)            # warm-up: compiles one program per bucket used
+  ours = enc.encode(texts)  # warm-up: compiles one program per bucket used
   warm_s = time.perf_counter() - t0
   t0 = time.perf_counter()
   ours = enc.encode(texts)
   ours_s = time.perf_counter() - t0
   dev = jax.devices()[0]
-  rows = [("mmrec_jax Flax MiniLM (" + args.dtype + ")",
-           f"{dev.platform}:{dev.device_kind} x{len(jax.devices())}", ours_s,
-           f"load {load_s:.1f} s, first pass incl. compile {warm_s:.1f} s")]
+  rows = [
+    (
+      "mmrec_jax Flax MiniLM (" + args.dtype + ")",
+      f"{dev.platform}:{dev.device_kind} x{len(jax.devices())}",
+      ours_s,
+      f"load {load_s:.1f} s, first pass incl. compile {warm_s:.1f} s",
+    )
+  ]
 
   if not args.skip_torch:
-    import torch  # pylint: disable=g-import-not-at-top
-    from sentence_transformers import SentenceTransformer  # pylint: disable=g-import-not-at-top
+    import torch
+    from sentence_transformers import SentenceTransformer
+
     st = SentenceTransformer(str(text_encoder.minilm_dir()), device="cpu")
-    st.encode(texts[:args.batch_size], batch_size=args.batch_size)   # warm-up
+    st.encode(texts[: args.batch_size], batch_size=args.batch_size)  # warm-up
     t0 = time.perf_counter()
     ref = st.encode(texts, batch_size=args.batch_size, convert_to_numpy=True)
     st_s = time.perf_counter() - t0
-    rows.append((f"sentence-transformers (torch {torch.__version__})",
-                 f"cpu, {torch.get_num_threads()} threads", st_s, ""))
+    rows.append(
+      (
+        f"sentence-transformers (torch {torch.__version__})",
+        f"cpu, {torch.get_num_threads()} threads",
+        st_s,
+        "",
+      )
+    )
     cos = (ours * ref).sum(1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(ref, axis=1)
-    print(f"cosine(ours, sentence-transformers): min {cos.min():.6f}, "
-          f"mean {cos.mean():.6f}")
+    print(f"cosine(ours, sentence-transformers): min {cos.min():.6f}, mean {cos.mean():.6f}")
 
   print(f"\n{args.num} sentences, batch {args.batch_size}, max_length {enc.max_length}\n")
   print("| encoder | device | time (s) | sentences/s | notes |")

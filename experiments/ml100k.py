@@ -16,10 +16,18 @@ from mmrec_jax import config as config_lib
 # Per-model settings tuned on the valid split (benchmarks/RESULTS_ml100k.md). bpr_mf:
 # row-wise SGD on the tables (the loss is a batch mean: lr 50 at batch 1024 ~ 0.05 per
 # example), 4 negatives.
-TUNED = {"bpr_mf": {"model.embed_dim": 128, "optimizer.sparse": "sgd",
-                    "optimizer.sparse_learning_rate": 50.0, "input.num_negatives": 4,
-                    "loss.l2": 2e-3, "train.num_epochs": 100, "train.eval_every_epochs": 5,
-                    "train.early_stopping_patience": 3}}
+TUNED = {
+  "bpr_mf": {
+    "model.embed_dim": 128,
+    "optimizer.sparse": "sgd",
+    "optimizer.sparse_learning_rate": 50.0,
+    "input.num_negatives": 4,
+    "loss.l2": 2e-3,
+    "train.num_epochs": 100,
+    "train.eval_every_epochs": 5,
+    "train.early_stopping_patience": 3,
+  }
+}
 
 
 def get_config(arg: str | None = None):
@@ -30,7 +38,7 @@ def get_config(arg: str | None = None):
   c.data.split = "temporal_ratio"
   c.data.split_ratios = (0.8, 0.1, 0.1)
   c.data.modalities = ("text",)
-  c.data.text_features = "auto"   # MiniLM when the `text` extra is installed
+  c.data.text_features = "auto"  # MiniLM when the `text` extra is installed
   c.model.name = "two_tower"
   c.model.embed_dim = 64
   c.input.batch_size = 1024

@@ -31,8 +31,7 @@ from mmrec_jax import config as config_lib
 
 
 def get_config(arg: str | None = None):
-  variants = config_lib.parse_variants(
-      arg, ("smoke",) + config_lib.MODEL_VARIANTS)
+  variants = config_lib.parse_variants(arg, ("smoke",) + config_lib.MODEL_VARIANTS)
   c = config_lib.base_config()
   c.data.source = "movielens"
   c.data.variant = "100k"

@@ -26,8 +26,7 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 # Where the launchers put the repository on remote machines (relative to $HOME).
 REMOTE_DIR = "mmrec_jax"
 # Paths never shipped to remote machines.
-TAR_EXCLUDES = (".venv", ".git", "runs", "__pycache__", "*.egg-info", ".pytest_cache",
-                "launch/out")
+TAR_EXCLUDES = (".venv", ".git", "runs", "__pycache__", "*.egg-info", ".pytest_cache", "launch/out")
 
 
 def quote(argv: Sequence[str]) -> str:
@@ -48,8 +47,10 @@ def main_command(main_args: Sequence[str], python: str = ".venv/bin/python") -> 
     if a in ("--config", "--workdir"):
       raise SystemExit(f"error: write {a}=VALUE (one argument) after `--`")
   if not any(a.startswith("--config=") for a in args):
-    raise SystemExit("error: the main command needs --config=... (after `--`), e.g. "
-                     "-- --config=experiments/ml25m.py --workdir=runs/ml25m")
+    raise SystemExit(
+      "error: the main command needs --config=... (after `--`), e.g. "
+      "-- --config=experiments/ml25m.py --workdir=runs/ml25m"
+    )
   train_mode = not any(a in ("--mode=prepare",) for a in args)
   if train_mode and not any(a.startswith("--workdir=") for a in args):
     raise SystemExit("error: the main command needs --workdir=DIR (after `--`)")
@@ -103,8 +104,13 @@ class Runner:
 
 
 def add_common_flags(parser: argparse.ArgumentParser) -> None:
-  parser.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
-                      help="print the commands (one per line, shell-quoted); run nothing")
+  parser.add_argument(
+    "--dry-run",
+    "--dry_run",
+    dest="dry_run",
+    action="store_true",
+    help="print the commands (one per line, shell-quoted); run nothing",
+  )
 
 
 def split_main_args(argv: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -112,7 +118,7 @@ def split_main_args(argv: Sequence[str]) -> tuple[list[str], list[str]]:
   argv = list(argv)
   if "--" in argv:
     i = argv.index("--")
-    return argv[:i], argv[i + 1:]
+    return argv[:i], argv[i + 1 :]
   return argv, []
 
 
@@ -143,11 +149,13 @@ def remote_install_lines(extra: str, python: str = "python3.11") -> list[str]:
   ship 3.10, so the interpreter and its venv module come from apt first (a no-op when
   they are already installed).
   """
-  return [f"command -v {python} >/dev/null && {python} -c 'import ensurepip' 2>/dev/null "
-          f"|| (sudo apt-get update -q && sudo apt-get install -y -q {python} {python}-venv)",
-          f"mkdir -p ~/{REMOTE_DIR}",
-          f"tar -xzf ~/mmrec_jax_src.tgz -C ~/{REMOTE_DIR}",
-          f"cd ~/{REMOTE_DIR}",
-          f"{python} -m venv .venv",
-          ".venv/bin/pip install -q --upgrade pip",
-          f".venv/bin/pip install -q -e '.[{extra}]'"]
+  return [
+    f"command -v {python} >/dev/null && {python} -c 'import ensurepip' 2>/dev/null "
+    f"|| (sudo apt-get update -q && sudo apt-get install -y -q {python} {python}-venv)",
+    f"mkdir -p ~/{REMOTE_DIR}",
+    f"tar -xzf ~/mmrec_jax_src.tgz -C ~/{REMOTE_DIR}",
+    f"cd ~/{REMOTE_DIR}",
+    f"{python} -m venv .venv",
+    ".venv/bin/pip install -q --upgrade pip",
+    f".venv/bin/pip install -q -e '.[{extra}]'",
+  ]

@@ -30,19 +30,21 @@ import sys
 from typing import Any
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-import common  # pylint: disable=g-import-not-at-top,wrong-import-position
+import common
 
 INDEX_ANNOTATION = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
 
 
 def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
   own, main_args = common.split_main_args(argv)
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                              usage="%(prog)s [flags] -- --config=... --workdir=...")
+  p = argparse.ArgumentParser(
+    description=__doc__.split("\n")[0], usage="%(prog)s [flags] -- --config=... --workdir=..."
+  )
   p.add_argument("--name", default="mmrec", help="Job name (pods are NAME-0 .. NAME-N-1)")
   p.add_argument("--num_processes", type=int, required=True, help="N pods, one process each")
-  p.add_argument("--gpus_per_process", type=int, default=0,
-                 help="nvidia.com/gpu per pod (0: CPU pods)")
+  p.add_argument(
+    "--gpus_per_process", type=int, default=0, help="nvidia.com/gpu per pod (0: CPU pods)"
+  )
   p.add_argument("--image", required=True, help="container image with mmrec_jax installed")
   p.add_argument("--namespace", default=None)
   p.add_argument("--port", type=int, default=1234, help="coordinator port")
@@ -51,8 +53,9 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
   p.add_argument("--python", default="python", help="interpreter inside the image")
   p.add_argument("--cpu", default="8", help="CPU request per pod")
   p.add_argument("--memory", default="64Gi", help="memory request per pod")
-  p.add_argument("--out", default=None,
-                 help="where to write the manifest (default launch/out/NAME.yaml)")
+  p.add_argument(
+    "--out", default=None, help="where to write the manifest (default launch/out/NAME.yaml)"
+  )
   common.add_common_flags(p)
   args = p.parse_args(own)
   if args.num_processes < 1:
@@ -73,36 +76,52 @@ def manifests(args: argparse.Namespace, main_args: list[str]) -> list[dict[str, 
   meta = {"name": svc}
   if args.namespace:
     meta["namespace"] = args.namespace
-  service = {"apiVersion": "v1", "kind": "Service", "metadata": meta,
-             "spec": {"clusterIP": "None", "publishNotReadyAddresses": True,
-                      "selector": {"job-name": args.name},
-                      "ports": [{"name": "coordinator", "port": args.port}]}}
-  env = [{"name": "MMREC_COORDINATOR", "value": f"{args.name}-0.{svc}:{args.port}"},
-         {"name": "MMREC_NUM_PROCESSES", "value": str(args.num_processes)},
-         {"name": "MMREC_PROCESS_ID",
-          "valueFrom": {"fieldRef": {"fieldPath": INDEX_ANNOTATION}}}]
+  service = {
+    "apiVersion": "v1",
+    "kind": "Service",
+    "metadata": meta,
+    "spec": {
+      "clusterIP": "None",
+      "publishNotReadyAddresses": True,
+      "selector": {"job-name": args.name},
+      "ports": [{"name": "coordinator", "port": args.port}],
+    },
+  }
+  env = [
+    {"name": "MMREC_COORDINATOR", "value": f"{args.name}-0.{svc}:{args.port}"},
+    {"name": "MMREC_NUM_PROCESSES", "value": str(args.num_processes)},
+    {"name": "MMREC_PROCESS_ID", "valueFrom": {"fieldRef": {"fieldPath": INDEX_ANNOTATION}}},
+  ]
   resources: dict[str, Any] = {"requests": {"cpu": args.cpu, "memory": args.memory}}
   if args.gpus_per_process:
     resources["limits"] = {"nvidia.com/gpu": args.gpus_per_process}
   container: dict[str, Any] = {
-      "name": "mmrec", "image": args.image,
-      "command": common.main_command(main_args, python=args.python),
-      "env": env, "resources": resources,
-      "ports": [{"containerPort": args.port, "name": "coordinator"}]}
-  pod_spec: dict[str, Any] = {"subdomain": svc, "restartPolicy": "Never",
-                              "containers": [container]}
+    "name": "mmrec",
+    "image": args.image,
+    "command": common.main_command(main_args, python=args.python),
+    "env": env,
+    "resources": resources,
+    "ports": [{"containerPort": args.port, "name": "coordinator"}],
+  }
+  pod_spec: dict[str, Any] = {"subdomain": svc, "restartPolicy": "Never", "containers": [container]}
   if args.pvc:
     container["volumeMounts"] = [{"name": "runs", "mountPath": args.mount_path}]
-    pod_spec["volumes"] = [{"name": "runs",
-                            "persistentVolumeClaim": {"claimName": args.pvc}}]
+    pod_spec["volumes"] = [{"name": "runs", "persistentVolumeClaim": {"claimName": args.pvc}}]
   job_meta = {"name": args.name}
   if args.namespace:
     job_meta["namespace"] = args.namespace
-  job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": job_meta,
-         "spec": {"completionMode": "Indexed", "completions": args.num_processes,
-                  "parallelism": args.num_processes, "backoffLimit": 0,
-                  "template": {"metadata": {"labels": {"job-name": args.name}},
-                               "spec": pod_spec}}}
+  job = {
+    "apiVersion": "batch/v1",
+    "kind": "Job",
+    "metadata": job_meta,
+    "spec": {
+      "completionMode": "Indexed",
+      "completions": args.num_processes,
+      "parallelism": args.num_processes,
+      "backoffLimit": 0,
+      "template": {"metadata": {"labels": {"job-name": args.name}}, "spec": pod_spec},
+    },
+  }
   return [service, job]
 
 
@@ -119,8 +138,11 @@ def _yaml(value: Any, indent: int = 0) -> list[str]:
         lines.append(f"{pad}{k}: {json.dumps(v)}")
   elif isinstance(value, list):
     for v in value:
-      sub = _yaml(v, indent + 1) if isinstance(v, (dict, list)) and v else [
-          f"{'  ' * (indent + 1)}{json.dumps(v)}"]
+      sub = (
+        _yaml(v, indent + 1)
+        if isinstance(v, (dict, list)) and v
+        else [f"{'  ' * (indent + 1)}{json.dumps(v)}"]
+      )
       first = sub[0].lstrip()
       lines.append(f"{pad}- {first}")
       lines += sub[1:]

@@ -31,24 +31,29 @@ import threading
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-import common  # pylint: disable=g-import-not-at-top,wrong-import-position
+import common
 
 DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
 
 
 def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
   own, main_args = common.split_main_args(argv)
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                              usage="%(prog)s [flags] -- --config=... --workdir=...")
+  p = argparse.ArgumentParser(
+    description=__doc__.split("\n")[0], usage="%(prog)s [flags] -- --config=... --workdir=..."
+  )
   p.add_argument("--num_processes", type=int, default=2)
   p.add_argument("--devices_per_process", type=int, default=1)
   p.add_argument("--platform", choices=("cpu", "gpu"), default="cpu")
   p.add_argument("--port", type=int, default=0, help="coordinator port (0: a free one)")
   p.add_argument("--python", default=sys.executable)
-  p.add_argument("--timeout", type=float, default=0,
-                 help="seconds before every process is killed (0: no limit)")
-  p.add_argument("--module", default="mmrec_jax.main",
-                 help="python module each process runs (tests run small probes)")
+  p.add_argument(
+    "--timeout", type=float, default=0, help="seconds before every process is killed (0: no limit)"
+  )
+  p.add_argument(
+    "--module",
+    default="mmrec_jax.main",
+    help="python module each process runs (tests run small probes)",
+  )
   common.add_common_flags(p)
   args = p.parse_args(own)
   if args.num_processes < 1 or args.devices_per_process < 1:
@@ -66,12 +71,15 @@ def free_port() -> int:
 
 def process_env(args: argparse.Namespace, index: int, port: int) -> dict[str, str]:
   """The variables that differ from this shell's environment for process ``index``."""
-  env = {"MMREC_COORDINATOR": f"127.0.0.1:{port}",
-         "MMREC_NUM_PROCESSES": str(args.num_processes),
-         "MMREC_PROCESS_ID": str(index)}
+  env = {
+    "MMREC_COORDINATOR": f"127.0.0.1:{port}",
+    "MMREC_NUM_PROCESSES": str(args.num_processes),
+    "MMREC_PROCESS_ID": str(index),
+  }
   if args.platform == "cpu":
-    kept = [f for f in os.environ.get("XLA_FLAGS", "").split()
-            if not f.startswith(DEVICE_COUNT_FLAG)]
+    kept = [
+      f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith(DEVICE_COUNT_FLAG)
+    ]
     env["XLA_FLAGS"] = " ".join(kept + [f"{DEVICE_COUNT_FLAG}={args.devices_per_process}"])
     env["JAX_PLATFORMS"] = "cpu"
     env["JAX_CPU_COLLECTIVES_IMPLEMENTATION"] = "gloo"
@@ -81,8 +89,9 @@ def process_env(args: argparse.Namespace, index: int, port: int) -> dict[str, st
   return env
 
 
-def commands(args: argparse.Namespace, main_args: list[str],
-             port: int) -> list[tuple[dict[str, str], list[str]]]:
+def commands(
+  args: argparse.Namespace, main_args: list[str], port: int
+) -> list[tuple[dict[str, str], list[str]]]:
   cmd = [args.python, "-m", args.module, *main_args]
   return [(process_env(args, i, port), cmd) for i in range(args.num_processes)]
 
@@ -107,15 +116,21 @@ def run_all(specs: list[tuple[dict[str, str], list[str]]], timeout: float) -> in
   """Starts every process, streams output, returns the first non-zero status (or 0)."""
   procs, pumps = [], []
   for i, (env, cmd) in enumerate(specs):
-    p = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT, start_new_session=True)
+    p = subprocess.Popen(
+      cmd,
+      env={**os.environ, **env},
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      start_new_session=True,
+    )
     t = threading.Thread(target=_pump, args=(p.stdout, f"[p{i}] "), daemon=True)
     t.start()
     procs.append(p)
     pumps.append(t)
 
-  def forward(signum, frame):  # pylint: disable=unused-argument
+  def forward(signum, frame):
     _kill(procs, signal.SIGTERM)
+
   previous = signal.signal(signal.SIGTERM, forward)
   deadline = time.monotonic() + timeout if timeout > 0 else None
   status = 0
@@ -128,8 +143,7 @@ def run_all(specs: list[tuple[dict[str, str], list[str]]], timeout: float) -> in
         _kill(procs, signal.SIGKILL)
         break
       if deadline is not None and time.monotonic() > deadline:
-        print(f"local.py: timeout after {timeout:.0f} s; killing all processes",
-              file=sys.stderr)
+        print(f"local.py: timeout after {timeout:.0f} s; killing all processes", file=sys.stderr)
         _kill(procs, signal.SIGKILL)
         status = 124
         break

@@ -31,15 +31,20 @@ import posixpath
 import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-import common  # pylint: disable=g-import-not-at-top,wrong-import-position
+import common
 
 STAGES = ("create", "copy", "install", "run", "fetch", "delete")
 # Relative to the repository directory on the workers (a quoted "~" would not expand).
 BUCKET_MOUNT = "gcs"
 # Default TPU software version per TPU generation (accelerator type prefix).
-VERSIONS = {"v2": "tpu-ubuntu2204-base", "v3": "tpu-ubuntu2204-base",
-            "v4": "tpu-ubuntu2204-base", "v5litepod": "v2-alpha-tpuv5-lite",
-            "v5p": "v2-alpha-tpuv5", "v6e": "v2-alpha-tpuv6e"}
+VERSIONS = {
+  "v2": "tpu-ubuntu2204-base",
+  "v3": "tpu-ubuntu2204-base",
+  "v4": "tpu-ubuntu2204-base",
+  "v5litepod": "v2-alpha-tpuv5-lite",
+  "v5p": "v2-alpha-tpuv5",
+  "v6e": "v2-alpha-tpuv6e",
+}
 # The size in an accelerator type counts TensorCores (v2-v4, v5p) or chips (v5litepod,
 # v6e). The largest single-host type of every generation has size 8 (v4-8 = 4 chips x 2
 # cores, v5litepod-8 = 8 chips); a larger size is a slice of several hosts (how many
@@ -57,22 +62,30 @@ def is_multi_host(accelerator_type: str) -> bool:
 
 def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
   own, main_args = common.split_main_args(argv)
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                              usage="%(prog)s [flags] -- --config=... --workdir=...")
+  p = argparse.ArgumentParser(
+    description=__doc__.split("\n")[0], usage="%(prog)s [flags] -- --config=... --workdir=..."
+  )
   p.add_argument("--name", required=True, help="TPU VM name")
   p.add_argument("--zone", required=True)
   p.add_argument("--project", default=None)
   p.add_argument("--accelerator_type", default="v4-8", help="e.g. v4-8, v4-32, v5litepod-16")
-  p.add_argument("--version", default=None,
-                 help="TPU software version (default: by generation, e.g. v4 -> "
-                      "tpu-ubuntu2204-base, v5litepod -> v2-alpha-tpuv5-lite)")
+  p.add_argument(
+    "--version",
+    default=None,
+    help="TPU software version (default: by generation, e.g. v4 -> "
+    "tpu-ubuntu2204-base, v5litepod -> v2-alpha-tpuv5-lite)",
+  )
   p.add_argument("--spot", action="store_true", help="create a spot (preemptible) VM")
-  p.add_argument("--stages", default=",".join(STAGES),
-                 help=f"comma-separated subset of {','.join(STAGES)}")
+  p.add_argument(
+    "--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}"
+  )
   p.add_argument("--python", default="python3.11", help="interpreter for the venv")
-  p.add_argument("--bucket", default=None,
-                 help="gs://bucket[/prefix]: shared workdir via gcsfuse (required for a "
-                      "multi-host accelerator type)")
+  p.add_argument(
+    "--bucket",
+    default=None,
+    help="gs://bucket[/prefix]: shared workdir via gcsfuse (required for a "
+    "multi-host accelerator type)",
+  )
   p.add_argument("--fetch_to", default="results", help="local directory for the workdir")
   common.add_common_flags(p)
   args = p.parse_args(own)
@@ -86,8 +99,10 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
   if args.version is None:
     gen = args.accelerator_type.rsplit("-", 1)[0]
     if gen not in VERSIONS:
-      p.error(f"no default --version for --accelerator_type={args.accelerator_type}; "
-              f"known generations: {sorted(VERSIONS)} (or pass --version)")
+      p.error(
+        f"no default --version for --accelerator_type={args.accelerator_type}; "
+        f"known generations: {sorted(VERSIONS)} (or pass --version)"
+      )
     args.version = VERSIONS[gen]
   if args.bucket and not args.bucket.startswith("gs://"):
     p.error(f"--bucket={args.bucket!r} must start with gs://")
@@ -95,9 +110,11 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
   if is_multi_host(args.accelerator_type) and workdir_stages and not args.bucket:
     # Each worker's local workdir would hold only its own checkpoint shards, and fetch
     # would bring back worker 0's part: an unrestorable run. Refuse before creating a VM.
-    p.error(f"--accelerator_type={args.accelerator_type} is a multi-host slice: its workdir "
-            f"must be shared storage, pass --bucket=gs://BUCKET[/prefix] (stages "
-            f"{','.join(workdir_stages)} use it)")
+    p.error(
+      f"--accelerator_type={args.accelerator_type} is a multi-host slice: its workdir "
+      f"must be shared storage, pass --bucket=gs://BUCKET[/prefix] (stages "
+      f"{','.join(workdir_stages)} use it)"
+    )
   return args, main_args
 
 
@@ -109,12 +126,14 @@ def _gcloud(args: argparse.Namespace, *words: str) -> list[str]:
 
 
 def _ssh(args: argparse.Namespace, worker: str, lines: list[str]) -> list[str]:
-  return _gcloud(args, "ssh", args.name) + [f"--worker={worker}",
-                                            f"--command={common.remote_shell(lines)}"]
+  return _gcloud(args, "ssh", args.name) + [
+    f"--worker={worker}",
+    f"--command={common.remote_shell(lines)}",
+  ]
 
 
 def _bucket_parts(bucket: str) -> tuple[str, str]:
-  rest = bucket[len("gs://"):].strip("/")
+  rest = bucket[len("gs://") :].strip("/")
   name, _, prefix = rest.partition("/")
   return name, prefix
 
@@ -123,15 +142,16 @@ def _gcsfuse_lines(bucket: str) -> list[str]:
   name, prefix = _bucket_parts(bucket)
   only_dir = [f"--only-dir={prefix}"] if prefix else []
   return [
-      "command -v gcsfuse >/dev/null || (echo \"deb [signed-by=/usr/share/keyrings/"
-      "cloud.google.asc] https://packages.cloud.google.com/apt gcsfuse-$(lsb_release -cs) "
-      "main\" | sudo tee /etc/apt/sources.list.d/gcsfuse.list && curl -fsSL "
-      "https://packages.cloud.google.com/apt/doc/apt-key.gpg | sudo tee "
-      "/usr/share/keyrings/cloud.google.asc >/dev/null && sudo apt-get update -q && "
-      "sudo apt-get install -y -q gcsfuse)",
-      f"mkdir -p {BUCKET_MOUNT}",
-      f"mountpoint -q {BUCKET_MOUNT} || "
-      + common.quote(["gcsfuse", "--implicit-dirs", *only_dir, name]) + f" {BUCKET_MOUNT}",
+    'command -v gcsfuse >/dev/null || (echo "deb [signed-by=/usr/share/keyrings/'
+    "cloud.google.asc] https://packages.cloud.google.com/apt gcsfuse-$(lsb_release -cs) "
+    'main" | sudo tee /etc/apt/sources.list.d/gcsfuse.list && curl -fsSL '
+    "https://packages.cloud.google.com/apt/doc/apt-key.gpg | sudo tee "
+    "/usr/share/keyrings/cloud.google.asc >/dev/null && sudo apt-get update -q && "
+    "sudo apt-get install -y -q gcsfuse)",
+    f"mkdir -p {BUCKET_MOUNT}",
+    f"mountpoint -q {BUCKET_MOUNT} || "
+    + common.quote(["gcsfuse", "--implicit-dirs", *only_dir, name])
+    + f" {BUCKET_MOUNT}",
   ]
 
 
@@ -149,14 +169,15 @@ def commands(args: argparse.Namespace, main_args: list[str]) -> list[list[str]]:
   tarball = "/tmp/mmrec_jax_src.tgz"
   if "create" in args.stages:
     cmd = _gcloud(args, "create", args.name) + [
-        f"--accelerator-type={args.accelerator_type}", f"--version={args.version}"]
+      f"--accelerator-type={args.accelerator_type}",
+      f"--version={args.version}",
+    ]
     if args.spot:
       cmd.append("--spot")
     cmds.append(cmd)
   if "copy" in args.stages:
     cmds.append(common.source_tarball_command(tarball))
-    cmds.append(_gcloud(args, "scp", tarball, f"{args.name}:mmrec_jax_src.tgz")
-                + ["--worker=all"])
+    cmds.append(_gcloud(args, "scp", tarball, f"{args.name}:mmrec_jax_src.tgz") + ["--worker=all"])
   if "install" in args.stages:
     lines = common.remote_install_lines("tpu", args.python)
     if args.bucket:
@@ -181,8 +202,9 @@ def commands(args: argparse.Namespace, main_args: list[str]) -> list[list[str]]:
       # scp resolves a relative remote path from the home directory.
       remote = workdir if workdir.startswith("/") else f"{common.REMOTE_DIR}/{workdir}"
       cmds.append(["mkdir", "-p", args.fetch_to])
-      cmds.append(_gcloud(args, "scp", "--recurse", f"{args.name}:{remote}", args.fetch_to)
-                  + ["--worker=0"])
+      cmds.append(
+        _gcloud(args, "scp", "--recurse", f"{args.name}:{remote}", args.fetch_to) + ["--worker=0"]
+      )
   if "delete" in args.stages:
     cmds.append(_gcloud(args, "delete", args.name) + ["--quiet"])
   return cmds

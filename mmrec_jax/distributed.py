@@ -30,17 +30,18 @@ from __future__ import annotations
 import os
 
 import jax
-from absl import flags
-from absl import logging
+from absl import flags, logging
 
 from mmrec_jax.errors import ConfigError
 
-_COORD = flags.DEFINE_string("coordinator_address", None,
-                             "host:port of process 0 for jax.distributed (multi-process).")
+_COORD = flags.DEFINE_string(
+  "coordinator_address", None, "host:port of process 0 for jax.distributed (multi-process)."
+)
 _NUM = flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process).")
 _PID = flags.DEFINE_integer("process_id", None, "This process's index (multi-process).")
-_LOCAL = flags.DEFINE_string("local_device_ids", None,
-                             "Comma-separated local device ids of this process.")
+_LOCAL = flags.DEFINE_string(
+  "local_device_ids", None, "Comma-separated local device ids of this process."
+)
 
 _initialized = False
 
@@ -65,10 +66,10 @@ def cloud_tpu_worker_count() -> int:
   if hosts:  # GKE (and multislice set-ups) name the workers in the environment
     return len([h for h in hosts.split(",") if h.strip()])
   try:
-    # pylint: disable=g-import-not-at-top
-    from jax._src import cloud_tpu_init
-    from jax._src.clusters import cloud_tpu_cluster
-    # pylint: enable=g-import-not-at-top
+    # Private jax modules, imported only when asked: they may move between jax versions.
+    from jax._src import cloud_tpu_init  # noqa: PLC0415
+    from jax._src.clusters import cloud_tpu_cluster  # noqa: PLC0415
+
     on_tpu_vm = bool(cloud_tpu_init.running_in_cloud_tpu_vm)
     gce = cloud_tpu_cluster.GceTpuCluster
   except (ImportError, AttributeError):
@@ -76,13 +77,15 @@ def cloud_tpu_worker_count() -> int:
   if not on_tpu_vm or os.environ.get("TPU_SKIP_MDS_QUERY") is not None:
     return 1  # not a Cloud TPU VM: no metadata query
   try:
-    # pylint: disable-next=protected-access
     return len(gce._get_worker_list_in_slice()) * gce._get_num_slices()
-  except Exception as e:  # pylint: disable=broad-except
-    logging.warning("Cloud TPU VM, but the metadata server did not list the slice's "
-                    "workers (%s: %s); running as a single process. Set "
-                    "MMREC_DISTRIBUTED=auto on every worker of a multi-host slice.",
-                    type(e).__name__, e)
+  except Exception as e:
+    logging.warning(
+      "Cloud TPU VM, but the metadata server did not list the slice's "
+      "workers (%s: %s); running as a single process. Set "
+      "MMREC_DISTRIBUTED=auto on every worker of a multi-host slice.",
+      type(e).__name__,
+      e,
+    )
     return 1
 
 
@@ -115,8 +118,12 @@ def quiet_non_main_process() -> bool:
   return True
 
 
-def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None, local_device_ids: list[int] | None = None) -> None:
+def initialize(
+  coordinator_address: str | None = None,
+  num_processes: int | None = None,
+  process_id: int | None = None,
+  local_device_ids: list[int] | None = None,
+) -> None:
   """Initialises jax.distributed once; a no-op for a single process."""
   global _initialized
   if _initialized:
@@ -125,17 +132,25 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
   if kind == "single":
     return
   if kind == "explicit":
-    jax.distributed.initialize(coordinator_address=coordinator_address,
-                               num_processes=num_processes, process_id=process_id,
-                               local_device_ids=local_device_ids)
+    jax.distributed.initialize(
+      coordinator_address=coordinator_address,
+      num_processes=num_processes,
+      process_id=process_id,
+      local_device_ids=local_device_ids,
+    )
   else:
     jax.distributed.initialize(local_device_ids=local_device_ids)
   _initialized = True
   # Every process logs that it joined (one line per host: the way to see which hosts got
   # this far when a start-up hangs); after that only process 0 speaks at INFO.
-  logging.info("jax.distributed (%s): process %d of %d, %d local / %d global devices", kind,
-               jax.process_index(), jax.process_count(), jax.local_device_count(),
-               jax.device_count())
+  logging.info(
+    "jax.distributed (%s): process %d of %d, %d local / %d global devices",
+    kind,
+    jax.process_index(),
+    jax.process_count(),
+    jax.local_device_count(),
+    jax.device_count(),
+  )
   quiet_non_main_process()
 
 
@@ -147,6 +162,8 @@ def initialize_from_flags() -> None:
   local = _LOCAL.value or os.environ.get("MMREC_LOCAL_DEVICE_IDS")
   local_ids = [int(x) for x in local.split(",")] if local else None
   if coord and (num is None or pid is None):
-    raise ConfigError("--coordinator_address needs --num_processes and --process_id "
-                      "(or MMREC_NUM_PROCESSES / MMREC_PROCESS_ID)")
+    raise ConfigError(
+      "--coordinator_address needs --num_processes and --process_id "
+      "(or MMREC_NUM_PROCESSES / MMREC_PROCESS_ID)"
+    )
   initialize(coord, num, pid, local_ids)

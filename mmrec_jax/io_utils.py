@@ -38,7 +38,7 @@ from typing import Any
 
 from mmrec_jax.errors import DataError
 
-_BLOCK = 1 << 22   # 4 MiB reads when hashing
+_BLOCK = 1 << 22  # 4 MiB reads when hashing
 
 
 def sha256_file(path: os.PathLike | str, chunk: int = _BLOCK) -> str:
@@ -52,8 +52,7 @@ def sha256_file(path: os.PathLike | str, chunk: int = _BLOCK) -> str:
 
 def _temp_name(path: pathlib.Path) -> pathlib.Path:
   # The suffix stays last: np.save and savefig choose the format from it.
-  return path.with_name(f".{path.stem}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-                        f"{path.suffix}")
+  return path.with_name(f".{path.stem}.tmp-{os.getpid()}-{secrets.token_hex(4)}{path.suffix}")
 
 
 def _fsync(path: pathlib.Path) -> None:
@@ -95,8 +94,9 @@ def atomic_write_text(path: os.PathLike | str, text: str, encoding: str = "utf-8
   atomic_write_bytes(path, text.encode(encoding))
 
 
-def atomic_write_json(path: os.PathLike | str, obj: Any, *, indent: int | None = 1,
-                      sort_keys: bool = False) -> None:
+def atomic_write_json(
+  path: os.PathLike | str, obj: Any, *, indent: int | None = 1, sort_keys: bool = False
+) -> None:
   """Writes ``obj`` as JSON plus a final newline to ``path`` atomically."""
   atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=sort_keys) + "\n")
 
@@ -145,7 +145,7 @@ def read_json(path: os.PathLike | str) -> dict[str, Any]:
     raise DataError(str(path), "file not found") from None
   except OSError as e:
     raise DataError(str(path), f"unreadable ({_first_line(e)})") from None
-  except ValueError as e:   # JSONDecodeError, UnicodeDecodeError
+  except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
     raise DataError(str(path), f"not valid JSON ({_first_line(e)})") from None
   if not isinstance(obj, dict):
     raise DataError(str(path), f"expected a JSON object, got {type(obj).__name__}")

@@ -33,26 +33,29 @@ def _valid(neg: jax.Array, neg_valid: jax.Array | None) -> jax.Array:
   return jnp.ones(neg.shape, bool) if neg_valid is None else neg_valid
 
 
-def bpr_loss(pos: jax.Array, neg: jax.Array, neg_valid: jax.Array | None = None
-             ) -> jax.Array:
+def bpr_loss(pos: jax.Array, neg: jax.Array, neg_valid: jax.Array | None = None) -> jax.Array:
   pos, neg = pos.astype(jnp.float32), neg.astype(jnp.float32)
   valid = _valid(neg, neg_valid)
   terms = -jax.nn.log_sigmoid(pos[:, None] - neg)
   return jnp.sum(jnp.where(valid, terms, 0.0)) / jnp.maximum(jnp.sum(valid), 1)
 
 
-def bce_loss(pos: jax.Array, neg: jax.Array, neg_valid: jax.Array | None = None
-             ) -> jax.Array:
+def bce_loss(pos: jax.Array, neg: jax.Array, neg_valid: jax.Array | None = None) -> jax.Array:
   pos, neg = pos.astype(jnp.float32), neg.astype(jnp.float32)
   valid = _valid(neg, neg_valid)
   neg_terms = jnp.sum(jnp.where(valid, -jax.nn.log_sigmoid(-neg), 0.0), axis=-1)
   return jnp.mean(-jax.nn.log_sigmoid(pos) + neg_terms)
 
 
-def sampled_softmax_loss(pos: jax.Array, neg: jax.Array, neg_valid: jax.Array | None = None,
-                         *, pos_logq: jax.Array | None = None,
-                         neg_logq: jax.Array | None = None,
-                         temperature: float = 1.0) -> jax.Array:
+def sampled_softmax_loss(
+  pos: jax.Array,
+  neg: jax.Array,
+  neg_valid: jax.Array | None = None,
+  *,
+  pos_logq: jax.Array | None = None,
+  neg_logq: jax.Array | None = None,
+  temperature: float = 1.0,
+) -> jax.Array:
   pos = pos.astype(jnp.float32) / temperature
   neg = neg.astype(jnp.float32) / temperature
   if pos_logq is not None:
@@ -64,17 +67,25 @@ def sampled_softmax_loss(pos: jax.Array, neg: jax.Array, neg_valid: jax.Array | 
   return jnp.mean(jax.nn.logsumexp(logits, axis=-1) - pos)
 
 
-def compute_loss(name: str, pos: jax.Array, neg: jax.Array,
-                 neg_valid: jax.Array | None = None, *, pos_logq: jax.Array | None = None,
-                 neg_logq: jax.Array | None = None, temperature: float = 1.0) -> jax.Array:
+def compute_loss(
+  name: str,
+  pos: jax.Array,
+  neg: jax.Array,
+  neg_valid: jax.Array | None = None,
+  *,
+  pos_logq: jax.Array | None = None,
+  neg_logq: jax.Array | None = None,
+  temperature: float = 1.0,
+) -> jax.Array:
   """The loss named by ``loss.name`` (logQ/temperature only affect sampled_softmax)."""
   if name == "bpr":
     return bpr_loss(pos, neg, neg_valid)
   if name == "bce":
     return bce_loss(pos, neg, neg_valid)
   if name == "sampled_softmax":
-    return sampled_softmax_loss(pos, neg, neg_valid, pos_logq=pos_logq, neg_logq=neg_logq,
-                                temperature=temperature)
+    return sampled_softmax_loss(
+      pos, neg, neg_valid, pos_logq=pos_logq, neg_logq=neg_logq, temperature=temperature
+    )
   raise ConfigError(f"loss.name={name!r} is not one of {list(LOSSES)}")
 
 

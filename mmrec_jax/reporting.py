@@ -32,17 +32,36 @@ class MetricsWriter:
     if not self.enabled:
       return
     self.path.parent.mkdir(parents=True, exist_ok=True)
-    # On resume, rows logged after the restored step belong to the lost timeline.
+    # On resume, rows logged after the restored step belong to the lost timeline, and
+    # the final rows of an interrupted final report are written again. Rewritten
+    # atomically: a kill here leaves the old file, and a torn last line (a kill mid-
+    # append) is dropped instead of failing every later run.
     if self.path.exists():
-      rows = [r for r in self.read(self.path) if r.get("step", 0) <= resume_step]
-      with open(self.path, "w") as f:
-        for r in rows:
-          f.write(json.dumps(r) + "\n")
+      rows = [
+        r
+        for r in self._read_tolerant(self.path)
+        if r.get("step", 0) <= resume_step and not str(r.get("kind", "")).startswith("final_")
+      ]
+      io_utils.atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in rows))
     try:
-      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      from tensorboardX import SummaryWriter  # noqa: PLC0415
+
       self._tb = SummaryWriter(str(pathlib.Path(workdir) / "tensorboard"))
     except ImportError:  # TensorBoard files are a nicety; JSONL is the record.
       self._tb = None
+
+  @staticmethod
+  def _read_tolerant(path: pathlib.Path) -> list[dict]:
+    rows = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+      for line in f:
+        try:
+          row = json.loads(line)
+        except ValueError:
+          continue
+        if isinstance(row, dict):
+          rows.append(row)
+    return rows
 
   @staticmethod
   def read(path: pathlib.Path) -> list[dict]:
@@ -64,12 +83,13 @@ class MetricsWriter:
       self._tb.close()
 
 
-def plot_learning_curves(metrics_path: pathlib.Path, out_png: pathlib.Path,
-                         metric: str) -> None:
+def plot_learning_curves(metrics_path: pathlib.Path, out_png: pathlib.Path, metric: str) -> None:
   """Training loss and the validation selection metric against steps."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
+  import matplotlib  # noqa: PLC0415
+
   matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  import matplotlib.pyplot as plt  # noqa: PLC0415
+
   rows = MetricsWriter.read(metrics_path) if pathlib.Path(metrics_path).exists() else []
   train = [(r["step"], r["loss"]) for r in rows if r["kind"] == "train" and "loss" in r]
   valid = [(r["step"], r[metric]) for r in rows if r["kind"] == "valid" and metric in r]
@@ -91,9 +111,16 @@ def plot_learning_curves(metrics_path: pathlib.Path, out_png: pathlib.Path,
 def metrics_table(results: Mapping[str, Mapping[str, float]]) -> str:
   """A Markdown table: one row per split, one column per metric."""
   splits = [s for s in ("valid", "test") if s in results]
-  cols = sorted({k for s in splits for k in results[s]},
-                key=lambda k: (k.split("@")[0], int(k.split("@")[1]) if "@" in k and k.split("@")[1].isdigit() else 0))
+  cols = sorted(
+    {k for s in splits for k in results[s]},
+    key=lambda k: (
+      k.split("@")[0],
+      int(k.split("@")[1]) if "@" in k and k.split("@")[1].isdigit() else 0,
+    ),
+  )
   lines = ["| split | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
   for s in splits:
-    lines.append(f"| {s} | " + " | ".join(f"{results[s].get(c, float('nan')):.4f}" for c in cols) + " |")
+    lines.append(
+      f"| {s} | " + " | ".join(f"{results[s].get(c, float('nan')):.4f}" for c in cols) + " |"
+    )
   return "\n".join(lines)

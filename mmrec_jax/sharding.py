@@ -29,19 +29,18 @@ ALL_DEVICES = (DATA, MODEL)
 
 # Logical axis name -> mesh axes. The single source of truth for layouts.
 LOGICAL_AXIS_RULES: dict[str, Any] = {
-    "users": ALL_DEVICES,   # rows of user tables: across all devices
-    "items": ALL_DEVICES,   # rows of item tables (IDs and frozen features)
-    "rows": ALL_DEVICES,    # any other big row-sharded table
-    "embed": None,          # embedding/feature width: never split
-    "batch": DATA,          # examples of a training batch
-    "eval_users": DATA,     # users of an evaluation chunk
-    "catalog": MODEL,       # items of the catalogue during scoring
-    "hidden": None,         # dense layer widths (small, replicated)
+  "users": ALL_DEVICES,  # rows of user tables: across all devices
+  "items": ALL_DEVICES,  # rows of item tables (IDs and frozen features)
+  "rows": ALL_DEVICES,  # any other big row-sharded table
+  "embed": None,  # embedding/feature width: never split
+  "batch": DATA,  # examples of a training batch
+  "eval_users": DATA,  # users of an evaluation chunk
+  "catalog": MODEL,  # items of the catalogue during scoring
+  "hidden": None,  # dense layer widths (small, replicated)
 }
 
 
-def make_mesh(data: int = -1, model: int = 1,
-              devices: Sequence[jax.Device] | None = None) -> Mesh:
+def make_mesh(data: int = -1, model: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
   """Builds the ('data', 'model') mesh over all devices of all processes.
 
   Args:
@@ -61,8 +60,9 @@ def make_mesh(data: int = -1, model: int = 1,
   return Mesh(dev, (DATA, MODEL), axis_types=(AxisType.Auto, AxisType.Auto))
 
 
-def logical_to_spec(logical_axes: Sequence[str | None],
-                    rules: Mapping[str, Any] | None = None) -> P:
+def logical_to_spec(
+  logical_axes: Sequence[str | None], rules: Mapping[str, Any] | None = None
+) -> P:
   """Maps logical axis names to a PartitionSpec; unknown names raise."""
   rules = LOGICAL_AXIS_RULES if rules is None else rules
   out = []
@@ -91,7 +91,7 @@ def num_shards(mesh: Mesh, spec: P) -> int:
   for entry in spec:
     if entry is None:
       continue
-    for axis in (entry if isinstance(entry, tuple) else (entry,)):
+    for axis in entry if isinstance(entry, tuple) else (entry,):
       total *= mesh.shape[axis]
   return total
 
@@ -114,8 +114,10 @@ def assert_tables_sharded(tree: Any, min_bytes: int = 1 << 20) -> None:
     shard_shape = leaf.sharding.shard_shape(leaf.shape)
     per_dev = int(np.prod(shard_shape)) * leaf.dtype.itemsize
     if n_dev > 1 and per_dev > 1.01 * nbytes / n_dev + 1:
-      bad.append(f"{jax.tree_util.keystr(path)} {leaf.shape} holds {per_dev} of "
-                 f"{nbytes} bytes per device on {n_dev} devices")
+      bad.append(
+        f"{jax.tree_util.keystr(path)} {leaf.shape} holds {per_dev} of "
+        f"{nbytes} bytes per device on {n_dev} devices"
+      )
   if bad:
     raise AssertionError("large arrays are not sharded across devices: " + "; ".join(bad))
 

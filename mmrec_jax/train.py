@@ -8,10 +8,17 @@ killed run and an uninterrupted one end with the same parameters and metrics.
 Model selection uses the validation split only; the test split is scored once, on the
 best-validation checkpoint, at the end. The parts live in ``mmrec_jax/loop/``: set-up,
 early stopping, metric flushing, the final report, signals.
+
+Crash safety (docs/architecture.md, "Reliability"): the workdir is locked for the run
+(``workdir_lock``); every checkpoint carries the run fingerprint (``fingerprint``) and a
+checksum of its arrays; a resume takes the newest intact checkpoint and the final report
+restores the best model by the step the restored loop state names (``checkpointing``).
 """
 
 from __future__ import annotations
 
+import errno
+import os
 import pathlib
 from typing import Any
 
@@ -20,18 +27,52 @@ import ml_collections
 from absl import logging
 
 from mmrec_jax import checkpointing, reporting, sharding
+from mmrec_jax import config as config_lib
+from mmrec_jax import fingerprint as fingerprint_lib
 from mmrec_jax.data import pipeline as pipeline_lib  # noqa: F401  (tests patch these)
 from mmrec_jax.data import prepare as prepare_lib  # noqa: F401
 from mmrec_jax.errors import ConfigError
+from mmrec_jax.evaluation import LOWER_IS_BETTER
 from mmrec_jax.loop import report, signals
 from mmrec_jax.loop.early_stopping import EarlyStopping
 from mmrec_jax.loop.flush import MetricFlusher, NonFiniteLossError
-from mmrec_jax.loop.setup import (build_data_info, check_batch_fits_mesh, make_mesh,
-                                  resolve_modalities, set_up)
+from mmrec_jax.loop.setup import (
+  build_data_info,
+  check_batch_fits_mesh,
+  make_mesh,
+  resolve_modalities,
+  set_up,
+)
 from mmrec_jax.step import DataInfo, Task
+from mmrec_jax.workdir_lock import WorkdirLock
 
-__all__ = ["DataInfo", "NonFiniteLossError", "Task", "build_data_info",
-           "check_batch_fits_mesh", "make_mesh", "resolve_modalities", "train_and_evaluate"]
+__all__ = [
+  "DataInfo",
+  "NonFiniteLossError",
+  "Task",
+  "build_data_info",
+  "check_batch_fits_mesh",
+  "make_mesh",
+  "resolve_modalities",
+  "train_and_evaluate",
+]
+
+
+def _check_workdir(workdir: pathlib.Path) -> None:
+  """ConfigError (one line) unless ``workdir`` is, or can be made, a writable directory."""
+  if workdir.exists() and not workdir.is_dir():
+    raise ConfigError(f"--workdir={workdir}: exists and is not a directory")
+  try:
+    workdir.mkdir(parents=True, exist_ok=True)
+    probe = workdir / f".write-test-{os.getpid()}"
+    probe.touch()
+    probe.unlink()
+  except OSError as e:
+    if e.errno == errno.ENOSPC:
+      raise
+    raise ConfigError(
+      f"--workdir={workdir}: cannot write there ({e.strerror or type(e).__name__})"
+    ) from None
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
@@ -39,18 +80,39 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
 
   Returns ``{"valid": {...}, "test": {...}, "status": "finished"|"preempted", ...}``; the
   same dict is written to ``workdir/results.json`` when the run finishes.
+
+  Raises:
+    ConfigError: a config value out of range, an unusable workdir, or a workdir whose
+      checkpoints belong to another dataset/model.
+    WorkdirBusyError: another live run holds the workdir.
+    CheckpointError: the workdir has checkpoints but none is intact.
   """
   workdir = pathlib.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
+  try:
+    config_lib.validate(config)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  _check_workdir(workdir)
+  with WorkdirLock(workdir, enabled=jax.process_index() == 0):
+    return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
+  """The run itself, with the workdir locked."""
   is_main = jax.process_index() == 0
+  signals.fault_point("prepare", 0)
   run = set_up(config)
   task, pipe, mesh = run.task, run.pipe, run.mesh
   metric_name = config.train.selection_metric
 
-  ckpt = checkpointing.RunCheckpointer(workdir, max_to_keep=config.train.max_checkpoints)
+  abstract_state = task.abstract_state()
+  run_fingerprint = fingerprint_lib.run_fingerprint(config, run.ds, run.modalities, abstract_state)
+  ckpt = checkpointing.RunCheckpointer(
+    workdir, max_to_keep=config.train.max_checkpoints, fingerprint=run_fingerprint
+  )
   stopping = EarlyStopping(patience=config.train.early_stopping_patience)
-  if ckpt.latest_step() is not None:
-    state, data_state, loop = ckpt.restore_latest(task.abstract_state())
+  if ckpt.has_checkpoints():
+    state, data_state, loop = ckpt.restore_latest(abstract_state)
     stopping = EarlyStopping.from_dict(loop, config.train.early_stopping_patience)
     pipe.set_state(data_state)
     logging.info("resumed from step %d in %s", int(state["step"]), workdir)
@@ -63,29 +125,46 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     reporting.write_json_atomic(workdir / "config.json", config.to_dict())
 
   def save(step: int, best: bool = False) -> None:
-    ckpt.save(step, state, pipe.get_state(), stopping.as_dict(), best=best)
+    if ckpt.save(step, state, pipe.get_state(), stopping.as_dict(), best=best):
+      signals.fault_point("save", step)
 
   def validate(step: int) -> bool:
     """Runs validation, updates early stopping, saves; returns True to stop."""
     result = report.evaluate(task, state, run.ds, "valid", config, mesh)
     writer.write(step, "valid", result.metrics)
+    signals.fault_point("validation", step)
     if metric_name not in result.metrics:
-      raise ConfigError(f"config.train.selection_metric={metric_name!r} not among "
-                        f"{sorted(result.metrics)}")
-    improved = stopping.update(step, float(result.metrics[metric_name]))
+      raise ConfigError(
+        f"config.train.selection_metric={metric_name!r} not among {sorted(result.metrics)}"
+      )
+    # Early stopping maximises: error metrics (MAE/RMSE) are compared negated.
+    value = float(result.metrics[metric_name])
+    improved = stopping.update(step, -value if metric_name in LOWER_IS_BETTER else value)
     save(step, best=improved)
-    logging.info("step %d valid %s=%.4f (best %.4f at %d)", step, metric_name,
-                 float(result.metrics[metric_name]), stopping.best_metric, stopping.best_step)
+    logging.info(
+      "step %d valid %s=%.4f (best %.4f at %d)",
+      step,
+      metric_name,
+      float(result.metrics[metric_name]),
+      stopping.best_metric,
+      stopping.best_step,
+    )
     return stopping.stopped_early
 
   sync_every = 1 if jax.process_count() > 1 else max(1, config.train.log_every_steps)
   bar = None
   if is_main and config.train.progress_bar:
     from tqdm import tqdm  # noqa: PLC0415  (only with a progress bar)
+
     bar = tqdm(total=run.total_steps, initial=start_step, unit="step", dynamic_ncols=True)
-  flusher = MetricFlusher(writer, bar, batch_size=config.input.batch_size,
-                          steps_per_epoch=run.steps_per_epoch, workdir=workdir,
-                          start_step=start_step)
+  flusher = MetricFlusher(
+    writer,
+    bar,
+    batch_size=config.input.batch_size,
+    steps_per_epoch=run.steps_per_epoch,
+    workdir=workdir,
+    start_step=start_step,
+  )
   status = "finished"
   it = iter(pipe)
   step = start_step
@@ -94,12 +173,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
       batch = sharding.global_batch_from_local(mesh, next(it))
       state, metrics = task.train_step(state, batch)
       step += 1
+      signals.fault_point("step", step)
       flusher.add(metrics)
       ckpt_due = bool(config.train.checkpoint_every_steps) and (
-          step % config.train.checkpoint_every_steps == 0)
+        step % config.train.checkpoint_every_steps == 0
+      )
       # Losses are checked before anything is saved, so no checkpoint holds NaNs.
-      if (step % sync_every == 0 or step == run.total_steps or step % run.eval_every == 0
-          or ckpt_due or preempt.requested):
+      if (
+        step % sync_every == 0
+        or step == run.total_steps
+        or step % run.eval_every == 0
+        or ckpt_due
+        or preempt.requested
+      ):
         stopping.train_seconds += flusher.flush(step)
       if step % run.eval_every == 0 or step == run.total_steps:
         if validate(step):
@@ -111,8 +197,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
       if preempt.requested:
         save(step)
         status = "preempted"
-        logging.warning("SIGTERM: saved a checkpoint at step %d in %s; the same command "
-                        "resumes.", step, workdir)
+        logging.warning(
+          "SIGTERM: saved a checkpoint at step %d in %s; the same command resumes.", step, workdir
+        )
         break
   if bar is not None:
     bar.close()
@@ -122,20 +209,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     ckpt.close()
     return {"status": status, "steps": step}
 
-  # Final: best-validation model (model selection on valid only); test scored once.
-  if ckpt.has_best():
-    state, _, _ = ckpt.restore_best(task.abstract_state())
+  # Final: best-validation model (model selection on valid only); test scored once. The
+  # best step comes from the loop state restored/kept with the latest checkpoint, and
+  # best/<that step> was complete before that checkpoint was written.
+  if stopping.best_step >= 0:
+    state = ckpt.restore_best(abstract_state, stopping.best_step)
   header: dict[str, Any] = {
-      "status": status, "steps": step, "best_step": stopping.best_step,
-      "train_seconds": round(stopping.train_seconds, 3),
-      "steps_per_epoch": run.steps_per_epoch,
-      # Wall time of one epoch of training steps (incl. input and logging, excl.
-      # validation); what the comparison reports.
-      "epoch_seconds": round(stopping.train_seconds * run.steps_per_epoch / max(step, 1), 3),
-      "model": config.model.name, "modalities": list(run.modalities)}
-  results = report.final_report(task=task, state=state, ds=run.ds, config=config, mesh=mesh,
-                                workdir=workdir, writer=writer, header=header,
-                                is_main=is_main)
+    "status": status,
+    "steps": step,
+    "best_step": stopping.best_step,
+    "train_seconds": round(stopping.train_seconds, 3),
+    "steps_per_epoch": run.steps_per_epoch,
+    # Wall time of one epoch of training steps (incl. input and logging, excl.
+    # validation); what the comparison reports.
+    "epoch_seconds": round(stopping.train_seconds * run.steps_per_epoch / max(step, 1), 3),
+    "model": config.model.name,
+    "modalities": list(run.modalities),
+  }
+  results = report.final_report(
+    task=task,
+    state=state,
+    ds=run.ds,
+    config=config,
+    mesh=mesh,
+    workdir=workdir,
+    writer=writer,
+    header=header,
+    is_main=is_main,
+  )
   writer.close()
   ckpt.close()
   if is_main:

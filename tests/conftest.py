@@ -5,7 +5,7 @@ import os
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import pytest  # noqa: E402
+import pytest
 
 
 @pytest.fixture(autouse=True)
@@ -16,7 +16,8 @@ def _absl_logger_level_per_test():
   would otherwise leak into later tests of the same xdist worker and hide their INFO
   records, making log assertions depend on test order.
   """
-  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  from absl import logging as absl_logging
+
   logger = absl_logging.get_absl_logger()
   before = logger.level
   logger.setLevel(0)

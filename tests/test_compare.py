@@ -12,7 +12,10 @@ from tests.test_train import load_config
 
 def test_parse_run_specs():
   assert compare.parse_run("two_tower:text+image", ("text",)) == (
-      "two_tower-text+image", "two_tower", ("text", "image"))
+    "two_tower-text+image",
+    "two_tower",
+    ("text", "image"),
+  )
   assert compare.parse_run("two_tower:", ("text",)) == ("two_tower-ids", "two_tower", ())
   assert compare.parse_run("vbpr", ("text",)) == ("vbpr-text", "vbpr", ("text",))
   assert compare.parse_run("bpr_mf:text", ("text",)) == ("bpr_mf-ids", "bpr_mf", ())
@@ -21,8 +24,11 @@ def test_parse_run_specs():
 
 
 def test_comparison_table_plots_and_reuse(tmp_path):
-  config = load_config("synthetic", "smoke", **{"data.cache_dir": str(tmp_path / "cache"),
-                                                "data.modalities": ("text",)})
+  config = load_config(
+    "synthetic",
+    "smoke",
+    **{"data.cache_dir": str(tmp_path / "cache"), "data.modalities": ("text",)},
+  )
   work = tmp_path / "cmp"
   specs = ["bpr_mf", "two_tower:", "two_tower:text"]
   md = compare.run_comparison(config, specs, work, baseline="bpr_mf")
@@ -46,8 +52,10 @@ def test_comparison_table_plots_and_reuse(tmp_path):
   for png in ("metrics.png", "curves.png"):
     assert (work / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   # A second call reuses the finished runs (no retraining) and gives the same table.
-  stamps = {s: (work / s / "results.json").stat().st_mtime_ns for s in
-            ("bpr_mf-ids", "two_tower-ids", "two_tower-text")}
+  stamps = {
+    s: (work / s / "results.json").stat().st_mtime_ns
+    for s in ("bpr_mf-ids", "two_tower-ids", "two_tower-text")
+  }
   compare.run_comparison(config, specs, work, baseline="bpr_mf")
   assert md.read_text() == text
   assert stamps == {s: (work / s / "results.json").stat().st_mtime_ns for s in stamps}

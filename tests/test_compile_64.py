@@ -30,7 +30,7 @@ import sys
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 NUM_DEVICES = 64
-NUM_USERS, NUM_ITEMS = 162_541, 59_047   # MovieLens-25M after the rating >= 4 filter
+NUM_USERS, NUM_ITEMS = 162_541, 59_047  # MovieLens-25M after the rating >= 4 filter
 FEATURE_DIM = 32
 # "f32[162560,64]{1,0} all-gather(" or "(f32[..], f32[..]) all-gather-start(".
 _ALL_GATHER = re.compile(r"=\s*(\(?[^=]*?\)?)\s+all-gather(?:-start)?\(")
@@ -59,65 +59,102 @@ def probe(feature_dim: int = FEATURE_DIM) -> dict:
   ``python tests/test_compile_64.py [FEATURE_DIM]`` with XLA_FLAGS setting N CPU devices
   gives the per-device figures of docs/cloud.md for N devices.
   """
-  import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
+  import jax
+  import numpy as np
 
-  from mmrec_jax import sharding  # pylint: disable=g-import-not-at-top
-  from mmrec_jax.step import DataInfo, Task  # pylint: disable=g-import-not-at-top
+  from mmrec_jax import sharding
+  from mmrec_jax.step import DataInfo, Task
 
   config = load_config(REPO / "experiments" / "ml25m.py")
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.model)
-  info = DataInfo(num_users=NUM_USERS, num_items=NUM_ITEMS,
-                  features={"text": np.zeros((NUM_ITEMS, feature_dim), np.float32)},
-                  feature_masks={"text": np.ones((NUM_ITEMS,), bool)},
-                  item_counts=np.ones((NUM_ITEMS,), np.int64))
+  info = DataInfo(
+    num_users=NUM_USERS,
+    num_items=NUM_ITEMS,
+    features={"text": np.zeros((NUM_ITEMS, feature_dim), np.float32)},
+    feature_masks={"text": np.ones((NUM_ITEMS,), bool)},
+    item_counts=np.ones((NUM_ITEMS,), np.int64),
+  )
   task = Task(config, info, mesh)
   state = task.abstract_state()
   # The step's own jit (explicit in/out shardings), lowered on abstract state and batch;
   # the frozen feature table is its third argument.
-  compiled = task.lower_train_step(config.input.batch_size,
-                                   config.input.num_negatives).compile()
+  compiled = task.lower_train_step(config.input.batch_size, config.input.num_negatives).compile()
   hlo = compiled.as_text()
 
   # Negative control: replicating the user table must show up as a whole-table all-gather,
   # so the parser below cannot pass by matching nothing.
   user_table = state["params"]["tables"]["user_embed"]["embedding"]
-  control = jax.jit(lambda t: t * 2, out_shardings=sharding.replicated(mesh)).lower(
-      user_table).compile().as_text()
+  control = (
+    jax.jit(lambda t: t * 2, out_shardings=sharding.replicated(mesh))
+    .lower(user_table)
+    .compile()
+    .as_text()
+  )
 
   leaves = []
   for path, leaf in jax.tree_util.tree_leaves_with_path(state):
     shard = leaf.sharding.shard_shape(leaf.shape)
     itemsize = np.dtype(leaf.dtype).itemsize
-    leaves.append({"path": jax.tree_util.keystr(path), "shape": list(leaf.shape),
-                   "dtype": str(np.dtype(leaf.dtype)),
-                   "bytes": int(np.prod(leaf.shape)) * itemsize,
-                   "per_device_bytes": int(np.prod(shard)) * itemsize})
+    leaves.append(
+      {
+        "path": jax.tree_util.keystr(path),
+        "shape": list(leaf.shape),
+        "dtype": str(np.dtype(leaf.dtype)),
+        "bytes": int(np.prod(leaf.shape)) * itemsize,
+        "per_device_bytes": int(np.prod(shard)) * itemsize,
+      }
+    )
   mem = compiled.memory_analysis()
-  memory = {k: int(getattr(mem, k)) for k in (
-      "argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes",
-      "alias_size_in_bytes", "generated_code_size_in_bytes") if hasattr(mem, k)}
-  return {"devices": jax.device_count(), "mesh": dict(mesh.shape),
-          "padded_users": task.padded_users, "padded_items": task.padded_items,
-          "batch_size": config.input.batch_size, "feature_dim": feature_dim,
-          "leaves": leaves, "all_gathers": all_gather_shapes(hlo),
-          "control_all_gathers": all_gather_shapes(control),
-          "hlo_all_gather_count": hlo.count("all-gather"), "memory": memory}
+  memory = {
+    k: int(getattr(mem, k))
+    for k in (
+      "argument_size_in_bytes",
+      "output_size_in_bytes",
+      "temp_size_in_bytes",
+      "alias_size_in_bytes",
+      "generated_code_size_in_bytes",
+    )
+    if hasattr(mem, k)
+  }
+  return {
+    "devices": jax.device_count(),
+    "mesh": dict(mesh.shape),
+    "padded_users": task.padded_users,
+    "padded_items": task.padded_items,
+    "batch_size": config.input.batch_size,
+    "feature_dim": feature_dim,
+    "leaves": leaves,
+    "all_gathers": all_gather_shapes(hlo),
+    "control_all_gathers": all_gather_shapes(control),
+    "hlo_all_gather_count": hlo.count("all-gather"),
+    "memory": memory,
+  }
 
 
 def run_probe() -> dict:
-  env = {**os.environ, "JAX_PLATFORMS": "cpu",
-         "XLA_FLAGS": f"--xla_force_host_platform_device_count={NUM_DEVICES}"}
-  out = subprocess.run([sys.executable, str(pathlib.Path(__file__).resolve())],
-                       capture_output=True, text=True, env=env, timeout=600, check=False)
+  env = {
+    **os.environ,
+    "JAX_PLATFORMS": "cpu",
+    "XLA_FLAGS": f"--xla_force_host_platform_device_count={NUM_DEVICES}",
+  }
+  out = subprocess.run(
+    [sys.executable, str(pathlib.Path(__file__).resolve())],
+    capture_output=True,
+    text=True,
+    env=env,
+    timeout=600,
+    check=False,
+  )
   assert out.returncode == 0, out.stderr[-4000:]
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def test_all_gather_parser():
-  hlo = ("  %ag = f32[162560,64]{1,0} all-gather(f32[2544,64]{1,0} %p), dimensions={0}\n"
-         "  %s = (f32[8,4]{1,0}, s32[16]{0}) all-gather-start(%a, %b)\n"
-         "  %x = f32[4]{0} all-reduce(%y)\n")
+  hlo = (
+    "  %ag = f32[162560,64]{1,0} all-gather(f32[2544,64]{1,0} %p), dimensions={0}\n"
+    "  %s = (f32[8,4]{1,0}, s32[16]{0}) all-gather-start(%a, %b)\n"
+    "  %x = f32[4]{0} all-reduce(%y)\n"
+  )
   assert all_gather_shapes(hlo) == [("f32", (162560, 64)), ("f32", (8, 4)), ("s32", (16,))]
 
 
@@ -128,8 +165,11 @@ def test_ml25m_step_compiles_sharded_on_64_devices():
   tables = [l for l in r["leaves"] if l["shape"] and l["shape"][0] in table_rows]
   # The user and item tables, their optimizer state (row-wise Adagrad: one float per row).
   assert {tuple(l["shape"]) for l in tables} >= {
-      (r["padded_users"], 64), (r["padded_items"], 64), (r["padded_users"],),
-      (r["padded_items"],)}
+    (r["padded_users"], 64),
+    (r["padded_items"], 64),
+    (r["padded_users"],),
+    (r["padded_items"],),
+  }
   for l in tables:
     assert l["per_device_bytes"] * NUM_DEVICES == l["bytes"], l  # evenly cut
     real_rows = NUM_USERS if l["shape"][0] == r["padded_users"] else NUM_ITEMS

@@ -35,8 +35,11 @@ def test_per_user_temporal_order_and_ties(method):
   labels = splits.assign(method, users, ts, num_users=40, ratios=(0.7, 0.15, 0.15))
   assert labels.shape == users.shape and set(np.unique(labels)) <= {0, 1, 2}
   counts = np.bincount(users, minlength=40)
-  nv, nt = (splits.ratio_counts(counts, (0.7, 0.15, 0.15)) if method == "temporal_ratio"
-            else ((counts >= 3).astype(int), (counts >= 2).astype(int)))
+  nv, nt = (
+    splits.ratio_counts(counts, (0.7, 0.15, 0.15))
+    if method == "temporal_ratio"
+    else ((counts >= 3).astype(int), (counts >= 2).astype(int))
+  )
   for u, rows, t, lab in per_user_blocks(users, ts, labels):
     # order by (time, row): labels must be non-decreasing along it
     order = np.lexsort((rows, t))
@@ -46,7 +49,7 @@ def test_per_user_temporal_order_and_ties(method):
 
 def test_leave_last_out_small_users():
   users = np.array([0, 1, 1, 2, 2, 2])
-  ts = np.array([5, 1, 2, 3, 3, 3])           # user 2: a three-way tie -> file order
+  ts = np.array([5, 1, 2, 3, 3, 3])  # user 2: a three-way tie -> file order
   lab = splits.assign("leave_last_out", users, ts, num_users=3)
   assert list(lab) == [0, 0, 2, 0, 1, 2]
 
@@ -57,8 +60,13 @@ def test_global_temporal_cut():
   assert list(np.bincount(lab)) == [700, 150, 150]
   assert ts[lab == 0].max() <= ts[lab == 1].min() <= ts[lab == 1].max() <= ts[lab == 2].min()
   # ties across the cut are broken by row order
-  tied = splits.assign("global_temporal", np.zeros(10, np.int64), np.zeros(10, np.int64),
-                       num_users=1, global_cut=(0.5, 0.8))
+  tied = splits.assign(
+    "global_temporal",
+    np.zeros(10, np.int64),
+    np.zeros(10, np.int64),
+    num_users=1,
+    global_cut=(0.5, 0.8),
+  )
   assert list(tied) == [0] * 5 + [1] * 3 + [2] * 2
 
 
@@ -73,8 +81,11 @@ def test_random_ratio_seeded():
     for u, _, _, l in per_user_blocks(users, ts, lab):
       assert (l == 2).sum() == nt[u] and (l == 1).sum() == nv[u]
   # not temporal: some user has a test row older than one of its train rows
-  assert any(t[l == 2].min() < t[l == 0].max()
-             for _, _, t, l in per_user_blocks(users, ts, a) if (l == 2).any())
+  assert any(
+    t[l == 2].min() < t[l == 0].max()
+    for _, _, t, l in per_user_blocks(users, ts, a)
+    if (l == 2).any()
+  )
 
 
 @pytest.mark.parametrize("method", list(splits.SPLITS))
@@ -87,8 +98,13 @@ def test_prepared_splits_partition_the_log(tmp_path, method):
   t = rng.integers(0, 200, n)
   lines = "".join(f"{a}\t{b}\t{c}\n" for a, b, c in zip(u, i, t))
   (tmp_path / "log.inter").write_text("user_id:token\titem_id:token\ttimestamp:float\n" + lines)
-  cfg = {"source": "recbole", "path": str(tmp_path / "log.inter"), "split": method,
-         "cache_dir": str(tmp_path / "c"), "global_cut": (0.6, 0.8)}
+  cfg = {
+    "source": "recbole",
+    "path": str(tmp_path / "log.inter"),
+    "split": method,
+    "cache_dir": str(tmp_path / "c"),
+    "global_cut": (0.6, 0.8),
+  }
   ds = prep.prepare(cfg, seed=5)
   # reference: earliest (time, row) per (user, item)
   first = {}
@@ -100,9 +116,9 @@ def test_prepared_splits_partition_the_log(tmp_path, method):
   for name in ("train", "valid", "test"):
     s = ds.split(name)
     key = np.lexsort((s.timestamps, s.users))
-    assert np.array_equal(key, np.arange(key.shape[0]))   # stored in (user, time) order
+    assert np.array_equal(key, np.arange(key.shape[0]))  # stored in (user, time) order
     for a, b, c in zip(ur[s.users], ir[s.items], s.timestamps):
-      assert (a, b) not in seen            # no overlap, no repeats
+      assert (a, b) not in seen  # no overlap, no repeats
       seen[(a, b)] = (name, int(c))
   assert {k: v[1] for k, v in seen.items()} == {k: v[0] for k, v in first.items()}
   again = prep.prepare({**cfg, "cache_dir": str(tmp_path / "c2")}, seed=5)
@@ -115,6 +131,7 @@ def test_prepared_splits_partition_the_log(tmp_path, method):
 
 def test_bad_ratios_and_cuts():
   from mmrec_jax.errors import ConfigError
+
   for bad in [(0.5, 0.2), (0.8, 0.3, 0.1), (0.0, 0.5, 0.5), (1.2, -0.1, -0.1), "abc"]:
     with pytest.raises(ConfigError, match="data.split_ratios"):
       splits.check_ratios(bad)
@@ -123,7 +140,7 @@ def test_bad_ratios_and_cuts():
       splits.check_global_cut(bad)
 
 
-@pytest.mark.parametrize("scale", [1, 2 ** 40])
+@pytest.mark.parametrize("scale", [1, 2**40])
 def test_stable_order_matches_lexsort(scale):
   """Packed-key path (small values) and lexsort fallback (huge spans) agree with lexsort."""
   rng = np.random.default_rng(scale % 97)
@@ -134,14 +151,23 @@ def test_stable_order_matches_lexsort(scale):
 
 def test_splits_registry_dispatches_by_name():
   """SPLITS (what config validation reads) maps each data.split name to its function."""
-  assert list(splits.SPLITS) == ["temporal_ratio", "random_ratio", "leave_last_out",
-                                 "global_temporal"]
+  assert list(splits.SPLITS) == [
+    "temporal_ratio",
+    "random_ratio",
+    "leave_last_out",
+    "global_temporal",
+    "global_random",
+    "kfold",
+  ]
   users, ts = random_log(3)
   for name, fn in splits.SPLITS.items():
-    kw = dict(num_users=40, ratios=(0.8, 0.1, 0.1), global_cut=(0.8, 0.9), seed=1,
-              temporal_order=None)
-    np.testing.assert_array_equal(splits.assign(name, users, ts, **kw),
-                                  fn(users, ts, **kw))
-  with pytest.raises(ConfigError, match=r"data\.split='nope' is not one of "
-                                        r"\['temporal_ratio', 'random_ratio'"):
+    kw = dict(
+      num_users=40, ratios=(0.8, 0.1, 0.1), global_cut=(0.8, 0.9), seed=1, temporal_order=None
+    )
+    np.testing.assert_array_equal(splits.assign(name, users, ts, **kw), fn(users, ts, **kw))
+  with pytest.raises(
+    ConfigError,
+    match=r"data\.split='nope' is not one of "
+    r"\['temporal_ratio', 'random_ratio'",
+  ):
     splits.assign("nope", users, ts, num_users=40)

@@ -1,5 +1,6 @@
 """The feature-shard store: round trips, streaming, imputation, atomic replace, validation."""
 
+import itertools
 import json
 import pickle
 
@@ -7,8 +8,12 @@ import numpy as np
 import pytest
 
 from mmrec_jax.data import feature_store as F
-from mmrec_jax.data.feature_store import (FeatureShards, write_feature_shards, write_from_mmrec,
-                                          write_from_npy)
+from mmrec_jax.data.feature_store import (
+  FeatureShards,
+  write_feature_shards,
+  write_from_mmrec,
+  write_from_npy,
+)
 from mmrec_jax.errors import DataError
 
 
@@ -82,10 +87,11 @@ def test_row_view_reads_only_what_is_indexed(written, monkeypatch):
   assert (view.shape, view.ndim, view.dtype, len(view)) == ((1000, 7), 2, np.float32, 1000)
   read = []
   real_gather = fs.gather
-  monkeypatch.setattr(fs, "gather", lambda ids, out=None: read.append(np.size(ids)) or
-                      real_gather(ids, out))
-  part = view[100:400]                     # crosses shard boundaries (128 rows per shard)
-  sub = part[250:900]                      # clipped like numpy: rows 350..399
+  monkeypatch.setattr(
+    fs, "gather", lambda ids, out=None: read.append(np.size(ids)) or real_gather(ids, out)
+  )
+  part = view[100:400]  # crosses shard boundaries (128 rows per shard)
+  sub = part[250:900]  # clipped like numpy: rows 350..399
   assert read == [] and part.shape == (300, 7) and sub.shape == (50, 7)
   np.testing.assert_array_equal(np.asarray(sub), ref[350:400])
   assert read == [50]
@@ -95,7 +101,7 @@ def test_row_view_reads_only_what_is_indexed(written, monkeypatch):
   np.testing.assert_array_equal(view[10:20, 3], ref[10:20, 3])
   np.testing.assert_array_equal(np.asarray(view[990:], np.float64), ref[990:])
   assert view[1200:].shape == (0, 7) and view[300:100].shape == (0, 7)
-  out = np.zeros((4, 7), np.float32)       # how step.py copies host rows into a buffer
+  out = np.zeros((4, 7), np.float32)  # how step.py copies host rows into a buffer
   out[:3] = view[997:1000]
   np.testing.assert_array_equal(out[:3], ref[997:])
   with pytest.raises(IndexError):
@@ -106,9 +112,10 @@ def test_streamed_chunks_equal_array(tmp_path):
   x, mask = _data()
   a = write_feature_shards(tmp_path / "a", x, mask, modality="t", rows_per_shard=128)
   bounds = [0, 1, 50, 51, 300, 700, 1000]  # irregular chunks crossing shard boundaries
-  chunks = (x[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:]))
-  b = write_feature_shards(tmp_path / "b", chunks, mask, modality="t", rows_per_shard=128,
-                           num_items=1000)
+  chunks = (x[lo:hi] for lo, hi in itertools.pairwise(bounds))
+  b = write_feature_shards(
+    tmp_path / "b", chunks, mask, modality="t", rows_per_shard=128, num_items=1000
+  )
   assert a.manifest == b.manifest  # same per-shard sha256: byte-identical shards
   np.testing.assert_array_equal(a.to_array(), b.to_array())
 
@@ -129,8 +136,7 @@ def test_imputation_zeros_and_nan_allowed_in_missing_rows(tmp_path):
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_low_precision_dtypes(tmp_path, dtype):
   x, mask = _data(n=40)
-  fs = write_feature_shards(tmp_path / "f", x, mask, modality="t", rows_per_shard=16,
-                            dtype=dtype)
+  fs = write_feature_shards(tmp_path / "f", x, mask, modality="t", rows_per_shard=16, dtype=dtype)
   fs = FeatureShards.open(fs.path)
   assert fs.dtype.name == dtype and fs.manifest["dtype"] == dtype
   got = fs.gather(np.arange(40)).astype(np.float32)
@@ -172,22 +178,25 @@ def test_nan_names_modality_and_row(tmp_path):
   x[137, 2] = np.inf
   x[200, 0] = np.nan
   with pytest.raises(DataError, match=r"^features\[image\]: row 137 has a NaN or infinite"):
-    write_feature_shards(tmp_path / "f", iter([x[:100], x[100:]]), None, modality="image",
-                         rows_per_shard=64)
+    write_feature_shards(
+      tmp_path / "f", iter([x[:100], x[100:]]), None, modality="image", rows_per_shard=64
+    )
   assert not (tmp_path / "f").exists()
 
 
 def test_wrong_dim_between_chunks(tmp_path):
   chunks = [np.ones((10, 4)), np.ones((5, 3))]
-  with pytest.raises(DataError, match="chunk starting at row 10 has dim 3, earlier rows "
-                     "have dim 4"):
+  with pytest.raises(
+    DataError, match="chunk starting at row 10 has dim 3, earlier rows have dim 4"
+  ):
     write_feature_shards(tmp_path / "f", chunks, None, modality="t")
 
 
 def test_mask_length_and_num_items(tmp_path):
   x = np.ones((10, 2), np.float32)
-  with pytest.raises(DataError,
-                     match=r"mask has 9 entries but features have more rows \(at least 10\)"):
+  with pytest.raises(
+    DataError, match=r"mask has 9 entries but features have more rows \(at least 10\)"
+  ):
     write_feature_shards(tmp_path / "f", x, np.ones(9, bool), modality="t")
   with pytest.raises(DataError, match="mask has 11 entries but features have 10 rows"):
     write_feature_shards(tmp_path / "f", x, np.ones(11, bool), modality="t")
@@ -211,7 +220,7 @@ def test_truncated_shard(written):
   fs, _, _ = written
   shard = fs.path / "shard-00003.npy"
   data = shard.read_bytes()
-  shard.write_bytes(data[:len(data) - 40])
+  shard.write_bytes(data[: len(data) - 40])
   with pytest.raises(DataError, match=r"shard-00003\.npy: unreadable or truncated shard") as e:
     FeatureShards.open(fs.path)
   assert "\n" not in str(e.value)
@@ -227,8 +236,11 @@ def test_missing_shard(written):
 def test_shard_with_wrong_shape(written):
   fs, _, _ = written
   np.save(fs.path / "shard-00001.npy", np.zeros((128, 6), np.float32))
-  with pytest.raises(DataError, match=r"shard-00001\.npy: shape \(128, 6\) dtype float32, "
-                     r"manifest says \(128, 7\)"):
+  with pytest.raises(
+    DataError,
+    match=r"shard-00001\.npy: shape \(128, 6\) dtype float32, "
+    r"manifest says \(128, 7\)",
+  ):
     FeatureShards.open(fs.path)
 
 
@@ -250,14 +262,17 @@ def _edit_manifest(path, **changes):
   (path / "manifest.json").write_text(json.dumps(m))
 
 
-@pytest.mark.parametrize("changes,pattern", [
+@pytest.mark.parametrize(
+  "changes,pattern",
+  [
     ({"dim": None}, r"missing keys \['dim'\]"),
     ({"format_version": 2}, "format_version 2 is not supported"),
     ({"dtype": "int8"}, "key 'dtype': unknown feature dtype"),
     ({"num_items": -1}, "'num_items' must be a non-negative int"),
     ({"num_shards": 7}, "'shards' must list num_shards=7 entries"),
     ({"num_present": 3}, "manifest num_present=3"),
-])
+  ],
+)
 def test_bad_manifest(written, changes, pattern):
   fs, _, _ = written
   _edit_manifest(fs.path, **changes)
@@ -293,22 +308,30 @@ def test_out_of_range_ids(written):
 def test_write_from_npy_identity_and_item_index(tmp_path):
   x, _ = _data(n=20, d=3)
   np.save(tmp_path / "x.npy", x)
-  fs = write_from_npy(tmp_path / "a", tmp_path / "x.npy", modality="t", num_items=20,
-                      rows_per_shard=8)
+  fs = write_from_npy(
+    tmp_path / "a", tmp_path / "x.npy", modality="t", num_items=20, rows_per_shard=8
+  )
   np.testing.assert_array_equal(fs.to_array(), x)
   assert fs.mask.all()
   # 4 rows for items 7, 0, 29, 3 of a 30-item catalogue; the rest are missing (zeros).
   np.save(tmp_path / "y.npy", x[:4])
   idx = np.array([7, 0, 29, 3])
-  fs = write_from_npy(tmp_path / "b", tmp_path / "y.npy", modality="t", num_items=30,
-                      item_index=idx, rows_per_shard=8)
+  fs = write_from_npy(
+    tmp_path / "b", tmp_path / "y.npy", modality="t", num_items=30, item_index=idx, rows_per_shard=8
+  )
   expect = np.zeros((30, 3), np.float32)
   expect[idx] = x[:4]
   np.testing.assert_array_equal(fs.to_array(), expect)
   np.testing.assert_array_equal(np.flatnonzero(fs.mask), np.sort(idx))
   # Rows of items dropped by filtering (-1) are skipped when asked.
-  fs = write_from_npy(tmp_path / "c", tmp_path / "y.npy", modality="t", num_items=30,
-                      item_index=np.array([7, -1, 29, -1]), drop_unmapped=True)
+  fs = write_from_npy(
+    tmp_path / "c",
+    tmp_path / "y.npy",
+    modality="t",
+    num_items=30,
+    item_index=np.array([7, -1, 29, -1]),
+    drop_unmapped=True,
+  )
   assert np.flatnonzero(fs.mask).tolist() == [7, 29]
   np.testing.assert_array_equal(fs.gather([7, 29]), x[[0, 2]])
 
@@ -317,16 +340,20 @@ def test_write_from_npy_errors(tmp_path):
   x, _ = _data(n=4, d=3)
   p = tmp_path / "y.npy"
   np.save(p, x)
-  with pytest.raises(DataError, match=r"y\.npy row 2: maps to unknown item 30 "
-                     r"\(num_items=30\)"):
-    write_from_npy(tmp_path / "o", p, modality="t", num_items=30,
-                   item_index=np.array([1, 2, 30, 4]))
+  with pytest.raises(
+    DataError,
+    match=r"y\.npy row 2: maps to unknown item 30 "
+    r"\(num_items=30\)",
+  ):
+    write_from_npy(
+      tmp_path / "o", p, modality="t", num_items=30, item_index=np.array([1, 2, 30, 4])
+    )
   with pytest.raises(DataError, match=r"y\.npy row 1: maps to unknown item -1"):
-    write_from_npy(tmp_path / "o", p, modality="t", num_items=30,
-                   item_index=np.array([1, -1, 3, 4]))
+    write_from_npy(
+      tmp_path / "o", p, modality="t", num_items=30, item_index=np.array([1, -1, 3, 4])
+    )
   with pytest.raises(DataError, match=r"y\.npy row 3: item 1 already has an earlier row"):
-    write_from_npy(tmp_path / "o", p, modality="t", num_items=30,
-                   item_index=np.array([1, 2, 3, 1]))
+    write_from_npy(tmp_path / "o", p, modality="t", num_items=30, item_index=np.array([1, 2, 3, 1]))
   with pytest.raises(DataError, match=r"y\.npy: 4 rows but num_items=30"):
     write_from_npy(tmp_path / "o", p, modality="t", num_items=30)
   x[2, 1] = np.nan
@@ -353,8 +380,7 @@ def test_write_from_mmrec_zero_rows_are_missing(tmp_path):
   assert sorted(out) == ["image", "text"]
   assert np.flatnonzero(~out["image"].mask).tolist() == [2, 5]
   assert np.flatnonzero(~out["text"].mask).tolist() == [9]
-  np.testing.assert_array_equal(FeatureShards.open(tmp_path / "features/image").to_array(),
-                                img)
+  np.testing.assert_array_equal(FeatureShards.open(tmp_path / "features/image").to_array(), img)
   with pytest.raises(DataError, match="no MMRec feature file"):
     write_from_mmrec(tmp_path / "features", tmp_path / "x", 10)
 

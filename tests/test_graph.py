@@ -23,7 +23,7 @@ def _dense_norm_adj(users, items):
   r[users, items] = 1.0
   a = np.block([[np.zeros((NU, NU)), r], [r.T, np.zeros((NI, NI))]])
   deg = a.sum(1)
-  dinv = np.where(deg > 0, deg ** -0.5, 0.0)
+  dinv = np.where(deg > 0, deg**-0.5, 0.0)
   return dinv[:, None] * a * dinv[None, :]
 
 
@@ -33,8 +33,9 @@ def test_user_item_graph_dedups_and_normalises():
   pairs = set(zip(np.asarray(g.src).tolist(), np.asarray(g.dst).tolist()))
   assert len(pairs) == len(g.src) == len(set(zip(users.tolist(), items.tolist())))
   a = _dense_norm_adj(users, items)
-  np.testing.assert_allclose(np.asarray(g.weight), a[np.asarray(g.src), NU + np.asarray(g.dst)],
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+    np.asarray(g.weight), a[np.asarray(g.src), NU + np.asarray(g.dst)], rtol=1e-6
+  )
 
 
 def test_user_item_graph_rejects_bad_ids():
@@ -47,7 +48,7 @@ def test_lightgcn_matches_dense_numpy(sharded):
   users, items = _interactions()
   mesh = sharding.make_mesh() if sharded else None
   g = propagation.user_item_graph(users, items, NU, NI, mesh)
-  if sharded:   # padded to a multiple of the 8 'data' shards, weight-0 padding
+  if sharded:  # padded to a multiple of the 8 'data' shards, weight-0 padding
     assert g.src.shape[0] % 8 == 0 and len(g.src.sharding.device_set) == 8
   rng = np.random.default_rng(1)
   u0, i0 = rng.normal(size=(NU, D)), rng.normal(size=(NI, D))
@@ -110,8 +111,9 @@ def test_knn_graph_chunked_matches_numpy(weighted):
   # Missing-modality items neither have nor are neighbours.
   assert not dense[~valid].any() and not dense[:, ~valid].any()
   h = rng.normal(size=(NI, D)).astype(np.float32)
-  np.testing.assert_allclose(np.asarray(propagation.item_propagate(jnp.asarray(h), g)),
-                             dense @ h, atol=1e-5)
+  np.testing.assert_allclose(
+    np.asarray(propagation.item_propagate(jnp.asarray(h), g)), dense @ h, atol=1e-5
+  )
 
 
 def test_knn_self_is_first_neighbour_and_gradients_are_finite():
@@ -120,7 +122,7 @@ def test_knn_self_is_first_neighbour_and_gradients_are_finite():
   ids, sims = knn.knn(x, 4, chunk=4)
   np.testing.assert_array_equal(np.asarray(ids[:, 0]), np.arange(NI))
   np.testing.assert_allclose(np.asarray(sims[:, 0]), 1.0, atol=1e-5)
-  xz = x.at[3].set(0.0)   # a zero row (padding / missing) must not give NaN gradients
+  xz = x.at[3].set(0.0)  # a zero row (padding / missing) must not give NaN gradients
   grad = jax.grad(lambda f: jnp.sum(knn.knn_graph(f, 4, weighted=True).weight ** 2))(xz)
   assert np.all(np.isfinite(np.asarray(grad)))
 
@@ -134,8 +136,7 @@ def test_degree_sensitive_prune_keeps_fraction_and_renormalises():
   assert abs(keep.mean() - 0.2) < 0.03
   src, dst = np.asarray(g.src)[keep], np.asarray(g.dst)[keep]
   du, di = np.bincount(src, minlength=200), np.bincount(dst, minlength=300)
-  np.testing.assert_allclose(np.asarray(p.weight)[keep], 1 / np.sqrt(du[src] * di[dst]),
-                             rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(p.weight)[keep], 1 / np.sqrt(du[src] * di[dst]), rtol=1e-5)
   # Degree-sensitive: edges between high-degree nodes are dropped more often.
   w = np.asarray(g.weight)
   low, high = w < np.quantile(w, 0.25), w > np.quantile(w, 0.75)
@@ -144,22 +145,25 @@ def test_degree_sensitive_prune_keeps_fraction_and_renormalises():
 
 def test_side_data_graph_links_items_sharing_rare_tags():
   from mmrec_jax.features import side_graph
-  items = [{"genres": ["Drama"], "tags": ["heist"]},
-           {"genres": ["Drama"], "tags": ["heist", "noir"]},
-           {"genres": ["Drama"], "tags": []},
-           {"genres": ["Comedy"], "tags": ["noir"]},
-           {"genres": [], "tags": []},
-           {"genres": ["Drama", "Comedy"]}]
+
+  items = [
+    {"genres": ["Drama"], "tags": ["heist"]},
+    {"genres": ["Drama"], "tags": ["heist", "noir"]},
+    {"genres": ["Drama"], "tags": []},
+    {"genres": ["Comedy"], "tags": ["noir"]},
+    {"genres": [], "tags": []},
+    {"genres": ["Drama", "Comedy"]},
+  ]
   x, mask, vocab = side_graph.tag_features(items)
-  assert vocab[0] == "genres:drama"            # most frequent first
+  assert vocab[0] == "genres:drama"  # most frequent first
   np.testing.assert_array_equal(mask, [True, True, True, True, False, True])
   np.testing.assert_allclose(np.linalg.norm(x[mask], axis=1), 1.0, rtol=1e-6)
   g = side_graph.shared_tag_graph(x, mask, k=3)
   dense = np.zeros((6, 6))
   np.add.at(dense, (np.asarray(g.dst), np.asarray(g.src)), np.asarray(g.weight))
-  assert dense[0, 1] > 0 and dense[3, 1] > 0 and dense[3, 5] > 0   # shared tags
-  assert dense[0, 3] == 0                      # nothing in common: never linked
-  assert not dense[4].any() and not dense[:, 4].any()   # no side data: no edges
+  assert dense[0, 1] > 0 and dense[3, 1] > 0 and dense[3, 5] > 0  # shared tags
+  assert dense[0, 3] == 0  # nothing in common: never linked
+  assert not dense[4].any() and not dense[:, 4].any()  # no side data: no edges
   with pytest.raises(DataError, match="row 0"):
     side_graph.tag_features([{"tags": "heist"}])
 
@@ -167,13 +171,18 @@ def test_side_data_graph_links_items_sharing_rare_tags():
 def test_side_data_graph_uses_tag_genome_fields():
   """Items with only tag-genome tags in common are linked; genome tags are their own field."""
   from mmrec_jax.features import side_graph
-  items = [{"genome_tags": ["dystopia", "robots"]}, {"genome_tags": ["robots"]},
-           {"genres": ["Drama"]}, {"genres": ["Drama"], "genome_tags": ["dystopia"]}]
+
+  items = [
+    {"genome_tags": ["dystopia", "robots"]},
+    {"genome_tags": ["robots"]},
+    {"genres": ["Drama"]},
+    {"genres": ["Drama"], "genome_tags": ["dystopia"]},
+  ]
   x, mask, vocab = side_graph.tag_features(items)
   assert "genome_tags:robots" in vocab and "genome_tags:dystopia" in vocab
   np.testing.assert_array_equal(mask, [True, True, True, True])
-  g = side_graph.shared_tag_graph(x, mask, k=3)   # self + 2 neighbours
+  g = side_graph.shared_tag_graph(x, mask, k=3)  # self + 2 neighbours
   dense = np.zeros((4, 4))
   np.add.at(dense, (np.asarray(g.dst), np.asarray(g.src)), np.asarray(g.weight))
-  assert dense[0, 1] > 0 and dense[0, 3] > 0    # shared genome tags
-  assert dense[1, 2] == 0                       # nothing in common
+  assert dense[0, 1] > 0 and dense[0, 3] > 0  # shared genome tags
+  assert dense[1, 2] == 0  # nothing in common

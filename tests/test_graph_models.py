@@ -21,8 +21,10 @@ NU, NI, D, K, B = 12, 16, 4, 3, 16
 def _data(seed=0):
   rng = np.random.default_rng(seed)
   users, items = rng.integers(0, NU, 70), rng.integers(0, NI, 70)
-  feats = {"text": rng.normal(size=(NI, 6)).astype(np.float32),
-           "image": rng.normal(size=(NI, 5)).astype(np.float32)}
+  feats = {
+    "text": rng.normal(size=(NI, 6)).astype(np.float32),
+    "image": rng.normal(size=(NI, 5)).astype(np.float32),
+  }
   masks = {"text": rng.random(NI) > 0.2, "image": rng.random(NI) > 0.3}
   for m in feats:
     feats[m][~masks[m]] = 0
@@ -47,9 +49,11 @@ def _task(name, mods=("text", "image"), **model_over):
 
 def _batch(task, seed=1):
   rng = np.random.default_rng(seed)
-  local = {"user": rng.integers(0, NU, B).astype(np.int32),
-           "pos": rng.integers(0, NI, B).astype(np.int32),
-           "neg": rng.integers(0, NI, (B, 1)).astype(np.int32)}
+  local = {
+    "user": rng.integers(0, NU, B).astype(np.int32),
+    "pos": rng.integers(0, NI, B).astype(np.int32),
+    "neg": rng.integers(0, NI, (B, 1)).astype(np.int32),
+  }
   return local, sharding.global_batch_from_local(task.mesh, local)
 
 
@@ -104,8 +108,10 @@ def lin(x, p):
 
 
 def cos_loss(a, b):
-  return np.mean(1 - np.sum(a * b, -1) / np.maximum(
-      np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1), 1e-8))
+  return np.mean(
+    1
+    - np.sum(a * b, -1) / np.maximum(np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1), 1e-8)
+  )
 
 
 # ----------------------------------------------------------------- per-model references
@@ -136,8 +142,14 @@ def ref_lattice(p, d, loc, reg, lam):
   u0, i0 = p["tables"]["user_embed"]["embedding"], p["tables"]["item_embed"]["embedding"]
   mods = sorted(feats)
   a = np.exp(p["dense"]["modal_weight"]) / np.exp(p["dense"]["modal_weight"]).sum()
-  s = sum(a[j] * ((1 - lam) * knn_np(lin(feats[m], p["dense"]["proj"][m]), masks[m], True)
-                  + lam * knn_np(feats[m], masks[m], True)) for j, m in enumerate(mods))
+  s = sum(
+    a[j]
+    * (
+      (1 - lam) * knn_np(lin(feats[m], p["dense"]["proj"][m]), masks[m], True)
+      + lam * knn_np(feats[m], masks[m], True)
+    )
+    for j, m in enumerate(mods)
+  )
   h = s @ i0[:NI]
   h = h / np.maximum(np.linalg.norm(h, axis=1, keepdims=True), 1e-12)
   u, i = lightgcn_np(u0, i0, users, items)
@@ -185,20 +197,25 @@ def ref_mmgcn(p, d, loc, reg, layers=2):
     outs_i.append(xi)
   u, i = np.mean(outs_u, 0), np.mean(outs_i, 0)
   ids = np.concatenate([loc["pos"][:, None], loc["neg"]], 1)
-  loss = bpr_np(*scores(u, i, loc)) + reg * (np.mean(u0[loc["user"]] ** 2)
-                                             + np.mean(i0[ids] ** 2))
+  loss = bpr_np(*scores(u, i, loc)) + reg * (np.mean(u0[loc["user"]] ** 2) + np.mean(i0[ids] ** 2))
   return u, i, loss
 
 
 CASES = {
-    "mmgcn": (dict(reg_weight=0.1), lambda p, d, loc: ref_mmgcn(p, d, loc, 0.1)),
-    "lightgcn": (dict(reg_weight=1e-2), lambda p, d, loc: ref_lightgcn(p, d, loc, 1e-2)),
-    "freedom": (dict(reg_weight=0.5, graph_dropout=0.0),
-                lambda p, d, loc: ref_freedom(p, d, loc, 0.5, {"image": 0.1, "text": 0.9})),
-    "lattice": (dict(reg_weight=0.1, lambda_coeff=0.7),
-                lambda p, d, loc: ref_lattice(p, d, loc, 0.1, 0.7)),
-    "bm3": (dict(reg_weight=0.1, graph_dropout=0.0, cl_weight=2.0),
-            lambda p, d, loc: ref_bm3(p, d, loc, 0.1, 2.0)),
+  "mmgcn": (dict(reg_weight=0.1), lambda p, d, loc: ref_mmgcn(p, d, loc, 0.1)),
+  "lightgcn": (dict(reg_weight=1e-2), lambda p, d, loc: ref_lightgcn(p, d, loc, 1e-2)),
+  "freedom": (
+    dict(reg_weight=0.5, graph_dropout=0.0),
+    lambda p, d, loc: ref_freedom(p, d, loc, 0.5, {"image": 0.1, "text": 0.9}),
+  ),
+  "lattice": (
+    dict(reg_weight=0.1, lambda_coeff=0.7),
+    lambda p, d, loc: ref_lattice(p, d, loc, 0.1, 0.7),
+  ),
+  "bm3": (
+    dict(reg_weight=0.1, graph_dropout=0.0, cl_weight=2.0),
+    lambda p, d, loc: ref_bm3(p, d, loc, 0.1, 2.0),
+  ),
 }
 
 
@@ -212,7 +229,7 @@ def test_model_reprs_and_loss_match_numpy(name):
   users, items = task.eval_reprs(state)
   np.testing.assert_allclose(np.asarray(users)[:NU], u_ref, atol=2e-5)
   np.testing.assert_allclose(np.asarray(items)[:NI], i_ref, atol=2e-5)
-  assert not np.asarray(items)[NI:].any()          # padding items score 0
+  assert not np.asarray(items)[NI:].any()  # padding items score 0
   new_state, metrics = task.train_step(state, batch)
   np.testing.assert_allclose(float(metrics["loss"]), loss_ref, rtol=2e-5, atol=1e-6)
   # Checkpointable: the state is parameters + optimizer only (no graph), shapes kept,

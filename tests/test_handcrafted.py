@@ -5,23 +5,33 @@ import math
 import numpy as np
 import pytest
 
-from mmrec_jax.features.handcrafted import (DEFAULT_YEAR_BUCKETS, handcrafted_feature_names,
-                                            handcrafted_text_blocks,
-                                            handcrafted_text_features, tokenize)
 from mmrec_jax.errors import DataError
+from mmrec_jax.features.handcrafted import (
+  DEFAULT_YEAR_BUCKETS,
+  handcrafted_feature_names,
+  handcrafted_text_blocks,
+  handcrafted_text_features,
+  tokenize,
+)
 
 
 def _rec(title=None, genres=(), year=None, tags=()):
-  return {"title": title, "genres": list(genres), "year": year, "tags": list(tags),
-          "image": None, "text": None}
+  return {
+    "title": title,
+    "genres": list(genres),
+    "year": year,
+    "tags": list(tags),
+    "image": None,
+    "text": None,
+  }
 
 
 ITEMS = [
-    _rec("Toy Story", ["Animation", "Comedy"], 1995, ["pixar"]),
-    _rec("Toy Soldiers", ["Action"], 1991),
-    _rec(None, [], 2000),                                  # no text: missing
-    _rec("Toy, toy: HEAT!", ["Action", "Crime"], None, ["Pixar"]),
-    _rec("  ", ["(no genres listed)"], 1925),              # blank title: missing
+  _rec("Toy Story", ["Animation", "Comedy"], 1995, ["pixar"]),
+  _rec("Toy Soldiers", ["Action"], 1991),
+  _rec(None, [], 2000),  # no text: missing
+  _rec("Toy, toy: HEAT!", ["Action", "Crime"], None, ["Pixar"]),
+  _rec("  ", ["(no genres listed)"], 1925),  # blank title: missing
 ]
 
 
@@ -31,19 +41,26 @@ def _unit(v):
 
 
 def test_tokenize():
-  assert tokenize("Toy, toy: HEAT! sci_fi Amélie 2") == ["toy", "toy", "heat", "sci", "fi",
-                                                         "amélie", "2"]
+  assert tokenize("Toy, toy: HEAT! sci_fi Amélie 2") == [
+    "toy",
+    "toy",
+    "heat",
+    "sci",
+    "fi",
+    "amélie",
+    "2",
+  ]
 
 
 def test_mask_genres_years_exact():
   b = handcrafted_text_blocks(ITEMS)
   np.testing.assert_array_equal(b.mask, [True, True, False, True, False])
   assert b.genre_names == ["action", "animation", "comedy", "crime"]
-  np.testing.assert_array_equal(b.genres, [[0, 1, 1, 0], [1, 0, 0, 0], [0, 0, 0, 0],
-                                           [1, 0, 0, 1], [0, 0, 0, 0]])
+  np.testing.assert_array_equal(
+    b.genres, [[0, 1, 1, 0], [1, 0, 0, 0], [0, 0, 0, 0], [1, 0, 0, 1], [0, 0, 0, 0]]
+  )
   assert len(b.year_names) == len(DEFAULT_YEAR_BUCKETS) + 2
-  assert b.year_names[0] == "year<1930" and b.year_names[-2:] == ["year>=2020",
-                                                                   "year:unknown"]
+  assert b.year_names[0] == "year<1930" and b.year_names[-2:] == ["year>=2020", "year:unknown"]
   expect = np.zeros((5, len(b.year_names)))
   expect[0, b.year_names.index("year:1990-1999")] = 1
   expect[1, b.year_names.index("year:1990-1999")] = 1
@@ -112,13 +129,16 @@ def test_no_terms_and_empty():
   assert feats.shape[0] == 0 and mask.shape == (0,)
 
 
-@pytest.mark.parametrize("rec,pattern", [
+@pytest.mark.parametrize(
+  "rec,pattern",
+  [
     ({"title": 3}, r"items\.jsonl row 1 key 'title': must be a string or null"),
     ({"genres": "Drama"}, r"row 1 key 'genres': must be a list of strings"),
     ({"tags": [1]}, r"row 1 key 'tags': must be a list of strings"),
     ({"year": "1990"}, r"row 1 key 'year': must be an int or null"),
     ({"year": True}, r"row 1 key 'year': must be an int or null"),
-])
+  ],
+)
 def test_bad_records(rec, pattern):
   with pytest.raises(DataError, match=pattern):
     handcrafted_text_features([_rec("ok"), rec])

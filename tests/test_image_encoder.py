@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import safetensors.numpy
 import scipy.special
+
 # Hard imports: the `test` extra has them, so a broken install fails instead of skipping.
 import torch
 import transformers
@@ -21,9 +22,15 @@ from PIL import Image
 from mmrec_jax.errors import DataError
 from mmrec_jax.features import image_encoder as ie
 
-SMALL = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-             intermediate_size=128, image_size=32, patch_size=8)
-ATOL = 1e-5   # float32, CPU; observed max |diff| ~1e-6 on outputs of magnitude ~3
+SMALL = dict(
+  hidden_size=64,
+  num_hidden_layers=2,
+  num_attention_heads=4,
+  intermediate_size=128,
+  image_size=32,
+  patch_size=8,
+)
+ATOL = 1e-5  # float32, CPU; observed max |diff| ~1e-6 on outputs of magnitude ~3
 
 
 def _save(model, path):
@@ -92,14 +99,30 @@ def test_preprocessing_matches_hf_image_processor(tmp_path, family):
   Image.fromarray(rgb).save(img_path)
   if family == "vit":
     proc = transformers.ViTImageProcessor(size={"height": 32, "width": 32})
-    cfg = ie.ViTConfig(family="vit", hidden_size=8, num_layers=1, num_heads=1,
-                       intermediate_size=8, image_size=32, patch_size=8)
+    cfg = ie.ViTConfig(
+      family="vit",
+      hidden_size=8,
+      num_layers=1,
+      num_heads=1,
+      intermediate_size=8,
+      image_size=32,
+      patch_size=8,
+    )
   else:
-    proc = transformers.CLIPImageProcessor(size={"shortest_edge": 32},
-                                           crop_size={"height": 32, "width": 32})
-    cfg = ie.ViTConfig(family="clip", hidden_size=8, num_layers=1, num_heads=1,
-                       intermediate_size=8, image_size=32, patch_size=8,
-                       layer_norm_eps=1e-5, hidden_act="quick_gelu")
+    proc = transformers.CLIPImageProcessor(
+      size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+    )
+    cfg = ie.ViTConfig(
+      family="clip",
+      hidden_size=8,
+      num_layers=1,
+      num_heads=1,
+      intermediate_size=8,
+      image_size=32,
+      patch_size=8,
+      layer_norm_eps=1e-5,
+      hidden_act="quick_gelu",
+    )
   proc.save_pretrained(tmp_path)
   prep = ie.Preprocess.for_model(tmp_path, cfg)
   ref = proc(images=Image.open(img_path), return_tensors="np")["pixel_values"][0]
@@ -115,8 +138,7 @@ def test_load_marks_missing_and_broken_files(vit_dir, tmp_path):
   Image.fromarray(np.full((40, 40, 3), 128, np.uint8)).save(good)
   broken = tmp_path / "broken.jpg"
   broken.write_bytes(b"not an image")
-  pixels, ok, problems = enc.load([str(good), None, str(tmp_path / "missing.jpg"),
-                                   str(broken)])
+  pixels, ok, problems = enc.load([str(good), None, str(tmp_path / "missing.jpg"), str(broken)])
   assert ok.tolist() == [True, False, False, False]
   assert len(problems) == 2
   assert pixels.shape == (4, 32, 32, 3)
@@ -126,7 +148,8 @@ def test_load_marks_missing_and_broken_files(vit_dir, tmp_path):
 
 
 def test_loader_rejects_mismatched_checkpoint(vit_dir, tmp_path):
-  import shutil  # pylint: disable=g-import-not-at-top
+  import shutil
+
   path = tmp_path / "bad"
   shutil.copytree(vit_dir[0], path)
   cfg = json.loads((path / "config.json").read_text())
@@ -144,26 +167,44 @@ def _timm_vit_state(rng, h=32, layers=2, f=64, p=8, c=3, image=32, classes=5):
   """Random tensors named and shaped as timm ``VisionTransformer.state_dict()``."""
   r = lambda *shape: (0.2 * rng.standard_normal(shape)).astype(np.float32)
   n = (image // p) ** 2 + 1
-  state = {"cls_token": r(1, 1, h), "pos_embed": r(1, n, h),
-           "patch_embed.proj.weight": r(h, c, p, p), "patch_embed.proj.bias": r(h),
-           "norm.weight": 1 + r(h), "norm.bias": r(h), "head.weight": r(classes, h),
-           "head.bias": r(classes)}
+  state = {
+    "cls_token": r(1, 1, h),
+    "pos_embed": r(1, n, h),
+    "patch_embed.proj.weight": r(h, c, p, p),
+    "patch_embed.proj.bias": r(h),
+    "norm.weight": 1 + r(h),
+    "norm.bias": r(h),
+    "head.weight": r(classes, h),
+    "head.bias": r(classes),
+  }
   for i in range(layers):
     b = f"blocks.{i}."
-    state.update({b + "norm1.weight": 1 + r(h), b + "norm1.bias": r(h),
-                  b + "attn.qkv.weight": r(3 * h, h), b + "attn.qkv.bias": r(3 * h),
-                  b + "attn.proj.weight": r(h, h), b + "attn.proj.bias": r(h),
-                  b + "norm2.weight": 1 + r(h), b + "norm2.bias": r(h),
-                  b + "mlp.fc1.weight": r(f, h), b + "mlp.fc1.bias": r(f),
-                  b + "mlp.fc2.weight": r(h, f), b + "mlp.fc2.bias": r(h)})
+    state.update(
+      {
+        b + "norm1.weight": 1 + r(h),
+        b + "norm1.bias": r(h),
+        b + "attn.qkv.weight": r(3 * h, h),
+        b + "attn.qkv.bias": r(3 * h),
+        b + "attn.proj.weight": r(h, h),
+        b + "attn.proj.bias": r(h),
+        b + "norm2.weight": 1 + r(h),
+        b + "norm2.bias": r(h),
+        b + "mlp.fc1.weight": r(f, h),
+        b + "mlp.fc1.bias": r(f),
+        b + "mlp.fc2.weight": r(h, f),
+        b + "mlp.fc2.bias": r(h),
+      }
+    )
   return state
 
 
 def _timm_vit_reference(s, x, heads, layers, p=8, eps=1e-6):
   """timm's VisionTransformer.forward_features + CLS pooling, written out in numpy."""
+
   def ln(t, name):
     mu, var = t.mean(-1, keepdims=True), t.var(-1, keepdims=True)
     return (t - mu) / np.sqrt(var + eps) * s[name + ".weight"] + s[name + ".bias"]
+
   lin = lambda t, name: t @ s[name + ".weight"].T + s[name + ".bias"]
   b, c, hh, ww = x.shape
   patches = x.reshape(b, c, hh // p, p, ww // p, p).transpose(0, 2, 4, 1, 3, 5)
@@ -176,11 +217,11 @@ def _timm_vit_reference(s, x, heads, layers, p=8, eps=1e-6):
   for i in range(layers):
     pre = f"blocks.{i}."
     qkv = lin(ln(t, pre + "norm1"), pre + "attn.qkv").reshape(b, n, 3, heads, h // heads)
-    q, k, v = qkv.transpose(2, 0, 3, 1, 4)          # [b, heads, n, d] each
+    q, k, v = qkv.transpose(2, 0, 3, 1, 4)  # [b, heads, n, d] each
     att = scipy.special.softmax(q @ k.transpose(0, 1, 3, 2) / np.sqrt(h // heads), -1)
     t = t + lin((att @ v).transpose(0, 2, 1, 3).reshape(b, n, h), pre + "attn.proj")
     y = lin(ln(t, pre + "norm2"), pre + "mlp.fc1")
-    y = 0.5 * y * (1 + scipy.special.erf(y / np.sqrt(2)))   # nn.GELU (erf)
+    y = 0.5 * y * (1 + scipy.special.erf(y / np.sqrt(2)))  # nn.GELU (erf)
     t = t + lin(y, pre + "mlp.fc2")
   return ln(t, "norm")[:, 0]
 
@@ -191,22 +232,33 @@ def test_timm_vit_state_dict_matches_numpy_timm_forward(tmp_path):
   rng = np.random.default_rng(7)
   state = _timm_vit_state(rng)
   safetensors.numpy.save_file(state, str(tmp_path / "model.safetensors"))
-  (tmp_path / "config.json").write_text(json.dumps(dict(
-      model_type="vit", layer_norm_eps=1e-6, hidden_size=32, num_hidden_layers=2,
-      num_attention_heads=4, intermediate_size=64, image_size=32, patch_size=8)))
+  (tmp_path / "config.json").write_text(
+    json.dumps(
+      dict(
+        model_type="vit",
+        layer_norm_eps=1e-6,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        image_size=32,
+        patch_size=8,
+      )
+    )
+  )
   enc = ie.ImageEncoder.from_pretrained(tmp_path, batch_size=8, normalize=False)
   x = _pixels(n=3, seed=4)
   got = enc.encode(x.transpose(0, 2, 3, 1))
-  ref = _timm_vit_reference({k: v.astype(np.float64) for k, v in state.items()},
-                            x.astype(np.float64), heads=4, layers=2)
+  ref = _timm_vit_reference(
+    {k: v.astype(np.float64) for k, v in state.items()}, x.astype(np.float64), heads=4, layers=2
+  )
   np.testing.assert_allclose(got, ref, atol=ATOL, rtol=1e-5)
   # Sanity: q, k and v really come from different thirds of qkv (a swap changes output).
   swapped = dict(state)
   qkv = state["blocks.0.attn.qkv.weight"]
   swapped["blocks.0.attn.qkv.weight"] = np.concatenate([qkv[32:64], qkv[:32], qkv[64:]])
   hf = ie.timm_vit_to_hf(swapped, "x")
-  np.testing.assert_array_equal(hf["encoder.layer.0.attention.attention.query.weight"],
-                                qkv[32:64])
+  np.testing.assert_array_equal(hf["encoder.layer.0.attention.attention.query.weight"], qkv[32:64])
   state["blocks.0.ls1.gamma"] = np.ones(32, np.float32)
   safetensors.numpy.save_file(state, str(tmp_path / "model.safetensors"))
   with pytest.raises(DataError, match="timm tensor 'blocks.0.ls1.gamma'"):

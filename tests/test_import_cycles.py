@@ -43,8 +43,11 @@ def _module_name(path: pathlib.Path) -> str:
 
 
 def _modules() -> dict[str, pathlib.Path]:
-  return {_module_name(p): p for p in sorted((ROOT / PACKAGE).rglob("*.py"))
-          if "__pycache__" not in p.parts}
+  return {
+    _module_name(p): p
+    for p in sorted((ROOT / PACKAGE).rglob("*.py"))
+    if "__pycache__" not in p.parts
+  }
 
 
 def _resolve_relative(module: str, is_package: bool, level: int, name: str | None) -> str:
@@ -52,12 +55,11 @@ def _resolve_relative(module: str, is_package: bool, level: int, name: str | Non
   if not is_package:
     base = base[:-1]
   if level > 1:
-    base = base[:len(base) - (level - 1)]
+    base = base[: len(base) - (level - 1)]
   return ".".join(base + ([name] if name else []))
 
 
-def _imports(module: str, path: pathlib.Path,
-             known: set[str]) -> list[tuple[str, int]]:
+def _imports(module: str, path: pathlib.Path, known: set[str]) -> list[tuple[str, int]]:
   """(imported mmrec_jax module, line) for every import in ``path``."""
   tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
   is_package = path.name == "__init__.py"
@@ -104,8 +106,7 @@ def import_graph() -> tuple[dict[str, set[str]], dict[tuple[str, str], list[int]
     for t, line in _imports(m, path, known):
       parts = t.split(".")
       packages = [".".join(parts[:k]) for k in range(2, len(parts))]
-      for dst in [t] + [p for p in packages
-                        if p in known and m != p and not m.startswith(p + ".")]:
+      for dst in [t] + [p for p in packages if p in known and m != p and not m.startswith(p + ".")]:
         graph[m].add(dst)
         seen = lines.setdefault((m, dst), [])
         if line not in seen:
@@ -168,8 +169,11 @@ def cycles() -> list[str]:
     if len(comp) == 1 and comp[0] not in graph[comp[0]]:
       continue
     members = set(comp)
-    edges = [f"{a} -> {b} (line {', '.join(map(str, lines[(a, b)]))})"
-             for a in comp for b in sorted(graph[a] & members)]
+    edges = [
+      f"{a} -> {b} (line {', '.join(map(str, lines[(a, b)]))})"
+      for a in comp
+      for b in sorted(graph[a] & members)
+    ]
     out.append(f"cycle among {comp}: " + "; ".join(edges))
   return out
 
@@ -214,12 +218,14 @@ def test_importing_from_outside_a_package_runs_its_init(tmp_path, monkeypatch):
   graph, _ = import_graph()
   assert graph["mmrec_jax.q.y"] == {"mmrec_jax.p.z", "mmrec_jax.p"}
   assert graph["mmrec_jax.p.x"] == {"mmrec_jax.q.y", "mmrec_jax.q"}
-  found = cycles()   # q.y -> p (its __init__) -> p.x -> q.y
+  found = cycles()  # q.y -> p (its __init__) -> p.x -> q.y
   assert len(found) == 1 and "mmrec_jax.p'" in found[0] and "mmrec_jax.q.y" in found[0]
 
 
 def test_no_import_cycles():
   found = cycles()
   if found:
-    pytest.fail("import cycles in mmrec_jax (break them by moving the shared part to a "
-                "lower module):\n" + "\n".join(found))
+    pytest.fail(
+      "import cycles in mmrec_jax (break them by moving the shared part to a "
+      "lower module):\n" + "\n".join(found)
+    )

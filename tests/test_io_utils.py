@@ -22,13 +22,14 @@ def test_sha256_file_matches_hashlib(tmp_path):
   path.write_bytes(data)
   want = hashlib.sha256(data).hexdigest()
   assert io_utils.sha256_file(path) == want
-  assert io_utils.sha256_file(path, chunk=1000) == want     # several blocks
+  assert io_utils.sha256_file(path, chunk=1000) == want  # several blocks
   (tmp_path / "empty").write_bytes(b"")
   assert io_utils.sha256_file(tmp_path / "empty") == hashlib.sha256(b"").hexdigest()
   # a known answer, independent of hashlib
   (tmp_path / "abc").write_bytes(b"abc")
   assert io_utils.sha256_file(str(tmp_path / "abc")) == (
-      "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+    "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+  )
 
 
 def test_atomic_writes_replace_and_leave_no_temp_files(tmp_path):
@@ -64,7 +65,7 @@ def test_failure_mid_write_keeps_the_old_file(tmp_path):
   with pytest.raises(Boom):
     with io_utils.atomic_path(path) as tmp:
       with open(tmp, "w") as f:
-        f.write('{"v": 2, "half')        # half written, then the writer dies
+        f.write('{"v": 2, "half')  # half written, then the writer dies
       raise Boom()
   assert path.read_bytes() == before
   assert _siblings(path) == ["results.json"]
@@ -81,10 +82,10 @@ def test_atomic_path_keeps_the_suffix_for_format_sniffing_writers(tmp_path):
   path = tmp_path / "arr.npy"
   with io_utils.atomic_path(path) as tmp:
     assert tmp.parent == tmp_path and tmp.suffix == ".npy" and tmp.name.startswith(".")
-    np.save(tmp, np.arange(3))                 # np.save would append .npy otherwise
+    np.save(tmp, np.arange(3))  # np.save would append .npy otherwise
   np.testing.assert_array_equal(np.load(path), np.arange(3))
   assert _siblings(path) == ["arr.npy"]
-  with pytest.raises(FileNotFoundError):       # nothing written: nothing replaced
+  with pytest.raises(FileNotFoundError):  # nothing written: nothing replaced
     with io_utils.atomic_path(tmp_path / "never.txt"):
       pass
   assert not (tmp_path / "never.txt").exists() and _siblings(path) == ["arr.npy"]
@@ -95,14 +96,14 @@ def test_replace_dir_installs_new_and_removes_old(tmp_path):
   new = tmp_path / ".ds.tmp-1"
   new.mkdir()
   (new / "a").write_text("1")
-  io_utils.replace_dir(new, target)              # no old directory: one rename
+  io_utils.replace_dir(new, target)  # no old directory: one rename
   assert (target / "a").read_text() == "1" and not new.exists()
   newer = tmp_path / ".ds.tmp-2"
   newer.mkdir()
   (newer / "b").write_text("2")
   io_utils.replace_dir(newer, target)
   assert sorted(p.name for p in target.iterdir()) == ["b"]
-  assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]   # old one deleted
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]  # old one deleted
 
 
 def test_replace_dir_failure_restores_the_old_dir(tmp_path, monkeypatch):
@@ -124,16 +125,19 @@ def test_replace_dir_failure_restores_the_old_dir(tmp_path, monkeypatch):
   with pytest.raises(OSError, match="disk gone"):
     io_utils.replace_dir(new, target)
   assert (target / "a").read_text() == "old"
-  assert calls[0][1].startswith(".ds.old-")      # the name data/prepare.py restores from
+  assert calls[0][1].startswith(".ds.old-")  # the name data/prepare.py restores from
   assert sorted(p.name for p in tmp_path.iterdir()) == [".ds.tmp-1", "ds"]
 
 
-@pytest.mark.parametrize("content, problem", [
+@pytest.mark.parametrize(
+  "content, problem",
+  [
     (None, "file not found"),
     ("{not json", "not valid JSON"),
     (b"\xff\xfe{}", "not valid JSON"),
     ("[1, 2]", "expected a JSON object, got list"),
-])
+  ],
+)
 def test_read_json_errors_are_one_line_naming_the_file(tmp_path, content, problem):
   path = tmp_path / "manifest.json"
   if isinstance(content, bytes):

@@ -18,7 +18,7 @@ def scores():
   pos = rng.normal(size=6).astype(np.float32)
   neg = rng.normal(size=(6, 3)).astype(np.float32)
   valid = rng.random((6, 3)) > 0.3
-  valid[0] = False                        # an example without valid negatives
+  valid[0] = False  # an example without valid negatives
   return pos, neg, valid
 
 
@@ -50,10 +50,10 @@ def test_sampled_softmax_with_logq_and_temperature(scores):
   rng = np.random.default_rng(1)
   pos_logq = np.log(rng.uniform(0.01, 0.5, size=6)).astype(np.float32)
   neg_logq = np.log(rng.uniform(0.01, 0.5, size=(6, 3))).astype(np.float32)
-  got = losses.compute_loss("sampled_softmax", pos, neg, valid, pos_logq=pos_logq,
-                            neg_logq=neg_logq, temperature=0.5)
-  np.testing.assert_allclose(got, _softmax_ref(pos, neg, valid, pos_logq, neg_logq, 0.5),
-                             rtol=1e-5)
+  got = losses.compute_loss(
+    "sampled_softmax", pos, neg, valid, pos_logq=pos_logq, neg_logq=neg_logq, temperature=0.5
+  )
+  np.testing.assert_allclose(got, _softmax_ref(pos, neg, valid, pos_logq, neg_logq, 0.5), rtol=1e-5)
   # No correction = zero logQ.
   got0 = losses.compute_loss("sampled_softmax", pos, neg, valid)
   np.testing.assert_allclose(got0, _softmax_ref(pos, neg, valid, 0.0, 0.0, 1.0), rtol=1e-5)
@@ -68,8 +68,14 @@ def test_in_batch_softmax_matrix_form():
   logq = np.log(np.array([0.1, 0.2, 0.1, 0.3, 0.05], np.float32))
   logits = u @ it.T
   valid = pos_ids[None, :] != pos_ids[:, None]
-  got = losses.compute_loss("sampled_softmax", np.diag(logits), logits, valid,
-                            pos_logq=logq, neg_logq=np.broadcast_to(logq, (5, 5)))
+  got = losses.compute_loss(
+    "sampled_softmax",
+    np.diag(logits),
+    logits,
+    valid,
+    pos_logq=logq,
+    neg_logq=np.broadcast_to(logq, (5, 5)),
+  )
   ref = []
   for b in range(5):
     cand = [j for j in range(5) if j == b or pos_ids[j] != pos_ids[b]]

@@ -21,19 +21,25 @@ def direct(hits_row, n, k):
   first = next((j + 1 for j, x in enumerate(r) if x), None)
   dcg = sum(1 / math.log2(j + 2) for j, x in enumerate(r) if x)
   idcg = sum(1 / math.log2(j + 2) for j in range(min(n, k)))
-  ap = sum(sum(r[:j + 1]) / (j + 1) for j, x in enumerate(r) if x) / min(n, k)
-  return {"recall": h / n, "recall_capped": h / min(n, k), "precision": h / k,
-          "hit": float(h > 0), "ndcg": dcg / idcg, "mrr": 0.0 if first is None else 1 / first,
-          "map": ap}
+  ap = sum(sum(r[: j + 1]) / (j + 1) for j, x in enumerate(r) if x) / min(n, k)
+  return {
+    "recall": h / n,
+    "recall_capped": h / min(n, k),
+    "precision": h / k,
+    "hit": float(h > 0),
+    "ndcg": dcg / idcg,
+    "mrr": 0.0 if first is None else 1 / first,
+    "map": ap,
+  }
 
 
 def random_hits(seed, users=60, kmax=8):
   rng = np.random.default_rng(seed)
-  n = rng.integers(0, 12, users)            # includes 0 (no truth) and n < K
+  n = rng.integers(0, 12, users)  # includes 0 (no truth) and n < K
   hits = rng.random((users, kmax)) < 0.3
   hits &= np.arange(kmax)[None, :] < np.maximum(n, 0)[:, None] + rng.integers(0, 4, users)[:, None]
-  for u in range(users):                    # never more hits than ground truth
-    extra = np.nonzero(hits[u])[0][n[u]:]
+  for u in range(users):  # never more hits than ground truth
+    extra = np.nonzero(hits[u])[0][n[u] :]
     hits[u, extra] = False
   return hits, n
 
@@ -65,8 +71,9 @@ def test_hand_computed_example():
 
 def test_recall_uses_full_truth_size_not_min():
   # 50 ground-truth items, all of the top 10 relevant: recall 0.2, capped recall 1
-  got = M.metrics_from_hits(np.ones((1, 10), bool), np.array([50]), (10,), ("recall",
-                                                                            "recall_capped"))
+  got = M.metrics_from_hits(
+    np.ones((1, 10), bool), np.array([50]), (10,), ("recall", "recall_capped")
+  )
   assert got["recall@10"][0] == pytest.approx(0.2)
   assert got["recall_capped@10"][0] == pytest.approx(1.0)
 
@@ -74,7 +81,7 @@ def test_recall_uses_full_truth_size_not_min():
 def test_reference_ranking_breaks_ties_by_lower_item_id_and_excludes():
   scores = np.array([1.0, 3.0, 3.0, 2.0, 3.0, 0.0])
   top, s = M.rank_items_reference(scores, np.array([2]), 6)
-  assert top.tolist() == [1, 4, 3, 0, 5, 2]       # excluded item 2 last, with -inf
+  assert top.tolist() == [1, 4, 3, 0, 5, 2]  # excluded item 2 last, with -inf
   assert np.isneginf(s[-1])
 
 
@@ -109,9 +116,10 @@ def test_paired_tests_match_scipy_and_handle_degenerate_cases():
 
 
 def test_compare_aligns_users():
-  class R:   # minimal EvalResult stand-in
+  class R:  # minimal EvalResult stand-in
     def __init__(self, users, vals):
       self.users, self.per_user = np.asarray(users), {"ndcg@10": np.asarray(vals, float)}
+
   a = R([1, 2, 3, 5], [0.1, 0.2, 0.3, 0.5])
   b = R([2, 3, 4, 5], [0.0, 0.3, 0.9, 0.1])
   out = stats.compare(a, b, ["ndcg@10"])["ndcg@10"]

@@ -39,13 +39,24 @@ def _info(seed=0):
 
 def _build(cfg, seed=0):
   with nnx.use_eager_sharding(False):
-    return build_model(cfg.model, num_users=NU, num_items=NI, feature_dims=DIMS,
-                       rngs=nnx.Rngs(seed))
+    return build_model(
+      cfg.model, num_users=NU, num_items=NI, feature_dims=DIMS, rngs=nnx.Rngs(seed)
+    )
 
 
 def test_registry_and_unknown_names():
-  assert set(MODELS) == {"bpr_mf", "vbpr", "two_tower", "lightgcn", "mmgcn", "lattice",
-                         "freedom", "bm3"}
+  assert set(MODELS) == {
+    "bpr_mf",
+    "vbpr",
+    "two_tower",
+    "lightgcn",
+    "mmgcn",
+    "lattice",
+    "freedom",
+    "bm3",
+    "mf",
+    "pmf",
+  }
   with pytest.raises(ConfigError, match="two_tower"):
     _build(_cfg("ncf"))
   with pytest.raises(ConfigError, match="attention"):
@@ -62,7 +73,7 @@ def test_bpr_mf_eval_reprs_equal_gather_dot():
   u, i = np.array([0, 3, 19]), np.array([5, 29, 0])
   got = np.sum(np.asarray(users)[u] * np.asarray(items)[i], axis=1)
   np.testing.assert_allclose(got, np.sum(p[u] * q[i], axis=1), rtol=1e-5)
-  assert not np.asarray(items)[NI:].any()        # padding rows are zero
+  assert not np.asarray(items)[NI:].any()  # padding rows are zero
 
 
 def test_bpr_mf_item_bias_adds_b_i_and_is_trained():
@@ -73,11 +84,12 @@ def test_bpr_mf_item_bias_adds_b_i_and_is_trained():
   task = Task(cfg, _info(), sharding.make_mesh())
   state = task.init(0)
   tb = state["params"]["tables"]
-  assert not np.asarray(tb["item_bias"]["embedding"]).any()     # starts at zero
+  assert not np.asarray(tb["item_bias"]["embedding"]).any()  # starts at zero
   b = np.zeros((task.padded_items, 1), np.float32)
   b[:NI, 0] = np.linspace(-1, 1, NI)
   tb["item_bias"]["embedding"] = jax.device_put(
-      jnp.asarray(b), tb["item_bias"]["embedding"].sharding)
+    jnp.asarray(b), tb["item_bias"]["embedding"].sharding
+  )
   users, items = task.eval_reprs(state)
   p = np.asarray(tb["user_embed"]["embedding"])
   q = np.asarray(tb["item_embed"]["embedding"])
@@ -85,9 +97,12 @@ def test_bpr_mf_item_bias_adds_b_i_and_is_trained():
   got = np.sum(np.asarray(users)[u] * np.asarray(items)[i], axis=1)
   np.testing.assert_allclose(got, np.sum(p[u] * q[i], axis=1) + b[i, 0], rtol=1e-5)
   # One BPR step moves the positive's bias up and the negative's down.
-  n = 8   # a multiple of the data axis of any test mesh
-  batch = {"user": np.arange(n, dtype=np.int32), "pos": np.full(n, 4, np.int32),
-           "neg": np.full((n, 1), 7, np.int32)}
+  n = 8  # a multiple of the data axis of any test mesh
+  batch = {
+    "user": np.arange(n, dtype=np.int32),
+    "pos": np.full(n, 4, np.int32),
+    "neg": np.full((n, 1), 7, np.int32),
+  }
   before = np.asarray(state["params"]["tables"]["item_bias"]["embedding"])[:, 0].copy()
   state, _ = task.train_step(state, sharding.global_batch_from_local(task.mesh, batch))
   after = np.asarray(state["params"]["tables"]["item_bias"]["embedding"])[:, 0]
@@ -103,18 +118,26 @@ def test_vbpr_score_equals_formula():
   # Non-zero item biases so every term of the formula is exercised.
   tb = state["params"]["tables"]
   tb["item_bias"]["embedding"] = jax.device_put(
-      jnp.arange(task.padded_items, dtype=jnp.float32)[:, None] / 10,
-      tb["item_bias"]["embedding"].sharding)
+    jnp.arange(task.padded_items, dtype=jnp.float32)[:, None] / 10,
+    tb["item_bias"]["embedding"].sharding,
+  )
   users, items = map(np.asarray, task.eval_reprs(state))
   t = {k: np.asarray(v["embedding"]) for k, v in tb.items()}
   dense = state["params"]["dense"]
   e, bp = np.asarray(dense["proj"]["kernel"]), np.asarray(dense["feat_bias"]["kernel"])
-  f = np.concatenate([info.features["image"] * info.feature_masks["image"][:, None],
-                      info.features["text"] * info.feature_masks["text"][:, None]], axis=1)
-  ref = (t["item_bias"][:NI, 0][None, :]
-         + t["gamma_user"][:NU] @ t["gamma_item"][:NI].T
-         + t["theta_user"][:NU] @ (f @ e).T
-         + (f @ bp)[:, 0][None, :])
+  f = np.concatenate(
+    [
+      info.features["image"] * info.feature_masks["image"][:, None],
+      info.features["text"] * info.feature_masks["text"][:, None],
+    ],
+    axis=1,
+  )
+  ref = (
+    t["item_bias"][:NI, 0][None, :]
+    + t["gamma_user"][:NU] @ t["gamma_item"][:NI].T
+    + t["theta_user"][:NU] @ (f @ e).T
+    + (f @ bp)[:, 0][None, :]
+  )
   np.testing.assert_allclose(users[:NU] @ items[:NI].T, ref, rtol=1e-4, atol=1e-5)
   assert users.shape[1] == 8 + 2
 
@@ -126,8 +149,10 @@ def test_masked_modality_has_no_effect(fusion, use_ids):
   rng = np.random.default_rng(0)
   ids = jnp.arange(4)
   feats = {m: jnp.asarray(rng.normal(size=(4, d)), jnp.float32) for m, d in DIMS.items()}
-  masks = {"image": jnp.array([True, False, True, False]),
-           "text": jnp.array([True, True, False, False])}
+  masks = {
+    "image": jnp.array([True, False, True, False]),
+    "text": jnp.array([True, True, False, False]),
+  }
   out = model.item_repr(ids, feats, masks)
   assert out.shape == (4, 8)
   feats2 = {m: f + jnp.where(masks[m][:, None], 0.0, 100.0) for m, f in feats.items()}
@@ -146,7 +171,7 @@ def test_attention_weights_sum_to_one_over_present():
   np.testing.assert_allclose(w.sum(axis=1), [1, 1, 1, 0, 1], rtol=1e-6)
   assert (w[~np.asarray(present)] == 0).all()
   g = jax.grad(lambda e: jnp.sum(fusion(e, present)))(embs)
-  assert np.isfinite(np.asarray(g)).all()        # all-absent row stays NaN-free
+  assert np.isfinite(np.asarray(g)).all()  # all-absent row stays NaN-free
 
 
 def test_sum_fusion_is_mean_of_present():
@@ -164,11 +189,11 @@ def test_modality_dropout_only_in_training():
   feats = {m: jnp.asarray(rng.normal(size=(64, d)), jnp.float32) for m, d in DIMS.items()}
   masks = {m: jnp.ones(64, bool) for m in DIMS}
   a = model.item_repr(ids, feats, masks)
-  np.testing.assert_array_equal(a, model.item_repr(ids, feats, masks))    # eval deterministic
+  np.testing.assert_array_equal(a, model.item_repr(ids, feats, masks))  # eval deterministic
   _, present = model.sources(ids, feats, masks, rng=jax.random.PRNGKey(1))
   frac = float(jnp.mean(present[:, 1:]))
-  assert 0.3 < frac < 0.7                          # about half the modalities dropped
-  assert bool(jnp.all(present[:, 0]))              # the ID embedding is never dropped
+  assert 0.3 < frac < 0.7  # about half the modalities dropped
+  assert bool(jnp.all(present[:, 0]))  # the ID embedding is never dropped
   b = model.item_repr(ids, feats, masks, rng=jax.random.PRNGKey(1))
   assert not np.allclose(a, b)
 

@@ -40,37 +40,61 @@ TIMEOUT_S = 300
 
 def probe() -> None:
   """One process of the mesh test: prints one JSON line."""
-  from absl import flags  # pylint: disable=g-import-not-at-top
+  from absl import flags
+
   flags.FLAGS(["probe"])  # distributed's flags must be parsed before they are read
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from mmrec_jax import distributed, sharding  # pylint: disable=g-import-not-at-top
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
+  from mmrec_jax import distributed, sharding
+
   distributed.initialize_from_flags()
   mesh = sharding.make_mesh()
   pid, n = jax.process_index(), jax.process_count()
-  global_users = np.arange(16, dtype=np.int32)   # global batch of 16
-  local = global_users.reshape(n, -1)[pid]       # this process's slice
+  global_users = np.arange(16, dtype=np.int32)  # global batch of 16
+  local = global_users.reshape(n, -1)[pid]  # this process's slice
   batch = sharding.global_batch_from_local(mesh, {"user": local})
   total = int(jax.jit(jnp.sum, out_shardings=sharding.replicated(mesh))(batch["user"]))
-  print(json.dumps({"process": pid, "processes": n, "devices": jax.device_count(),
-                    "local_devices": jax.local_device_count(), "batch_shape":
-                    list(batch["user"].shape), "sum": total,
-                    "expected": int(global_users.sum())}), flush=True)
+  print(
+    json.dumps(
+      {
+        "process": pid,
+        "processes": n,
+        "devices": jax.device_count(),
+        "local_devices": jax.local_device_count(),
+        "batch_shape": list(batch["user"].shape),
+        "sum": total,
+        "expected": int(global_users.sum()),
+      }
+    ),
+    flush=True,
+  )
   jax.distributed.shutdown()
 
 
-def _local(*args: str, cwd: pathlib.Path = REPO, extra_env: dict | None = None
-           ) -> subprocess.CompletedProcess:
+def _local(
+  *args: str, cwd: pathlib.Path = REPO, extra_env: dict | None = None
+) -> subprocess.CompletedProcess:
   env = {**os.environ, **(extra_env or {})}
-  return subprocess.run([sys.executable, str(LOCAL), f"--timeout={TIMEOUT_S}", *args],
-                        capture_output=True, text=True, cwd=cwd, env=env,
-                        timeout=TIMEOUT_S + 60, check=False)
+  return subprocess.run(
+    [sys.executable, str(LOCAL), f"--timeout={TIMEOUT_S}", *args],
+    capture_output=True,
+    text=True,
+    cwd=cwd,
+    env=env,
+    timeout=TIMEOUT_S + 60,
+    check=False,
+  )
 
 
 def test_two_processes_form_one_mesh():
-  out = _local("--num_processes=2", "--devices_per_process=2", "--module=test_multiprocess",
-               extra_env={"PYTHONPATH": str(REPO / "tests")})
+  out = _local(
+    "--num_processes=2",
+    "--devices_per_process=2",
+    "--module=test_multiprocess",
+    extra_env={"PYTHONPATH": str(REPO / "tests")},
+  )
   assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
   rows = {}
   for line in out.stdout.splitlines():
@@ -91,16 +115,38 @@ def _metrics(workdir: pathlib.Path) -> dict:
 
 
 def test_training_matches_single_process(tmp_path):
-  cache = tmp_path / "cache"   # both runs prepare the same synthetic dataset here
+  cache = tmp_path / "cache"  # both runs prepare the same synthetic dataset here
   main_args = [f"--config={SMOKE}", f"--config.data.cache_dir={cache}"]
   single = subprocess.run(
-      ["timeout", "-s", "KILL", str(TIMEOUT_S), sys.executable, "-m", "mmrec_jax.main",
-       *main_args, f"--workdir={tmp_path / 'single'}"], capture_output=True, text=True,
-      cwd=REPO, check=False, env={**os.environ, "JAX_PLATFORMS": "cpu",
-                                  "XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
+    [
+      "timeout",
+      "-s",
+      "KILL",
+      str(TIMEOUT_S),
+      sys.executable,
+      "-m",
+      "mmrec_jax.main",
+      *main_args,
+      f"--workdir={tmp_path / 'single'}",
+    ],
+    capture_output=True,
+    text=True,
+    cwd=REPO,
+    check=False,
+    env={
+      **os.environ,
+      "JAX_PLATFORMS": "cpu",
+      "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+    },
+  )
   assert single.returncode == 0, single.stderr[-4000:]
-  multi = _local("--num_processes=2", "--devices_per_process=2", "--", *main_args,
-                 f"--workdir={tmp_path / 'multi'}")
+  multi = _local(
+    "--num_processes=2",
+    "--devices_per_process=2",
+    "--",
+    *main_args,
+    f"--workdir={tmp_path / 'multi'}",
+  )
   assert multi.returncode == 0, multi.stdout[-6000:] + multi.stderr[-2000:]
   _check_one_writer_all_shards(tmp_path / "single", tmp_path / "multi")
   _check_only_process_0_logs_info(multi.stdout)
@@ -110,13 +156,12 @@ def test_training_matches_single_process(tmp_path):
   for split in ("valid", "test"):
     assert sorted(a[split]) == sorted(b[split])
     for k in a[split]:
-      assert abs(a[split][k] - b[split][k]) <= METRIC_ATOL, (split, k, a[split][k],
-                                                            b[split][k])
+      assert abs(a[split][k] - b[split][k]) <= METRIC_ATOL, (split, k, a[split][k], b[split][k])
 
 
 def _check_one_writer_all_shards(single: pathlib.Path, multi: pathlib.Path) -> None:
   """Checkpoints hold both processes' shards; summaries were written by one process."""
-  for manager in ("checkpoints", "best"):   # the latest and the best-so-far managers
+  for manager in ("checkpoints", "best"):  # the latest and the best-so-far managers
     assert list((multi / manager).glob("*/state")), sorted(p.name for p in multi.iterdir())
   for state in sorted(multi.glob("*/*/state")):
     shards = sorted(p.name for p in state.glob("ocdbt.process_*"))
@@ -124,11 +169,13 @@ def _check_one_writer_all_shards(single: pathlib.Path, multi: pathlib.Path) -> N
   # One TensorBoard writer: a second process would add its own events file.
   events = list((multi / "tensorboard").glob("events.out.tfevents.*"))
   assert len(events) == 1, events
+
   # One metrics.jsonl writer: every (step, kind) row once, and the evaluation rows of the
   # single-process run (train rows differ: several processes sync, so log, every step).
   def keys(workdir, evals_only=False):
     rows = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines() if l]
     return [(r["step"], r["kind"]) for r in rows if not evals_only or r["kind"] != "train"]
+
   assert len(keys(multi)) == len(set(keys(multi))), keys(multi)
   assert keys(multi, evals_only=True) == keys(single, evals_only=True) != []
 
@@ -137,10 +184,11 @@ def _check_only_process_0_logs_info(stdout: str) -> None:
   """Process 1 logs at INFO only that it joined; the loop's INFO lines are process 0's."""
   info = {i: re.findall(rf"^\[p{i}\] I\d{{4}} .*$", stdout, re.M) for i in range(2)}
   assert any("over 4 devices (2 processes)" in l for l in info[0]), stdout[-4000:]
-  assert any(" valid " in l for l in info[0]), stdout[-4000:]   # eval lines of the loop
-  assert [l for l in info[1] if "jax.distributed (explicit): process 1 of 2" not in l] == [], (
-      info[1])
-  assert len(info[1]) == 1, stdout[-4000:]   # process 1 did start and join
+  assert any(" valid " in l for l in info[0]), stdout[-4000:]  # eval lines of the loop
+  assert [l for l in info[1] if "jax.distributed (explicit): process 1 of 2" not in l] == [], info[
+    1
+  ]
+  assert len(info[1]) == 1, stdout[-4000:]  # process 1 did start and join
 
 
 if __name__ == "__main__":

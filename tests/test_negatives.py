@@ -81,8 +81,7 @@ def test_positive_set_contains_matches_python_set():
   np.testing.assert_array_equal(ps.contains(qu, qi), want)
 
 
-@pytest.mark.parametrize("name,max_rounds", [("uniform", 10), ("popularity", 10),
-                                             ("uniform", 0)])
+@pytest.mark.parametrize("name,max_rounds", [("uniform", 10), ("popularity", 10), ("uniform", 0)])
 def test_exclusion_never_returns_a_positive(name, max_rounds):
   # Dense positives: each user has ~60% of the 20 items, so many draws hit; with
   # max_rounds=0 every hit goes through the deterministic fallback.
@@ -130,8 +129,12 @@ def test_samplers_registry_names_and_in_batch():
   assert list(negatives.SAMPLERS) == ["uniform", "popularity", "in_batch"]
   assert negatives.SAMPLERS[negatives.IN_BATCH] is None
   assert negatives.SAMPLERS["uniform"](5, None, 0.75) is None
-  np.testing.assert_allclose(negatives.SAMPLERS["popularity"](3, np.array([1, 0, 3]), 1.0),
-                             [0.25, 0.0, 0.75])
-  with pytest.raises(ConfigError, match=r"'in_batch' is not one of \['uniform', "
-                                        r"'popularity', 'in_batch'\]"):
+  np.testing.assert_allclose(
+    negatives.SAMPLERS["popularity"](3, np.array([1, 0, 3]), 1.0), [0.25, 0.0, 0.75]
+  )
+  with pytest.raises(
+    ConfigError,
+    match=r"'in_batch' is not one of \['uniform', "
+    r"'popularity', 'in_batch'\]",
+  ):
     negatives.NegativeSampler("in_batch", 10)

@@ -33,9 +33,16 @@ def cfg(**kw):
 
 def build(split=None, seed=0, pi=0, pc=1, **kw):
   extra = {k: kw.pop(k) for k in ("features", "expected_dims", "num_epochs") if k in kw}
-  return make_train_pipeline(split if split is not None else make_split(), NUM_USERS,
-                             NUM_ITEMS, cfg(**kw), seed=seed, process_index=pi,
-                             process_count=pc, **extra)
+  return make_train_pipeline(
+    split if split is not None else make_split(),
+    NUM_USERS,
+    NUM_ITEMS,
+    cfg(**kw),
+    seed=seed,
+    process_index=pi,
+    process_count=pc,
+    **extra,
+  )
 
 
 def take(p, n):
@@ -59,13 +66,12 @@ def feature_dirs(tmp_path_factory):
   text = rng.standard_normal((NUM_ITEMS, 6)).astype(np.float32)
   image = rng.standard_normal((NUM_ITEMS, 10)).astype(np.float32)
   mask = rng.random(NUM_ITEMS) < 0.7
-  fs = {"text": write_feature_shards(root / "text", text, None, modality="text",
-                                     rows_per_shard=16),
-        "image": write_feature_shards(root / "image", image, mask, modality="image",
-                                      rows_per_shard=7)}
+  fs = {
+    "text": write_feature_shards(root / "text", text, None, modality="text", rows_per_shard=16),
+    "image": write_feature_shards(root / "image", image, mask, modality="image", rows_per_shard=7),
+  }
   image[~mask] = 0  # documented imputation
-  return fs, {"text": text, "image": image}, {"text": np.ones(NUM_ITEMS, bool),
-                                              "image": mask}
+  return fs, {"text": text, "image": image}, {"text": np.ones(NUM_ITEMS, bool), "image": mask}
 
 
 def test_shapes_dtypes_and_rows_are_train_pairs():
@@ -84,11 +90,17 @@ def test_accepts_a_memory_mapped_dataset_split(tmp_path):
   split = make_split()
   for name, a in (("user", split.users), ("item", split.items)):
     np.save(tmp_path / f"{name}.npy", a)
-  mm = DatasetSplit(np.load(tmp_path / "user.npy", mmap_mode="r"),
-                    np.load(tmp_path / "item.npy", mmap_mode="r"),
-                    np.zeros(NUM_TRAIN, np.int64), np.ones(NUM_TRAIN, np.float32))
-  assert_batches_equal(take(build(mm, exclude_positives=True), 3),
-                       take(build(split, exclude_positives=True), 3))
+  mm = DatasetSplit(
+    np.load(tmp_path / "user.npy", mmap_mode="r"),
+    np.load(tmp_path / "item.npy", mmap_mode="r"),
+    np.zeros(NUM_TRAIN, np.int64),
+    np.ones(NUM_TRAIN, np.float32),
+  )
+  got = take(build(mm, exclude_positives=True), 3)
+  # A dataset split carries ratings, so its batches carry them too (the rating regime's
+  # input); the id part equals the in-memory pipeline's.
+  assert all(np.array_equal(b.pop("rating"), np.ones(b["user"].shape, np.float32)) for b in got)
+  assert_batches_equal(got, take(build(split, exclude_positives=True), 3))
 
 
 def test_process_defaults_come_from_jax():
@@ -109,8 +121,16 @@ def test_deterministic_for_a_seed_and_different_across_seeds():
 
 
 def test_read_threads_across_an_epoch_boundary_keep_the_order():
-  p = make_train_pipeline(make_split(), NUM_USERS, NUM_ITEMS, cfg(prefetch=4), seed=2,
-                          process_index=0, process_count=1, num_threads=3)
+  p = make_train_pipeline(
+    make_split(),
+    NUM_USERS,
+    NUM_ITEMS,
+    cfg(prefetch=4),
+    seed=2,
+    process_index=0,
+    process_count=1,
+    num_threads=3,
+  )
   got = take(p, 40)
   p.close()
   assert_batches_equal(got, [p.batch_at(g) for g in range(40)])
@@ -127,12 +147,12 @@ def test_one_epoch_covers_every_interaction_once_minus_the_tail():
   assert NUM_TRAIN - len(seen) == NUM_TRAIN % 64  # the dropped tail
 
 
-@pytest.mark.parametrize("sampler,exclude", [("uniform", False), ("popularity", True),
-                                             ("in_batch", False)])
+@pytest.mark.parametrize(
+  "sampler,exclude", [("uniform", False), ("popularity", True), ("in_batch", False)]
+)
 def test_two_processes_are_disjoint_cover_and_slice_the_global_batch(sampler, exclude):
   split = make_split()
-  kw = dict(negative_sampler=sampler, exclude_positives=exclude, num_negatives=2,
-            num_epochs=1)
+  kw = dict(negative_sampler=sampler, exclude_positives=exclude, num_negatives=2, num_epochs=1)
   whole = list(build(split, **kw))
   p0, p1 = build(split, pi=0, pc=2, **kw), build(split, pi=1, pc=2, **kw)
   assert p0.local_batch_size == p1.local_batch_size == 32
@@ -152,8 +172,7 @@ def test_two_processes_are_disjoint_cover_and_slice_the_global_batch(sampler, ex
 def test_resume_from_saved_state_is_exact(stop_at):
   p = build(seed=9, negative_sampler="popularity", exclude_positives=True)
   assert p.steps_per_epoch == 15
-  ref = take(build(seed=9, negative_sampler="popularity", exclude_positives=True),
-             stop_at + 10)
+  ref = take(build(seed=9, negative_sampler="popularity", exclude_positives=True), stop_at + 10)
   first = take(p, stop_at)
   state = json.loads(json.dumps(p.get_state()))
   assert state["next_batch"] == stop_at and state["epoch"] == stop_at // 15
@@ -169,8 +188,15 @@ def test_set_state_rejects_a_state_of_another_pipeline():
   with pytest.raises(DataError, match="seed=1 but this pipeline has seed=2"):
     build(seed=2).set_state(state)
   with pytest.raises(DataError, match="global_batch_size"):
-    make_train_pipeline(make_split(), NUM_USERS, NUM_ITEMS, cfg(batch_size=32), seed=1,
-                        process_index=0, process_count=1).set_state(state)
+    make_train_pipeline(
+      make_split(),
+      NUM_USERS,
+      NUM_ITEMS,
+      cfg(batch_size=32),
+      seed=1,
+      process_index=0,
+      process_count=1,
+    ).set_state(state)
 
 
 def test_finite_epochs_stop():
@@ -201,8 +227,9 @@ def test_in_batch_mode_has_logq_and_no_negatives():
 
 def test_streamed_features_equal_shard_rows(feature_dirs):
   fs, tables, masks = feature_dirs
-  p = build(stream_features=True, num_negatives=2, features=fs,
-            expected_dims={"text": 6, "image": 10})
+  p = build(
+    stream_features=True, num_negatives=2, features=fs, expected_dims={"text": 6, "image": 10}
+  )
   for b in take(p, 4):
     for m in ("text", "image"):
       np.testing.assert_array_equal(b[f"feat_pos/{m}"], tables[m][b["pos"]])
@@ -218,8 +245,9 @@ def test_two_workers_give_the_same_batches_as_none(feature_dirs):
   # One pair of worker processes (spawning is the slow part): start them from a saved
   # mid-run state, which also checks resuming into a multi-worker pipeline.
   fs = feature_dirs[0]
-  kw = dict(seed=5, stream_features=True, features=fs, negative_sampler="popularity",
-            exclude_positives=True)
+  kw = dict(
+    seed=5, stream_features=True, features=fs, negative_sampler="popularity", exclude_positives=True
+  )
   ref = take(build(worker_count=0, **kw), 7)
   p = build(worker_count=0, **kw)
   take(p, 2)
@@ -233,20 +261,39 @@ def test_two_workers_give_the_same_batches_as_none(feature_dirs):
   assert_batches_equal(got, ref[2:])
 
 
-@pytest.mark.parametrize("kw,err,pattern", [
-    (dict(split=Split(np.array([0, 1]), np.array([0, NUM_ITEMS]))), DataError,
-     r"train split row 1: item id 40 out of range \[0, 40\)"),
-    (dict(split=Split(np.array([-1, 1]), np.array([0, 1]))), DataError,
-     r"train split row 0: user id -1 out of range"),
-    (dict(split=Split(np.zeros(0, np.int32), np.zeros(0, np.int32))), DataError,
-     "train split: has no interactions"),
-    (dict(pc=3), ConfigError, "input.batch_size=64 must be a positive multiple of the "
-     "process count 3"),
+@pytest.mark.parametrize(
+  "kw,err,pattern",
+  [
+    (
+      dict(split=Split(np.array([0, 1]), np.array([0, NUM_ITEMS]))),
+      DataError,
+      r"train split row 1: item id 40 out of range \[0, 40\)",
+    ),
+    (
+      dict(split=Split(np.array([-1, 1]), np.array([0, 1]))),
+      DataError,
+      r"train split row 0: user id -1 out of range",
+    ),
+    (
+      dict(split=Split(np.zeros(0, np.int32), np.zeros(0, np.int32))),
+      DataError,
+      "train split: has no interactions",
+    ),
+    (
+      dict(pc=3),
+      ConfigError,
+      "input.batch_size=64 must be a positive multiple of the process count 3",
+    ),
     (dict(batch_size=2048), ConfigError, "input.batch_size=2048 is larger than the 1003"),
-    (dict(negative_sampler="hard"), ConfigError, r"input.negative_sampler='hard' is not one "
-     r"of \['uniform', 'popularity', 'in_batch'\]"),
+    (
+      dict(negative_sampler="hard"),
+      ConfigError,
+      r"input.negative_sampler='hard' is not one "
+      r"of \['uniform', 'popularity', 'in_batch'\]",
+    ),
     (dict(stream_features=True), ConfigError, "needs feature shards"),
-])
+  ],
+)
 def test_bad_input_fails_at_build_time(kw, err, pattern):
   with pytest.raises(err, match=pattern):
     build(**kw)
@@ -258,8 +305,9 @@ def test_bad_features_fail_at_build_time(feature_dirs, tmp_path):
     build(stream_features=True, features=fs, expected_dims={"text": 6, "audio": 3})
   with pytest.raises(DataError, match="features/text: has dim=6 but 8 was expected"):
     build(stream_features=True, features=fs, expected_dims={"text": 8})
-  short = write_feature_shards(tmp_path / "short", np.zeros((NUM_ITEMS - 1, 6), np.float32),
-                               None, modality="text")
+  short = write_feature_shards(
+    tmp_path / "short", np.zeros((NUM_ITEMS - 1, 6), np.float32), None, modality="text"
+  )
   with pytest.raises(DataError, match="features/text: has num_items=39 but the dataset has 40"):
     build(stream_features=True, features={"text": short})
 

@@ -45,23 +45,25 @@ def test_every_registered_model_trains_one_step(name):
   state, metrics = task.train_step(state, toy_batch(task, info, np.random.default_rng(1)))
   assert np.isfinite(float(metrics["loss"])) and int(state["step"]) == 1
   after = jax.device_get(state["params"])
-  changed = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before),
-                                                      jax.tree.leaves(after))]
+  changed = [
+    not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after))
+  ]
   assert any(changed), "one step changed no parameter"
   users, items = task.eval_reprs(state)
   assert users.shape[0] == task.padded_users and items.shape[0] == task.padded_items
-  assert np.all(np.asarray(items)[task.num_items:] == 0)   # padding rows never rank
+  assert np.all(np.asarray(items)[task.num_items :] == 0)  # padding rows never rank
 
 
 def test_specs_are_complete_and_importable_without_jax():
   for name, spec in registry.MODELS.items():
     assert spec.name == name and spec.search_space and spec.reference
     assert issubclass(spec.load(), Recommender)
-  code = ("import sys, mmrec_jax.models.registry as r, mmrec_jax.config as c; "
-          "assert 'jax' not in sys.modules and 'flax' not in sys.modules, 'jax imported'; "
-          "print(len(r.MODELS))")
-  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                       check=True)
+  code = (
+    "import sys, mmrec_jax.models.registry as r, mmrec_jax.config as c; "
+    "assert 'jax' not in sys.modules and 'flax' not in sys.modules, 'jax imported'; "
+    "print(len(r.MODELS))"
+  )
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
   assert out.stdout.strip() == str(len(registry.MODELS))
 
 
@@ -77,8 +79,9 @@ def test_unknown_name_and_missing_modality_fail_in_one_place():
   for name in required:
     with pytest.raises(ConfigError, match=f"model.name='{name}' needs at least one modality"):
       with nnx.use_eager_sharding(False):
-        build_model(toy_config(name).model, num_users=8, num_items=8, feature_dims={},
-                    rngs=nnx.Rngs(0))
+        build_model(
+          toy_config(name).model, num_users=8, num_items=8, feature_dims={}, rngs=nnx.Rngs(0)
+        )
   with pytest.raises(ConfigError, match="regime='dense'"):
     registry.ModelSpec("bad", Recommender, regime="dense")
 
@@ -107,24 +110,30 @@ class ContentOnly(Recommender):
     return self.user_embed(ids)
 
   def item_repr(self, ids, feats, masks, *, rng=None):
-    f = jnp.concatenate([jnp.where(masks[m][..., None], feats[m], 0)
-                         for m in self.modalities], axis=-1)
+    f = jnp.concatenate(
+      [jnp.where(masks[m][..., None], feats[m], 0) for m in self.modalities], axis=-1
+    )
     return self.proj(f)
 
 
 @pytest.fixture
 def content_only():
-  spec = registry.register(registry.ModelSpec(
-      "content_only_test", ContentOnly, features="required",
+  spec = registry.register(
+    registry.ModelSpec(
+      "content_only_test",
+      ContentOnly,
+      features="required",
       search_space={"optimizer.learning_rate": ("log_float", 1e-4, 1e-1)},
-      reference="a test"))
+      reference="a test",
+    )
+  )
   yield spec
   registry.unregister(spec.name)
 
 
-def test_a_model_registered_from_outside_trains_end_to_end(content_only, tmp_path,
-                                                           monkeypatch):
+def test_a_model_registered_from_outside_trains_end_to_end(content_only, tmp_path, monkeypatch):
   from mmrec_jax.train import train_and_evaluate
+
   monkeypatch.setenv("MMREC_JAX_CACHE", str(tmp_path / "cache"))
   c = config_lib.base_config()
   c.data.source = "synthetic"
@@ -149,8 +158,11 @@ def _name_comparisons(path: pathlib.Path, names: set[str]) -> list[str]:
     if not isinstance(node, ast.Compare):
       continue
     for side in [node.left, *node.comparators]:
-      consts = [side] if isinstance(side, ast.Constant) else (
-          list(side.elts) if isinstance(side, (ast.Tuple, ast.List, ast.Set)) else [])
+      consts = (
+        [side]
+        if isinstance(side, ast.Constant)
+        else (list(side.elts) if isinstance(side, (ast.Tuple, ast.List, ast.Set)) else [])
+      )
       if any(isinstance(c, ast.Constant) and c.value in names for c in consts):
         hits.append(f"{path.relative_to(ROOT)}:{node.lineno}")
   return hits
@@ -158,8 +170,12 @@ def _name_comparisons(path: pathlib.Path, names: set[str]) -> list[str]:
 
 def test_no_model_name_comparisons_outside_models():
   names = set(registry.names())
-  files = [p for d in ("mmrec_jax", "experiments", "benchmarks", "launch")
-           for p in (ROOT / d).rglob("*.py") if "models" not in p.relative_to(ROOT).parts]
+  files = [
+    p
+    for d in ("mmrec_jax", "experiments", "benchmarks", "launch")
+    for p in (ROOT / d).rglob("*.py")
+    if "models" not in p.relative_to(ROOT).parts
+  ]
   assert len(files) > 40
   hits = [h for p in files for h in _name_comparisons(p, names)]
   assert not hits, hits

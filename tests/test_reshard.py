@@ -45,15 +45,23 @@ def _config():
 
 
 def _task():
-  from mmrec_jax import sharding  # pylint: disable=g-import-not-at-top
-  from mmrec_jax.step import DataInfo, Task  # pylint: disable=g-import-not-at-top
+  from mmrec_jax import sharding
+  from mmrec_jax.step import DataInfo, Task
+
   config = _config()
   rng = np.random.default_rng(0)
-  feats = {"text": rng.normal(size=(NUM_ITEMS, config.data.text_dim)).astype(np.float32),
-           "image": rng.normal(size=(NUM_ITEMS, config.data.image_dim)).astype(np.float32)}
+  feats = {
+    "text": rng.normal(size=(NUM_ITEMS, config.data.text_dim)).astype(np.float32),
+    "image": rng.normal(size=(NUM_ITEMS, config.data.image_dim)).astype(np.float32),
+  }
   masks = {m: rng.random(NUM_ITEMS) < 0.8 for m in feats}
-  info = DataInfo(num_users=NUM_USERS, num_items=NUM_ITEMS, features=feats,
-                  feature_masks=masks, item_counts=np.ones(NUM_ITEMS, np.int64))
+  info = DataInfo(
+    num_users=NUM_USERS,
+    num_items=NUM_ITEMS,
+    features=feats,
+    feature_masks=masks,
+    item_counts=np.ones(NUM_ITEMS, np.int64),
+  )
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.model)
   return config, Task(config, info, mesh), mesh
 
@@ -61,27 +69,34 @@ def _task():
 def _batch(config, step: int) -> dict[str, np.ndarray]:
   rng = np.random.default_rng(1000 + step)
   b, n = config.input.batch_size, config.input.num_negatives
-  return {"user": rng.integers(0, NUM_USERS, b, dtype=np.int32),
-          "pos": rng.integers(0, NUM_ITEMS, b, dtype=np.int32),
-          "neg": rng.integers(0, NUM_ITEMS, (b, n), dtype=np.int32),
-          "pos_logq": np.full(b, -np.log(NUM_ITEMS), np.float32)}
+  return {
+    "user": rng.integers(0, NUM_USERS, b, dtype=np.int32),
+    "pos": rng.integers(0, NUM_ITEMS, b, dtype=np.int32),
+    "neg": rng.integers(0, NUM_ITEMS, (b, n), dtype=np.int32),
+    "pos_logq": np.full(b, -np.log(NUM_ITEMS), np.float32),
+  }
 
 
 def _train(task, mesh, config, state, steps):
-  from mmrec_jax import sharding  # pylint: disable=g-import-not-at-top
+  from mmrec_jax import sharding
+
   for s in steps:
     state, _ = task.train_step(state, sharding.global_batch_from_local(mesh, _batch(config, s)))
   return state
 
 
 def _to_numpy(state) -> dict[str, np.ndarray]:
-  import jax  # pylint: disable=g-import-not-at-top
-  return {jax.tree_util.keystr(p): np.asarray(jax.device_get(x))
-          for p, x in jax.tree_util.tree_leaves_with_path(state)}
+  import jax
+
+  return {
+    jax.tree_util.keystr(p): np.asarray(jax.device_get(x))
+    for p, x in jax.tree_util.tree_leaves_with_path(state)
+  }
 
 
 def phase_save(workdir: pathlib.Path) -> dict:
-  from mmrec_jax.checkpointing import RunCheckpointer  # pylint: disable=g-import-not-at-top
+  from mmrec_jax.checkpointing import RunCheckpointer
+
   config, task, mesh = _task()
   state = _train(task, mesh, config, task.init(config.seed), [0, 1])
   ckpt = RunCheckpointer(workdir)
@@ -94,9 +109,10 @@ def phase_save(workdir: pathlib.Path) -> dict:
 
 
 def phase_resume(workdir: pathlib.Path) -> dict:
-  import jax  # pylint: disable=g-import-not-at-top
+  import jax
 
-  from mmrec_jax.checkpointing import RunCheckpointer  # pylint: disable=g-import-not-at-top
+  from mmrec_jax.checkpointing import RunCheckpointer
+
   config, task, mesh = _task()
   ckpt = RunCheckpointer(workdir)
   state, data_state, loop = ckpt.restore_latest(task.abstract_state())
@@ -110,19 +126,34 @@ def phase_resume(workdir: pathlib.Path) -> dict:
   final, ref = _to_numpy(state), np.load(workdir / "step4.npz")
   max_err = {k: float(np.max(np.abs(final[k] - ref[k]), initial=0)) for k in ref.files}
   close = all(np.allclose(final[k], ref[k], rtol=RTOL, atol=ATOL) for k in ref.files)
-  return {"devices": mesh.size, "restored_step": int(saved["['step']"]),
-          "data_state": data_state, "loop": loop, "mismatched": mismatched,
-          "state_devices": len(devices), "final_step": int(final["['step']"]),
-          "close_to_reference": close, "max_abs_err": max(max_err.values()),
-          "worst_leaf": max(max_err, key=max_err.get)}
+  return {
+    "devices": mesh.size,
+    "restored_step": int(saved["['step']"]),
+    "data_state": data_state,
+    "loop": loop,
+    "mismatched": mismatched,
+    "state_devices": len(devices),
+    "final_step": int(final["['step']"]),
+    "close_to_reference": close,
+    "max_abs_err": max(max_err.values()),
+    "worst_leaf": max(max_err, key=max_err.get),
+  }
 
 
 def _start(phase: str, workdir: pathlib.Path, devices: int) -> subprocess.Popen:
-  env = {**os.environ, "JAX_PLATFORMS": "cpu",
-         "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
-  return subprocess.Popen(["timeout", "-s", "KILL", "300", sys.executable, __file__, phase,
-                           str(workdir)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True, env=env, cwd=REPO)
+  env = {
+    **os.environ,
+    "JAX_PLATFORMS": "cpu",
+    "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+  }
+  return subprocess.Popen(
+    ["timeout", "-s", "KILL", "300", sys.executable, __file__, phase, str(workdir)],
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+    env=env,
+    cwd=REPO,
+  )
 
 
 def _result(proc: subprocess.Popen) -> dict:
@@ -146,20 +177,38 @@ def test_restore_onto_fewer_devices_and_continue(resumed, devices):
   assert r["devices"] == devices and r["state_devices"] == devices
   assert r["restored_step"] == 2 and r["loop"] == {"best_step": -1}
   assert r["data_state"] == {"epoch": 0}
-  assert r["mismatched"] == []              # bit-identical restore, no re-init
+  assert r["mismatched"] == []  # bit-identical restore, no re-init
   assert r["final_step"] == 4
   assert r["close_to_reference"], (r["worst_leaf"], r["max_abs_err"])
 
 
 def _main(workdir: pathlib.Path, devices: int, max_steps: int) -> subprocess.CompletedProcess:
-  env = {**os.environ, "JAX_PLATFORMS": "cpu",
-         "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+  env = {
+    **os.environ,
+    "JAX_PLATFORMS": "cpu",
+    "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+  }
   return subprocess.run(
-      ["timeout", "-s", "KILL", "300", sys.executable, "-m", "mmrec_jax.main",
-       f"--config={SMOKE}:smoke", f"--workdir={workdir / 'run'}",
-       f"--config.data.cache_dir={workdir / 'cache'}",
-       f"--config.train.max_steps={max_steps}", "--config.train.checkpoint_every_steps=2"],
-      capture_output=True, text=True, env=env, check=False, cwd=REPO)
+    [
+      "timeout",
+      "-s",
+      "KILL",
+      "300",
+      sys.executable,
+      "-m",
+      "mmrec_jax.main",
+      f"--config={SMOKE}:smoke",
+      f"--workdir={workdir / 'run'}",
+      f"--config.data.cache_dir={workdir / 'cache'}",
+      f"--config.train.max_steps={max_steps}",
+      "--config.train.checkpoint_every_steps=2",
+    ],
+    capture_output=True,
+    text=True,
+    env=env,
+    check=False,
+    cwd=REPO,
+  )
 
 
 def test_resume_through_main(tmp_path):
@@ -169,7 +218,7 @@ def test_resume_through_main(tmp_path):
   assert json.loads((tmp_path / "run" / "results.json").read_text())["steps"] == 2
   second = _main(tmp_path, 2, 4)
   assert second.returncode == 0, second.stderr[-4000:]
-  assert "resumed from step 2" in second.stderr          # restored, not re-initialised
+  assert "resumed from step 2" in second.stderr  # restored, not re-initialised
   assert "over 2 devices (1 processes)" in second.stderr
   assert json.loads((tmp_path / "run" / "results.json").read_text())["steps"] == 4
 

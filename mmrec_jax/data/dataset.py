@@ -28,17 +28,28 @@ SPLIT_NAMES = ("train", "valid", "test")
 # file stem -> dtype, for each <split>/<stem>.npy
 ARRAYS = {"user": np.int32, "item": np.int32, "timestamp": np.int64, "rating": np.float32}
 ITEM_INFO_KEYS = ("title", "genres", "year", "tags", "image", "text")
-_REQUIRED = {"format_version": int, "source": str, "num_users": int, "num_items": int,
-             "num_interactions": int, "has_timestamp": bool, "has_rating": bool,
-             "splits": dict, "modalities": dict, "checksums": dict, "prep_config": dict,
-             "fingerprint": str, "created": str}
+_REQUIRED = {
+  "format_version": int,
+  "source": str,
+  "num_users": int,
+  "num_items": int,
+  "num_interactions": int,
+  "has_timestamp": bool,
+  "has_rating": bool,
+  "splits": dict,
+  "modalities": dict,
+  "checksums": dict,
+  "prep_config": dict,
+  "fingerprint": str,
+  "created": str,
+}
 
 
 class Split(NamedTuple):
-  users: np.ndarray       # int32 [n], internal user ids
-  items: np.ndarray       # int32 [n], internal item ids
+  users: np.ndarray  # int32 [n], internal user ids
+  items: np.ndarray  # int32 [n], internal item ids
   timestamps: np.ndarray  # int64 [n] (zeros when manifest has_timestamp is False)
-  ratings: np.ndarray     # float32 [n] (ones when manifest has_rating is False)
+  ratings: np.ndarray  # float32 [n] (ones when manifest has_rating is False)
 
 
 def _count_lines(path: pathlib.Path) -> int:
@@ -75,8 +86,10 @@ class PreparedDataset:
     self.__dict__.update(other.__dict__)
 
   def __repr__(self) -> str:
-    return (f"PreparedDataset({str(self.path)!r}, users={self.num_users}, "
-            f"items={self.num_items}, interactions={self.manifest['num_interactions']})")
+    return (
+      f"PreparedDataset({str(self.path)!r}, users={self.num_users}, "
+      f"items={self.num_items}, interactions={self.manifest['num_interactions']})"
+    )
 
   @classmethod
   def open(cls, path, *, verify: bool = False) -> PreparedDataset:
@@ -91,11 +104,15 @@ class PreparedDataset:
         raise DataError(str(mpath), f"missing key '{key}'")
       ok = isinstance(manifest[key], typ) and not (typ is int and isinstance(manifest[key], bool))
       if not ok:
-        raise DataError(str(mpath), f"key '{key}' must be {typ.__name__}, got "
-                        f"{type(manifest[key]).__name__}")
+        raise DataError(
+          str(mpath), f"key '{key}' must be {typ.__name__}, got {type(manifest[key]).__name__}"
+        )
     if manifest["format_version"] != FORMAT_VERSION:
-      raise DataError(str(mpath), f"format_version {manifest['format_version']} is not "
-                      f"supported (this reader reads {FORMAT_VERSION}); prepare it again")
+      raise DataError(
+        str(mpath),
+        f"format_version {manifest['format_version']} is not "
+        f"supported (this reader reads {FORMAT_VERSION}); prepare it again",
+      )
     ds = cls(path, manifest)
     ds._validate()
     if verify:
@@ -114,18 +131,27 @@ class PreparedDataset:
         f = path / name / f"{stem}.npy"
         if arr.ndim != 1 or arr.shape[0] != n:
           raise DataError(str(f), f"shape {arr.shape}, manifest says ({n},)")
-      for arr, limit, what, stem in ((sp.users, self.num_users, "num_users", "user"),
-                                     (sp.items, self.num_items, "num_items", "item")):
+      for arr, limit, what, stem in (
+        (sp.users, self.num_users, "num_users", "user"),
+        (sp.items, self.num_items, "num_items", "item"),
+      ):
         if n and (int(arr.min()) < 0 or int(arr.max()) >= limit):
           bad = int(np.flatnonzero((arr < 0) | (arr >= limit))[0])
-          raise DataError(f"{path / name / (stem + '.npy')} row {bad}",
-                          f"id {int(arr[bad])} outside [0, {what}={limit})")
+          raise DataError(
+            f"{path / name / (stem + '.npy')} row {bad}",
+            f"id {int(arr[bad])} outside [0, {what}={limit})",
+          )
       total += n
     if total != m["num_interactions"]:
-      raise DataError(str(path / "manifest.json"), f"splits hold {total} interactions, "
-                      f"num_interactions says {m['num_interactions']}")
-    for fname, want in (("user_ids.txt", self.num_users), ("item_ids.txt", self.num_items),
-                        ("items.jsonl", self.num_items)):
+      raise DataError(
+        str(path / "manifest.json"),
+        f"splits hold {total} interactions, num_interactions says {m['num_interactions']}",
+      )
+    for fname, want in (
+      ("user_ids.txt", self.num_users),
+      ("item_ids.txt", self.num_items),
+      ("items.jsonl", self.num_items),
+    ):
       f = path / fname
       if not f.is_file():
         raise DataError(str(f), "missing")
@@ -138,16 +164,21 @@ class PreparedDataset:
     for modality in m["modalities"]:
       fs = self.features(modality)
       if fs.num_items != self.num_items:
-        raise DataError(str(path / m["modalities"][modality]),
-                        f"{fs.num_items} feature rows, dataset has {self.num_items} items")
+        raise DataError(
+          str(path / m["modalities"][modality]),
+          f"{fs.num_items} feature rows, dataset has {self.num_items} items",
+        )
 
   def verify(self) -> None:
     """Re-hashes every file listed in the manifest (slow for big datasets)."""
     for rel, want in self.manifest["checksums"].items():
       got = sha256_file(self.path / rel)
       if got != want:
-        raise DataError(str(self.path / rel), f"sha256 {got[:12]}... does not match the "
-                        f"manifest ({want[:12]}...): the file changed or is corrupt")
+        raise DataError(
+          str(self.path / rel),
+          f"sha256 {got[:12]}... does not match the "
+          f"manifest ({want[:12]}...): the file changed or is corrupt",
+        )
 
   def split(self, name: str) -> Split:
     """Memory-mapped arrays of split ``name`` (train | valid | test)."""
@@ -193,11 +224,13 @@ class PreparedDataset:
   def features(self, modality: str) -> FeatureShards:
     """The :class:`FeatureShards` of ``modality``."""
     if modality not in self.manifest["modalities"]:
-      raise ConfigError(f"modality {modality!r} is not in the dataset at {self.path} "
-                        f"(has {list(self.modalities)})")
+      raise ConfigError(
+        f"modality {modality!r} is not in the dataset at {self.path} (has {list(self.modalities)})"
+      )
     if modality not in self._features:
       self._features[modality] = FeatureShards.open(
-          self.path / self.manifest["modalities"][modality])
+        self.path / self.manifest["modalities"][modality]
+      )
     return self._features[modality]
 
 
@@ -211,24 +244,29 @@ def describe(ds: PreparedDataset) -> str:
   m = ds.manifest
   n = m["num_interactions"]
   density = n / max(1, ds.num_users * ds.num_items)
-  lines = [f"dataset {m['source']} at {ds.path} (fingerprint {m['fingerprint'][:12]})",
-           f"  users {ds.num_users:,}  items {ds.num_items:,}  interactions {n:,}  "
-           f"density {density:.4%}",
-           f"  timestamps: {'yes' if m['has_timestamp'] else 'no'}  "
-           f"ratings: {'yes' if m['has_rating'] else 'no'}  "
-           f"split: {m['prep_config'].get('split', '?')}"]
+  lines = [
+    f"dataset {m['source']} at {ds.path} (fingerprint {m['fingerprint'][:12]})",
+    f"  users {ds.num_users:,}  items {ds.num_items:,}  interactions {n:,}  density {density:.4%}",
+    f"  timestamps: {'yes' if m['has_timestamp'] else 'no'}  "
+    f"ratings: {'yes' if m['has_rating'] else 'no'}  "
+    f"split: {m['prep_config'].get('split', '?')}",
+  ]
   lines.append("  split        interactions     users     items  cold users  cold items")
   for name in SPLIT_NAMES:
     s = m["splits"][name]
-    lines.append(f"  {name:<8} {s['interactions']:>16,} {s.get('users', 0):>9,} "
-                 f"{s.get('items', 0):>9,} {s.get('cold_users', 0):>11,} "
-                 f"{s.get('cold_items', 0):>11,}")
+    lines.append(
+      f"  {name:<8} {s['interactions']:>16,} {s.get('users', 0):>9,} "
+      f"{s.get('items', 0):>9,} {s.get('cold_users', 0):>11,} "
+      f"{s.get('cold_items', 0):>11,}"
+    )
   if ds.modalities:
     for mod in ds.modalities:
       fs = ds.features(mod)
       cov = float(np.mean(fs.mask)) if ds.num_items else 0.0
-      lines.append(f"  modality {mod:<8} dim {fs.dim:<6} coverage {cov:.1%} "
-                   f"({int(np.sum(fs.mask)):,}/{ds.num_items:,} items)")
+      lines.append(
+        f"  modality {mod:<8} dim {fs.dim:<6} coverage {cov:.1%} "
+        f"({int(np.sum(fs.mask)):,}/{ds.num_items:,} items)"
+      )
   else:
     lines.append("  modalities: none")
   return "\n".join(lines)

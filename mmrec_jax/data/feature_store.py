@@ -43,8 +43,18 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 MASK_FILE = "mask.npy"
 IMPUTATION = "zeros"
-_REQUIRED_KEYS = ("format_version", "modality", "num_items", "dim", "dtype",
-                  "rows_per_shard", "num_shards", "shards", "num_present", "imputation")
+_REQUIRED_KEYS = (
+  "format_version",
+  "modality",
+  "num_items",
+  "dim",
+  "dtype",
+  "rows_per_shard",
+  "num_shards",
+  "shards",
+  "num_present",
+  "imputation",
+)
 
 
 def _storage_dtypes(name: str) -> tuple[np.dtype, np.dtype]:
@@ -54,7 +64,8 @@ def _storage_dtypes(name: str) -> tuple[np.dtype, np.dtype]:
   if name == "float16":
     return np.dtype(np.float16), np.dtype(np.float16)
   if name == "bfloat16":
-    import ml_dtypes  # pylint: disable=g-import-not-at-top  (ships with jax)
+    import ml_dtypes  # noqa: PLC0415  (ships with jax)
+
     return np.dtype(ml_dtypes.bfloat16), np.dtype(np.uint16)
   raise ValueError(f"unknown feature dtype {name!r}; valid: bfloat16, float16, float32")
 
@@ -108,8 +119,11 @@ class FeatureShards:
     if missing:
       raise DataError(str(mpath), f"missing keys {missing}")
     if manifest["format_version"] != FORMAT_VERSION:
-      raise DataError(str(mpath), f"format_version {manifest['format_version']!r} is not "
-                      f"supported (expected {FORMAT_VERSION})")
+      raise DataError(
+        str(mpath),
+        f"format_version {manifest['format_version']!r} is not "
+        f"supported (expected {FORMAT_VERSION})",
+      )
     for key in ("num_items", "dim", "rows_per_shard", "num_shards", "num_present"):
       v = manifest[key]
       if not isinstance(v, int) or isinstance(v, bool) or v < 0:
@@ -132,17 +146,19 @@ class FeatureShards:
     if not isinstance(shards, list) or len(shards) != self.num_shards:
       raise DataError(str(mpath), f"'shards' must list num_shards={self.num_shards} entries")
     if self.num_shards != expected_shards:
-      raise DataError(str(mpath), f"num_shards={self.num_shards} but num_items="
-                      f"{self.num_items} / rows_per_shard={self.rows_per_shard} needs "
-                      f"{expected_shards}")
+      raise DataError(
+        str(mpath),
+        f"num_shards={self.num_shards} but num_items="
+        f"{self.num_items} / rows_per_shard={self.rows_per_shard} needs "
+        f"{expected_shards}",
+      )
     self._shards: list[np.ndarray] = []
     for i, entry in enumerate(shards):
       if not isinstance(entry, dict) or not {"file", "rows", "sha256"} <= entry.keys():
         raise DataError(str(mpath), f"shards[{i}] must have keys file, rows, sha256")
       want_rows = min(self.rows_per_shard, self.num_items - i * self.rows_per_shard)
       if entry["rows"] != want_rows:
-        raise DataError(str(mpath), f"shards[{i}] has rows={entry['rows']}, expected "
-                        f"{want_rows}")
+        raise DataError(str(mpath), f"shards[{i}] has rows={entry['rows']}, expected {want_rows}")
       spath = path / entry["file"]
       if not spath.is_file():
         raise DataError(str(spath), f"missing shard {i} of {self.num_shards}")
@@ -152,8 +168,11 @@ class FeatureShards:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise DataError(str(spath), f"unreadable or truncated shard ({first})") from None
       if arr.shape != (want_rows, self.dim) or arr.dtype != disk_dtype:
-        raise DataError(str(spath), f"shape {arr.shape} dtype {arr.dtype}, manifest says "
-                        f"({want_rows}, {self.dim}) {disk_dtype}")
+        raise DataError(
+          str(spath),
+          f"shape {arr.shape} dtype {arr.dtype}, manifest says "
+          f"({want_rows}, {self.dim}) {disk_dtype}",
+        )
       if verify and io_utils.sha256_file(spath) != entry["sha256"]:
         raise DataError(str(spath), "sha256 does not match the manifest (corrupted shard)")
       if disk_dtype != self.dtype:
@@ -167,11 +186,13 @@ class FeatureShards:
     except (ValueError, OSError, EOFError) as e:
       raise DataError(str(kpath), f"unreadable mask ({str(e).splitlines()[0]})") from None
     if mask.dtype != np.bool_ or mask.shape != (self.num_items,):
-      raise DataError(str(kpath), f"mask must be bool [{self.num_items}], got {mask.dtype} "
-                      f"{mask.shape}")
+      raise DataError(
+        str(kpath), f"mask must be bool [{self.num_items}], got {mask.dtype} {mask.shape}"
+      )
     if int(mask.sum()) != self.num_present:
-      raise DataError(str(kpath), f"{int(mask.sum())} items present but manifest "
-                      f"num_present={self.num_present}")
+      raise DataError(
+        str(kpath), f"{int(mask.sum())} items present but manifest num_present={self.num_present}"
+      )
     self.mask = mask
 
   def __getstate__(self) -> dict[str, Any]:
@@ -181,9 +202,11 @@ class FeatureShards:
     self._open(pathlib.Path(state["path"]), False)
 
   def __repr__(self) -> str:
-    return (f"FeatureShards({str(self.path)!r}, modality={self.modality!r}, "
-            f"num_items={self.num_items}, dim={self.dim}, dtype={self.dtype}, "
-            f"num_shards={self.num_shards}, num_present={self.num_present})")
+    return (
+      f"FeatureShards({str(self.path)!r}, modality={self.modality!r}, "
+      f"num_items={self.num_items}, dim={self.dim}, dtype={self.dtype}, "
+      f"num_shards={self.num_shards}, num_present={self.num_present})"
+    )
 
   # -- reading -----------------------------------------------------------------------
 
@@ -192,14 +215,14 @@ class FeatureShards:
     if ids.dtype.kind not in "iu":
       if ids.size == 0:
         return ids.astype(np.int64)
-      raise DataError(f"features/{self.modality}", f"item ids must be integers, got "
-                      f"{ids.dtype}")
+      raise DataError(f"features/{self.modality}", f"item ids must be integers, got {ids.dtype}")
     if ids.size:
       lo, hi = int(ids.min()), int(ids.max())
       if lo < 0 or hi >= self.num_items:
         bad = lo if lo < 0 else hi
-        raise DataError(f"features/{self.modality}", f"item id {bad} out of range "
-                        f"[0, {self.num_items})")
+        raise DataError(
+          f"features/{self.modality}", f"item id {bad} out of range [0, {self.num_items})"
+        )
     if ids.dtype == np.uint64:
       ids = ids.astype(np.int64)
     return ids
@@ -217,8 +240,9 @@ class FeatureShards:
     if out is None:
       out = np.empty(shape, self.dtype)
     elif out.shape != shape or out.dtype != self.dtype or not out.flags.c_contiguous:
-      raise ValueError(f"out must be C-contiguous {self.dtype} {shape}, got {out.dtype} "
-                       f"{out.shape}")
+      raise ValueError(
+        f"out must be C-contiguous {self.dtype} {shape}, got {out.dtype} {out.shape}"
+      )
     flat = ids.reshape(-1)
     out2 = out.reshape(-1, self.dim)
     if flat.size == 0:
@@ -245,8 +269,7 @@ class FeatureShards:
     start = 0
     for s in np.flatnonzero(counts):
       end = int(ends[s])
-      np.take(self._shards[s], sorted_local[start:end], axis=0, out=buf[start:end],
-              mode="clip")
+      np.take(self._shards[s], sorted_local[start:end], axis=0, out=buf[start:end], mode="clip")
       start = end
     inverse = np.empty_like(order)
     inverse[order] = np.arange(order.size)
@@ -257,6 +280,33 @@ class FeatureShards:
     """Bool coverage for ``item_ids`` (any shape): True where the item has the modality."""
     ids = self._check_ids(item_ids)
     return self.mask[ids]
+
+  def check_finite(self, item_names: Any = None) -> None:
+    """DataError naming modality, shard and row if any stored value is NaN or infinite.
+
+    Preparation refuses such rows, so this finds files changed after preparation (a
+    hand-edited or bit-rotted shard). Training checks it before the first step: a NaN
+    row would otherwise surface as a "diverging" loss, or -- for an item seen only in
+    the test split -- as an item that silently never ranks. Reads every shard once.
+
+    Args:
+      item_names: optional raw item ids (indexable by internal id) for the message.
+    """
+    for i, shard in enumerate(self._shards):
+      start = i * self.rows_per_shard
+      for a in range(0, shard.shape[0], 1 << 16):
+        block = np.asarray(shard[a : a + (1 << 16)], dtype=np.float32)
+        finite = np.isfinite(block).all(axis=1)
+        if not finite.all():
+          r = a + int(np.flatnonzero(~finite)[0])
+          item = start + r
+          name = f" (raw id {item_names[item]})" if item_names is not None else ""
+          raise DataError(
+            str(self.path / self.manifest["shards"][i]["file"]),
+            f"modality '{self.modality}': row {r} = item {item}{name} has a "
+            "NaN or infinite value; re-create the features (prepare again "
+            "or rerun the extraction)",
+          )
 
   def to_array(self) -> np.ndarray:
     """All rows as one in-memory ``[num_items, dim]`` array (loads everything)."""
@@ -298,20 +348,21 @@ class RowView:
     return self._stop - self._start
 
   def __repr__(self) -> str:
-    return (f"RowView({self._shards.path}, rows [{self._start}, {self._stop}), "
-            f"dim={self._shards.dim})")
+    return (
+      f"RowView({self._shards.path}, rows [{self._start}, {self._stop}), dim={self._shards.dim})"
+    )
 
   def __getitem__(self, index: Any) -> RowView | np.ndarray:
     rows, rest = (index[0], tuple(index[1:])) if isinstance(index, tuple) else (index, ())
     if isinstance(rows, slice) and rows.step in (None, 1) and not rest:
       start, stop, _ = rows.indices(len(self))
       return RowView(self._shards, self._start + start, self._start + max(start, stop))
-    ids = np.arange(self._start, self._stop)[rows]   # numpy's rules (negatives, bounds)
+    ids = np.arange(self._start, self._stop)[rows]  # numpy's rules (negatives, bounds)
     out = self._shards.gather(ids)
     return out[(slice(None),) * ids.ndim + rest] if rest else out
 
   def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-    del copy   # always a fresh array
+    del copy  # always a fresh array
     out = self._shards.gather(np.arange(self._start, self._stop))
     return out if dtype is None else out.astype(dtype)
 
@@ -322,22 +373,23 @@ class RowView:
 def _chunks_of(features: np.ndarray | Iterable[np.ndarray], step: int) -> Iterator[Any]:
   if isinstance(features, np.ndarray):
     if features.ndim != 2:
-      raise DataError("features", f"expected a 2-D [items, dim] array, got shape "
-                      f"{features.shape}")
+      raise DataError("features", f"expected a 2-D [items, dim] array, got shape {features.shape}")
     for a in range(0, features.shape[0], step):
-      yield features[a:a + step]
+      yield features[a : a + step]
   else:
     yield from features
 
 
-def write_feature_shards(out_dir: os.PathLike | str,
-                         features: np.ndarray | Iterable[np.ndarray],
-                         mask: np.ndarray | None,
-                         *,
-                         modality: str,
-                         rows_per_shard: int = 65536,
-                         num_items: int | None = None,
-                         dtype: str = "float32") -> FeatureShards:
+def write_feature_shards(
+  out_dir: os.PathLike | str,
+  features: np.ndarray | Iterable[np.ndarray],
+  mask: np.ndarray | None,
+  *,
+  modality: str,
+  rows_per_shard: int = 65536,
+  num_items: int | None = None,
+  dtype: str = "float32",
+) -> FeatureShards:
   """Writes a feature directory atomically and returns it opened.
 
   Args:
@@ -391,30 +443,33 @@ def write_feature_shards(out_dir: os.PathLike | str,
     for chunk in _chunks_of(features, rows_per_shard):
       chunk = np.asarray(chunk)
       if chunk.ndim != 2:
-        raise DataError(where, f"chunk starting at row {rows} must be 2-D, got shape "
-                        f"{chunk.shape}")
+        raise DataError(where, f"chunk starting at row {rows} must be 2-D, got shape {chunk.shape}")
       if dim is None:
         dim = int(chunk.shape[1])
         buf = np.empty((rows_per_shard, dim), logical)
       elif chunk.shape[1] != dim:
-        raise DataError(where, f"chunk starting at row {rows} has dim {chunk.shape[1]}, "
-                        f"earlier rows have dim {dim}")
+        raise DataError(
+          where,
+          f"chunk starting at row {rows} has dim {chunk.shape[1]}, earlier rows have dim {dim}",
+        )
       k = chunk.shape[0]
       if num_items is not None and rows + k > num_items:
         raise DataError(where, f"more rows than num_items={num_items}")
       if mask is not None and rows + k > mask.shape[0]:
-        raise DataError(where, f"mask has {mask.shape[0]} entries but features have more "
-                        f"rows (at least {rows + k})")
-      present = np.ones(k, bool) if mask is None else mask[rows:rows + k]
+        raise DataError(
+          where,
+          f"mask has {mask.shape[0]} entries but features have more rows (at least {rows + k})",
+        )
+      present = np.ones(k, bool) if mask is None else mask[rows : rows + k]
       num_present += int(present.sum())
       if chunk.dtype.kind not in "fiub":
         raise DataError(where, f"features must be numeric, got dtype {chunk.dtype}")
       pos = 0
       while pos < k:
         take = min(k - pos, rows_per_shard - fill)
-        dst = buf[fill:fill + take]
-        src = chunk[pos:pos + take]
-        keep = present[pos:pos + take]
+        dst = buf[fill : fill + take]
+        src = chunk[pos : pos + take]
+        keep = present[pos : pos + take]
         with np.errstate(over="ignore", invalid="ignore"):
           dst[...] = src
         dst[~keep] = 0
@@ -422,7 +477,7 @@ def write_feature_shards(out_dir: os.PathLike | str,
         if not finite.all():
           r = int(np.flatnonzero(~finite)[0])
           src_ok = np.isfinite(np.asarray(src[r], np.float64)).all()
-          what = (f"overflows {dtype}" if src_ok else "has a NaN or infinite value")
+          what = f"overflows {dtype}" if src_ok else "has a NaN or infinite value"
           raise DataError(where, f"row {rows + pos + r} {what}")
         fill += take
         pos += take
@@ -437,15 +492,20 @@ def write_feature_shards(out_dir: os.PathLike | str,
     if num_items is not None and rows != num_items:
       raise DataError(where, f"{rows} feature rows but num_items={num_items}")
     if mask is not None and mask.shape[0] != rows:
-      raise DataError(where, f"mask has {mask.shape[0]} entries but features have {rows} "
-                      "rows")
+      raise DataError(where, f"mask has {mask.shape[0]} entries but features have {rows} rows")
     full_mask = np.ones(rows, bool) if mask is None else mask
     np.save(tmp / MASK_FILE, full_mask, allow_pickle=False)
     manifest = {
-        "format_version": FORMAT_VERSION, "modality": modality, "num_items": rows,
-        "dim": dim, "dtype": dtype, "rows_per_shard": rows_per_shard,
-        "num_shards": len(shards), "shards": shards, "num_present": num_present,
-        "imputation": IMPUTATION,
+      "format_version": FORMAT_VERSION,
+      "modality": modality,
+      "num_items": rows,
+      "dim": dim,
+      "dtype": dtype,
+      "rows_per_shard": rows_per_shard,
+      "num_shards": len(shards),
+      "shards": shards,
+      "num_present": num_present,
+      "imputation": IMPUTATION,
     }
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
     io_utils.replace_dir(tmp, out_dir)
@@ -455,16 +515,18 @@ def write_feature_shards(out_dir: os.PathLike | str,
   return FeatureShards.open(out_dir)
 
 
-def write_from_npy(out_dir: os.PathLike | str,
-                   npy_path: os.PathLike | str,
-                   *,
-                   modality: str,
-                   num_items: int,
-                   item_index: np.ndarray | None = None,
-                   zero_rows_missing: bool = False,
-                   drop_unmapped: bool = False,
-                   rows_per_shard: int = 65536,
-                   dtype: str = "float32") -> FeatureShards:
+def write_from_npy(
+  out_dir: os.PathLike | str,
+  npy_path: os.PathLike | str,
+  *,
+  modality: str,
+  num_items: int,
+  item_index: np.ndarray | None = None,
+  zero_rows_missing: bool = False,
+  drop_unmapped: bool = False,
+  rows_per_shard: int = 65536,
+  dtype: str = "float32",
+) -> FeatureShards:
   """Shards a ``[rows, dim]`` .npy file (read memory-mapped, streamed shard by shard).
 
   Args:
@@ -487,24 +549,28 @@ def write_from_npy(out_dir: os.PathLike | str,
     msg = str(e).splitlines()[0] if str(e) else type(e).__name__
     raise DataError(str(npy_path), f"unreadable .npy ({msg})") from None
   if src.ndim != 2:
-    raise DataError(str(npy_path), f"expected a 2-D [rows, dim] array, got shape "
-                    f"{src.shape}")
+    raise DataError(str(npy_path), f"expected a 2-D [rows, dim] array, got shape {src.shape}")
   n_src = src.shape[0]
   if item_index is None:
     if n_src != num_items:
-      raise DataError(str(npy_path), f"{n_src} rows but num_items={num_items} (pass "
-                      "item_index to map rows to items)")
+      raise DataError(
+        str(npy_path),
+        f"{n_src} rows but num_items={num_items} (pass item_index to map rows to items)",
+      )
     source_row = np.arange(num_items)
   else:
     idx = np.asarray(item_index)
     if idx.shape != (n_src,) or idx.dtype.kind not in "iu":
-      raise DataError(str(npy_path), f"item_index must be int [{n_src}] (one per row), got "
-                      f"{idx.dtype} {idx.shape}")
+      raise DataError(
+        str(npy_path),
+        f"item_index must be int [{n_src}] (one per row), got {idx.dtype} {idx.shape}",
+      )
     bad = (idx >= num_items) | ((idx < 0) & (not drop_unmapped))
     if bad.any():
       r = int(np.flatnonzero(bad)[0])
-      raise DataError(f"{npy_path} row {r}", f"maps to unknown item {int(idx[r])} "
-                      f"(num_items={num_items})")
+      raise DataError(
+        f"{npy_path} row {r}", f"maps to unknown item {int(idx[r])} (num_items={num_items})"
+      )
     keep_rows = np.flatnonzero(idx >= 0)
     source_row = np.full(num_items, -1, np.int64)
     source_row[idx[keep_rows]] = keep_rows
@@ -512,22 +578,21 @@ def write_from_npy(out_dir: os.PathLike | str,
       _, first_rows = np.unique(idx[keep_rows], return_index=True)
       dup = np.setdiff1d(np.arange(keep_rows.size), first_rows)[0]
       r = int(keep_rows[dup])
-      raise DataError(f"{npy_path} row {r}", f"item {int(idx[r])} already has an earlier "
-                      "row")
+      raise DataError(f"{npy_path} row {r}", f"item {int(idx[r])} already has an earlier row")
   mask = source_row >= 0
   if zero_rows_missing:
     for a in range(0, num_items, rows_per_shard):
-      rows_here = source_row[a:a + rows_per_shard]
+      rows_here = source_row[a : a + rows_per_shard]
       have = rows_here >= 0
       block = src[rows_here[have]]
-      sub = mask[a:a + rows_per_shard]
+      sub = mask[a : a + rows_per_shard]
       sub[have] = np.any(block != 0, axis=1)
 
   def chunks() -> Iterator[np.ndarray]:
     for a in range(0, num_items, rows_per_shard):
-      rows_here = source_row[a:a + rows_per_shard]
+      rows_here = source_row[a : a + rows_per_shard]
       if item_index is None:
-        yield src[a:a + rows_per_shard]
+        yield src[a : a + rows_per_shard]
         continue
       block = np.zeros((rows_here.size, src.shape[1]), src.dtype)
       have = rows_here >= 0
@@ -535,9 +600,15 @@ def write_from_npy(out_dir: os.PathLike | str,
       yield block
 
   try:
-    return write_feature_shards(out_dir, chunks(), mask, modality=modality,
-                                rows_per_shard=rows_per_shard, num_items=num_items,
-                                dtype=dtype)
+    return write_feature_shards(
+      out_dir,
+      chunks(),
+      mask,
+      modality=modality,
+      rows_per_shard=rows_per_shard,
+      num_items=num_items,
+      dtype=dtype,
+    )
   except DataError as e:
     raise DataError(f"{npy_path} ({e.where})", e.problem) from None
 
@@ -547,14 +618,16 @@ def write_from_npy(out_dir: os.PathLike | str,
 MMREC_FILES = {"image": "image_feat.npy", "text": "text_feat.npy"}
 
 
-def write_from_mmrec(dataset_dir: os.PathLike | str,
-                     out_root: os.PathLike | str,
-                     num_items: int,
-                     *,
-                     item_index: np.ndarray | None = None,
-                     drop_unmapped: bool = False,
-                     rows_per_shard: int = 65536,
-                     dtype: str = "float32") -> dict[str, FeatureShards]:
+def write_from_mmrec(
+  dataset_dir: os.PathLike | str,
+  out_root: os.PathLike | str,
+  num_items: int,
+  *,
+  item_index: np.ndarray | None = None,
+  drop_unmapped: bool = False,
+  rows_per_shard: int = 65536,
+  dtype: str = "float32",
+) -> dict[str, FeatureShards]:
   """Shards MMRec's ``image_feat.npy`` / ``text_feat.npy`` into ``out_root/<modality>``.
 
   Decision: an all-zero row in an MMRec feature file means the item has no such
@@ -568,10 +641,20 @@ def write_from_mmrec(dataset_dir: os.PathLike | str,
   out_root = pathlib.Path(out_root)
   found = {m: dataset_dir / f for m, f in MMREC_FILES.items() if (dataset_dir / f).is_file()}
   if not found:
-    raise DataError(str(dataset_dir), f"no MMRec feature file (looked for "
-                    f"{sorted(MMREC_FILES.values())})")
-  return {m: write_from_npy(out_root / m, p, modality=m, num_items=num_items,
-                            item_index=item_index, zero_rows_missing=True,
-                            drop_unmapped=drop_unmapped, rows_per_shard=rows_per_shard,
-                            dtype=dtype)
-          for m, p in sorted(found.items())}
+    raise DataError(
+      str(dataset_dir), f"no MMRec feature file (looked for {sorted(MMREC_FILES.values())})"
+    )
+  return {
+    m: write_from_npy(
+      out_root / m,
+      p,
+      modality=m,
+      num_items=num_items,
+      item_index=item_index,
+      zero_rows_missing=True,
+      drop_unmapped=drop_unmapped,
+      rows_per_shard=rows_per_shard,
+      dtype=dtype,
+    )
+    for m, p in sorted(found.items())
+  }

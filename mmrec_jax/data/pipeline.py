@@ -33,28 +33,30 @@ every epoch) so that every batch has the same static shape; ``steps_per_epoch`` 
 Batch (per process, ``b = batch_size / process_count``), as in docs/architecture.md:
 ``user [b] int32``, ``pos [b] int32``, ``neg [b, n_neg] int32`` (not with ``in_batch``),
 ``pos_logq [b] float32`` (only with ``in_batch``: log of the item's train frequency, for
-the logQ correction of in-batch softmax), and with ``input.stream_features`` per modality
+the logQ correction of in-batch softmax), ``rating [b] float32`` (the rows' ratings, when
+the split has them: what the ``rating`` regime regresses on; ranking steps ignore it), and
+with ``input.stream_features`` per modality
 ``m``: ``feat_pos/m [b, d]``, ``mask_pos/m [b] bool``, ``feat_neg/m [b, n_neg, d]``,
 ``mask_neg/m [b, n_neg] bool``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
 import copy
 import sys
 import threading
+from collections.abc import Iterator, Mapping
 from typing import Any
 
-from absl import flags
 import grain
 import numpy as np
+from absl import flags
 
 from mmrec_jax.data import negatives as negatives_lib
 from mmrec_jax.errors import ConfigError, DataError
 
-_PERM_TAG = 0x5045524D   # 'PERM': separates the permutation seed from the negative keys
-_NEG_TAG = 0x4E454753    # 'NEGS'
+_PERM_TAG = 0x5045524D  # 'PERM': separates the permutation seed from the negative keys
+_NEG_TAG = 0x4E454753  # 'NEGS'
 STATE_VERSION = 1
 
 
@@ -77,11 +79,28 @@ class _Features:
 class _BatchSource:
   """grain RandomAccessDataSource: record g = this process's rows of global batch g."""
 
-  def __init__(self, *, users, items, num_items, seed, global_batch, local_batch,
-               process_index, steps_per_epoch, num_batches, num_negatives, sampler,
-               exclude, logq, features):
+  def __init__(
+    self,
+    *,
+    users,
+    items,
+    num_items,
+    seed,
+    global_batch,
+    local_batch,
+    process_index,
+    steps_per_epoch,
+    num_batches,
+    num_negatives,
+    sampler,
+    exclude,
+    logq,
+    features,
+    ratings=None,
+  ):
     self.users = users
     self.items = items
+    self.ratings = ratings
     self.num_items = num_items
     self.seed = seed
     self.global_batch = global_batch
@@ -98,7 +117,7 @@ class _BatchSource:
 
   def _init_cache(self):
     self._lock = threading.Lock()
-    self._perms = {}   # epoch -> permutation; the last two (read threads may straddle)
+    self._perms = {}  # epoch -> permutation; the last two (read threads may straddle)
 
   def __getstate__(self):
     state = dict(self.__dict__)
@@ -138,15 +157,18 @@ class _BatchSource:
       raise IndexError(f"batch {g} out of range [0, {self.num_batches})")
     epoch, i = divmod(g, self.steps_per_epoch)
     lo = i * self.global_batch + self.process_index * self.local_batch
-    rows = self.permutation(epoch)[lo:lo + self.local_batch]
+    rows = self.permutation(epoch)[lo : lo + self.local_batch]
     user = self.users[rows]
     pos = self.items[rows]
     out = {"user": user, "pos": pos}
+    if self.ratings is not None:
+      out["rating"] = self.ratings[rows]
     if self.sampler is None:
       out["pos_logq"] = self.logq[pos]
     else:
-      keys = negatives_lib.derive_keys(self.seed, _NEG_TAG, epoch, i,
-                                       count=self.sampler.max_rounds + 1)
+      keys = negatives_lib.derive_keys(
+        self.seed, _NEG_TAG, epoch, i, count=self.sampler.max_rounds + 1
+      )
       start = self.process_index * self.local_batch * self.num_negatives
       out["neg"] = self.sampler.sample(keys, user, self.num_negatives, start, self.exclude)
     return out
@@ -185,8 +207,15 @@ class TrainPipeline:
   a restored pipeline yields exactly the batches the uninterrupted one would have.
   """
 
-  def __init__(self, source: _BatchSource, *, worker_count: int, prefetch: int,
-               num_threads: int, element_spec: dict[str, tuple[tuple[int, ...], np.dtype]]):
+  def __init__(
+    self,
+    source: _BatchSource,
+    *,
+    worker_count: int,
+    prefetch: int,
+    num_threads: int,
+    element_spec: dict[str, tuple[tuple[int, ...], np.dtype]],
+  ):
     self._source = source
     self.worker_count = worker_count
     self.prefetch = prefetch
@@ -229,11 +258,10 @@ class TrainPipeline:
     return self._source.batch(g)
 
   def _make_iter(self):
-    read = grain.ReadOptions(num_threads=self.num_threads,
-                             prefetch_buffer_size=self.prefetch)
+    read = grain.ReadOptions(num_threads=self.num_threads, prefetch_buffer_size=self.prefetch)
     if self.worker_count == 0:
       ds = grain.MapDataset.source(self._source)
-      return iter((ds[self._next:] if self._next else ds).to_iter_dataset(read))
+      return iter((ds[self._next :] if self._next else ds).to_iter_dataset(read))
     # Workers build the id part (permutation, negatives, exclusion). Feature rows are
     # joined here, in a prefetch thread: moving them through shared memory costs more
     # than gathering them (measured: 0.28 vs 2.0 GB/s, benchmarks/RESULTS_pipeline.md).
@@ -242,18 +270,23 @@ class TrainPipeline:
     if not flags.FLAGS.is_parsed():
       flags.FLAGS.mark_as_parsed()
     ds = grain.MapDataset.source(_IdSource(self._source))
-    it_ds = (ds[self._next:] if self._next else ds).to_iter_dataset(read)
+    it_ds = (ds[self._next :] if self._next else ds).to_iter_dataset(read)
     # Id arrays are small: pickling them through the queue beats a shared-memory segment
     # per array (grain's default min_shm_size=0 creates one for every array).
     it_ds = grain.experimental.WithOptionsIterDataset(
-        it_ds, grain.experimental.DatasetOptions(min_shm_size=1 << 20))
-    it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(
-        num_workers=self.worker_count, per_worker_buffer_size=max(1, self.prefetch)))
+      it_ds, grain.experimental.DatasetOptions(min_shm_size=1 << 20)
+    )
+    it_ds = it_ds.mp_prefetch(
+      grain.MultiprocessingOptions(
+        num_workers=self.worker_count, per_worker_buffer_size=max(1, self.prefetch)
+      )
+    )
     if self._source.features:
       it_ds = it_ds.map(self._source.join_features)
       if self.prefetch:
         it_ds = grain.experimental.ThreadPrefetchIterDataset(
-            it_ds, prefetch_buffer_size=self.prefetch)
+          it_ds, prefetch_buffer_size=self.prefetch
+        )
     return iter(it_ds)
 
   def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
@@ -285,28 +318,39 @@ class TrainPipeline:
   def __del__(self):
     try:
       self.close()
-    except Exception:  # pylint: disable=broad-except
+    except Exception:
       pass
 
   # ------------------------------------------------------------------ state
   def get_state(self) -> dict[str, Any]:
     """JSON-able position; valid for any worker_count/prefetch, same seed and sizes."""
     s = self._source
-    return {"version": STATE_VERSION, "next_batch": self._next, "epoch": self.epoch,
-            "batch_in_epoch": self._next % self.steps_per_epoch, "seed": s.seed,
-            "global_batch_size": s.global_batch, "steps_per_epoch": s.steps_per_epoch}
+    return {
+      "version": STATE_VERSION,
+      "next_batch": self._next,
+      "epoch": self.epoch,
+      "batch_in_epoch": self._next % self.steps_per_epoch,
+      "seed": s.seed,
+      "global_batch_size": s.global_batch,
+      "steps_per_epoch": s.steps_per_epoch,
+    }
 
   def set_state(self, state: Mapping[str, Any]) -> None:
     """Restores a position saved by ``get_state`` (checks it belongs to this pipeline)."""
     s = self._source
     if state.get("version") != STATE_VERSION:
       raise DataError("pipeline state", f"version {state.get('version')!r} != {STATE_VERSION}")
-    for key, mine in (("seed", s.seed), ("global_batch_size", s.global_batch),
-                      ("steps_per_epoch", s.steps_per_epoch)):
+    for key, mine in (
+      ("seed", s.seed),
+      ("global_batch_size", s.global_batch),
+      ("steps_per_epoch", s.steps_per_epoch),
+    ):
       if state.get(key) != mine:
-        raise DataError("pipeline state",
-                        f"{key}={state.get(key)!r} but this pipeline has {key}={mine} "
-                        "(the saved position would point at different batches)")
+        raise DataError(
+          "pipeline state",
+          f"{key}={state.get(key)!r} but this pipeline has {key}={mine} "
+          "(the saved position would point at different batches)",
+        )
     nxt = int(state["next_batch"])
     if not 0 <= nxt <= self.num_batches:
       raise DataError("pipeline state", f"next_batch={nxt} outside [0, {self.num_batches}]")
@@ -325,27 +369,33 @@ def _cfg(input_cfg, key, default):
 def _check_ids(name: str, ids: np.ndarray, n: int, what: str) -> np.ndarray:
   ids = np.asarray(ids)
   if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
-    raise DataError(f"train split {name}", f"expected a 1-D integer array, got "
-                    f"{ids.dtype} of shape {ids.shape}")
+    raise DataError(
+      f"train split {name}", f"expected a 1-D integer array, got {ids.dtype} of shape {ids.shape}"
+    )
   bad = np.flatnonzero((ids < 0) | (ids >= n))
   if bad.size:
     r = int(bad[0])
-    raise DataError(f"train split row {r}",
-                    f"{what} id {int(ids[r])} out of range [0, {n}) ({bad.size} such rows)")
+    raise DataError(
+      f"train split row {r}",
+      f"{what} id {int(ids[r])} out of range [0, {n}) ({bad.size} such rows)",
+    )
   return np.ascontiguousarray(ids, dtype=np.int32)
 
 
 def _check_features(features, expected_dims, num_items) -> dict[str, _Features]:
   if features is None:
-    raise ConfigError("input.stream_features=True needs feature shards per modality; "
-                      "none were passed (features=None)")
+    raise ConfigError(
+      "input.stream_features=True needs feature shards per modality; "
+      "none were passed (features=None)"
+    )
   # An empty expected_dims means "the model streams no modality", not "all of them".
   wanted = list(expected_dims) if expected_dims is not None else list(features)
   out = {}
   for m in wanted:
     if m not in features:
-      raise ConfigError(f"modality {m!r} is not available for input.stream_features; "
-                        f"available: {sorted(features)}")
+      raise ConfigError(
+        f"modality {m!r} is not available for input.stream_features; available: {sorted(features)}"
+      )
     fs = features[m]
     where = f"features/{m}"
     if int(fs.num_items) != num_items:
@@ -359,14 +409,20 @@ def _check_features(features, expected_dims, num_items) -> dict[str, _Features]:
   return out
 
 
-def make_train_pipeline(train_split: Any, num_users: int, num_items: int, input_cfg: Any, *,
-                        seed: int,
-                        features: Mapping[str, Any] | None = None,
-                        expected_dims: Mapping[str, int] | None = None,
-                        process_index: int | None = None,
-                        process_count: int | None = None,
-                        num_epochs: int | None = None,
-                        num_threads: int = 1) -> TrainPipeline:
+def make_train_pipeline(
+  train_split: Any,
+  num_users: int,
+  num_items: int,
+  input_cfg: Any,
+  *,
+  seed: int,
+  features: Mapping[str, Any] | None = None,
+  expected_dims: Mapping[str, int] | None = None,
+  process_index: int | None = None,
+  process_count: int | None = None,
+  num_epochs: int | None = None,
+  num_threads: int = 1,
+) -> TrainPipeline:
   """Builds this process's training pipeline; all input checks happen here.
 
   Args:
@@ -386,28 +442,34 @@ def make_train_pipeline(train_split: Any, num_users: int, num_items: int, input_
     DataError / ConfigError (one line) on bad ids, empty split, bad sizes or features.
   """
   if process_index is None or process_count is None:
-    import jax  # pylint: disable=g-import-not-at-top
+    import jax  # noqa: PLC0415
+
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
   if not 0 <= process_index < process_count:
     raise ConfigError(f"process_index={process_index} not in [0, {process_count})")
   batch_size = int(_cfg(input_cfg, "batch_size", 0))
   if batch_size <= 0 or batch_size % process_count:
-    raise ConfigError(f"input.batch_size={batch_size} must be a positive multiple of the "
-                      f"process count {process_count} (it is the GLOBAL batch size)")
+    raise ConfigError(
+      f"input.batch_size={batch_size} must be a positive multiple of the "
+      f"process count {process_count} (it is the GLOBAL batch size)"
+    )
   name = _cfg(input_cfg, "negative_sampler", "uniform")
   if name not in negatives_lib.SAMPLERS:
-    raise ConfigError(f"input.negative_sampler={name!r} is not one of "
-                      f"{list(negatives_lib.SAMPLERS)}")
+    raise ConfigError(
+      f"input.negative_sampler={name!r} is not one of {list(negatives_lib.SAMPLERS)}"
+    )
   num_negatives = int(_cfg(input_cfg, "num_negatives", 1))
   if name != negatives_lib.IN_BATCH and num_negatives < 1:
-    raise ConfigError(f"input.num_negatives={num_negatives} must be >= 1 with "
-                      f"input.negative_sampler={name!r}")
+    raise ConfigError(
+      f"input.num_negatives={num_negatives} must be >= 1 with input.negative_sampler={name!r}"
+    )
   worker_count = int(_cfg(input_cfg, "worker_count", 0))
   prefetch = int(_cfg(input_cfg, "prefetch", 2))
   if worker_count < 0 or prefetch < 0:
-    raise ConfigError(f"input.worker_count={worker_count} and input.prefetch={prefetch} "
-                      "must be >= 0")
+    raise ConfigError(
+      f"input.worker_count={worker_count} and input.prefetch={prefetch} must be >= 0"
+    )
   if num_epochs is not None and num_epochs < 1:
     raise ConfigError(f"num_epochs={num_epochs} must be >= 1 (or None for no limit)")
 
@@ -419,29 +481,38 @@ def make_train_pipeline(train_split: Any, num_users: int, num_items: int, input_
     raise DataError("train split", f"users has {len(users)} rows but items has {len(items)}")
   if len(users) == 0:
     raise DataError("train split", "has no interactions")
+  ratings = getattr(train_split, "ratings", None)
+  if ratings is not None:
+    ratings = np.asarray(ratings, np.float32)
+    if ratings.shape != (len(users),):
+      raise DataError("train split", f"ratings has shape {ratings.shape}, expected ({len(users)},)")
   users = _check_ids("users", users, int(num_users), "user")
   items = _check_ids("items", items, int(num_items), "item")
   n = len(users)
   steps_per_epoch = n // batch_size
   if steps_per_epoch == 0:
-    raise ConfigError(f"input.batch_size={batch_size} is larger than the {n} train "
-                      "interactions (the last partial batch of an epoch is dropped)")
+    raise ConfigError(
+      f"input.batch_size={batch_size} is larger than the {n} train "
+      "interactions (the last partial batch of an epoch is dropped)"
+    )
 
   counts = np.bincount(items, minlength=num_items)
   sampler = exclude = logq = None
   if name == negatives_lib.IN_BATCH:
     with np.errstate(divide="ignore"):
-      logq = np.log(counts / n).astype(np.float32)   # -inf for items never in train
+      logq = np.log(counts / n).astype(np.float32)  # -inf for items never in train
   else:
     sampler = negatives_lib.NegativeSampler(
-        name, num_items, counts, float(_cfg(input_cfg, "popularity_alpha", 0.75)))
+      name, num_items, counts, float(_cfg(input_cfg, "popularity_alpha", 0.75))
+    )
     if bool(_cfg(input_cfg, "exclude_positives", False)):
       exclude = negatives_lib.PositiveSet(users, items, num_items)
       full = np.flatnonzero(exclude.positives_per_user(num_users) >= num_items)
       if full.size:
-        raise DataError(f"train split user {int(full[0])}",
-                        "has every item as a positive; input.exclude_positives cannot "
-                        "find a negative")
+        raise DataError(
+          f"train split user {int(full[0])}",
+          "has every item as a positive; input.exclude_positives cannot find a negative",
+        )
 
   feats = {}
   if bool(_cfg(input_cfg, "stream_features", False)):
@@ -449,13 +520,25 @@ def make_train_pipeline(train_split: Any, num_users: int, num_items: int, input_
 
   local = batch_size // process_count
   source = _BatchSource(
-      users=users, items=items, num_items=int(num_items), seed=int(seed),
-      global_batch=batch_size, local_batch=local, process_index=int(process_index),
-      steps_per_epoch=steps_per_epoch,
-      num_batches=sys.maxsize if num_epochs is None else steps_per_epoch * num_epochs,
-      num_negatives=num_negatives, sampler=sampler, exclude=exclude, logq=logq,
-      features=feats)
+    users=users,
+    items=items,
+    num_items=int(num_items),
+    seed=int(seed),
+    global_batch=batch_size,
+    local_batch=local,
+    process_index=int(process_index),
+    steps_per_epoch=steps_per_epoch,
+    num_batches=sys.maxsize if num_epochs is None else steps_per_epoch * num_epochs,
+    num_negatives=num_negatives,
+    sampler=sampler,
+    exclude=exclude,
+    logq=logq,
+    features=feats,
+    ratings=ratings,
+  )
   spec = {"user": ((local,), np.dtype(np.int32)), "pos": ((local,), np.dtype(np.int32))}
+  if ratings is not None:
+    spec["rating"] = ((local,), np.dtype(np.float32))
   if sampler is None:
     spec["pos_logq"] = ((local,), np.dtype(np.float32))
   else:
@@ -467,5 +550,6 @@ def make_train_pipeline(train_split: Any, num_users: int, num_items: int, input_
     if sampler is not None:
       spec[f"feat_neg/{m}"] = ((local, num_negatives, f.dim), dtype)
       spec[f"mask_neg/{m}"] = ((local, num_negatives), np.dtype(bool))
-  return TrainPipeline(source, worker_count=worker_count, prefetch=prefetch,
-                       num_threads=num_threads, element_spec=spec)
+  return TrainPipeline(
+    source, worker_count=worker_count, prefetch=prefetch, num_threads=num_threads, element_spec=spec
+  )

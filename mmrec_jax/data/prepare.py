@@ -10,7 +10,10 @@ Steps, in order (each vectorised numpy, so ML-25M-sized data prepares in about a
 3. k-core filtering (``data.user_core``/``data.item_core``), repeated until stable;
 4. dense ids 0..n-1 in sorted raw-id order (numeric order for integer ids), the raw ids
    written to user_ids.txt / item_ids.txt;
-5. splits (``splits.py``), rows of each split ordered by (user, time, file order);
+5. splits (``splits.py``), then the optional validation carve (``data.valid_of_train``)
+   and Cornac's ``exclude_unknowns`` (``data.exclude_unknowns``: valid/test rows of users
+   or items without a train row are dropped and ids made dense again); rows of each split
+   ordered by (user, time, file order);
 6. items.jsonl, feature shards (given features, or a handcrafted 'text' modality from
    item side info), manifest with counts, split statistics, sha256 of every file and a
    fingerprint of (prep config + the exact input files).
@@ -50,19 +53,38 @@ from mmrec_jax.data.dataset import FORMAT_VERSION, SPLIT_NAMES, PreparedDataset
 from mmrec_jax.errors import ConfigError, DataError
 from mmrec_jax.features.handcrafted import handcrafted_text_features
 from mmrec_jax.io_utils import sha256_file
+from mmrec_jax.loop import signals
 
-PREP_VERSION = 1   # bump when the same inputs would prepare differently
-_COMMON_KEYS = ("source", "rating_threshold", "dedup", "user_core", "item_core", "split",
-                "split_ratios", "global_cut", "rows_per_shard")
+PREP_VERSION = 1  # bump when the same inputs would prepare differently
+_COMMON_KEYS = (
+  "source",
+  "rating_threshold",
+  "dedup",
+  "user_core",
+  "item_core",
+  "split",
+  "split_ratios",
+  "global_cut",
+  "rows_per_shard",
+)
 _SOURCE_KEYS = {
-    "movielens": ("variant", "path"),
-    "recbole": ("path", "name"),
-    "mmrec": ("path", "name"),
-    "presplit": ("train", "valid", "test", "items_file"),
-    "synthetic": ("num_users", "num_items", "num_interactions", "latent_dim", "text_dim",
-                  "image_dim", "popularity_exponent"),
+  "movielens": ("variant", "path"),
+  "recbole": ("path", "name"),
+  "mmrec": ("path", "name"),
+  "presplit": ("train", "valid", "test", "items_file"),
+  "synthetic": (
+    "num_users",
+    "num_items",
+    "num_interactions",
+    "latent_dim",
+    "text_dim",
+    "image_dim",
+    "popularity_exponent",
+  ),
 }
 _GIVEN_SPLIT = ("presplit", "mmrec")
+_SEEDED_SPLITS = ("random_ratio", "global_random", "kfold")
+_PROTOCOL_DEFAULTS = {"exclude_unknowns": False, "valid_of_train": 0.0}
 # Test hook: called with the temp dir after the split arrays are written (atomicity tests).
 _after_partial_write = None
 
@@ -85,8 +107,11 @@ def _resolve(cfg, seed):
     try:
       data[key] = value
     except TypeError:
-      raise ConfigError(f"data.{key}={value!r}: expected type "
-                        f"{type(defaults[key]).__name__}") from None
+      raise ConfigError(
+        f"data.{key}={value!r}: expected type {type(defaults[key]).__name__}"
+      ) from None
+  if int(data.seed) >= 0:  # the data section's own seed wins (config.data.seed)
+    seed = int(data.seed)
   return data, int(seed or 0)
 
 
@@ -107,13 +132,18 @@ def validate(data) -> None:
     v = data[key]
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
       raise ConfigError(f"data.{key}={v!r}: must be an integer >= 0")
-  if isinstance(data.rows_per_shard, bool) or not isinstance(data.rows_per_shard, int) \
-      or data.rows_per_shard < 1:
+  if (
+    isinstance(data.rows_per_shard, bool)
+    or not isinstance(data.rows_per_shard, int)
+    or data.rows_per_shard < 1
+  ):
     raise ConfigError(f"data.rows_per_shard={data.rows_per_shard!r}: must be an integer >= 1")
   if data.source in _GIVEN_SPLIT:
     if thr >= 0 or data.user_core or data.item_core:
-      raise ConfigError(f"data.source={data.source!r} is kept exactly as given: "
-                        "data.rating_threshold must be < 0 and data.user_core/item_core 0")
+      raise ConfigError(
+        f"data.source={data.source!r} is kept exactly as given: "
+        "data.rating_threshold must be < 0 and data.user_core/item_core 0"
+      )
     return
   if data.split not in splits.SPLITS:
     raise ConfigError(f"data.split={data.split!r} is not one of {list(splits.SPLITS)}")
@@ -121,6 +151,10 @@ def validate(data) -> None:
     splits.check_ratios(data.split_ratios)
   if data.split == "global_temporal":
     splits.check_global_cut(data.global_cut)
+  if data.split == "global_random":
+    splits.check_ratios(data.split_ratios)
+  if not 0.0 <= float(data.valid_of_train) < 1.0:
+    raise ConfigError(f"data.valid_of_train={data.valid_of_train!r}: must be in [0, 1)")
 
 
 def prep_config(data, seed: int) -> dict:
@@ -131,7 +165,14 @@ def prep_config(data, seed: int) -> dict:
     out["split"] = "given"
     for k in ("split_ratios", "global_cut"):
       out.pop(k)
-  if data.source == "synthetic" or out.get("split") == "random_ratio":
+  # Keys added with the Cornac/Elliot protocols enter the fingerprint only when they
+  # change the output, so datasets prepared before them keep their fingerprints.
+  for key, default in _PROTOCOL_DEFAULTS.items():
+    if data.source not in _GIVEN_SPLIT and data[key] != default:
+      out[key] = data[key]
+  if data.source not in _GIVEN_SPLIT and data.split == "kfold":
+    out["num_folds"], out["fold"] = data.num_folds, data.fold
+  if data.source == "synthetic" or out.get("split") in _SEEDED_SPLITS or out.get("valid_of_train"):
     out["seed"] = seed
   return out
 
@@ -154,9 +195,18 @@ def prepare(cfg, *, seed: int | None = None) -> PreparedDataset:
   locate, load = sources.SOURCES[data.source]
   located = locate(data, cache_dir)
   pc = prep_config(data, seed)
-  fingerprint = hashlib.sha256(json.dumps(
-      {"prep_version": PREP_VERSION, "format_version": FORMAT_VERSION, "prep_config": pc,
-       "inputs": located}, sort_keys=True, default=str).encode()).hexdigest()
+  fingerprint = hashlib.sha256(
+    json.dumps(
+      {
+        "prep_version": PREP_VERSION,
+        "format_version": FORMAT_VERSION,
+        "prep_config": pc,
+        "inputs": located,
+      },
+      sort_keys=True,
+      default=str,
+    ).encode()
+  ).hexdigest()
   if data.prepared_dir:
     target = pathlib.Path(os.path.expanduser(data.prepared_dir))
   else:
@@ -168,8 +218,10 @@ def prepare(cfg, *, seed: int | None = None) -> PreparedDataset:
   if target.exists():
     existing = _manifest_fingerprint(target)
     if existing is None and any(target.iterdir()):
-      raise ConfigError(f"data.prepared_dir={str(target)!r} exists and is not a prepared "
-                        "dataset; refusing to overwrite it")
+      raise ConfigError(
+        f"data.prepared_dir={str(target)!r} exists and is not a prepared "
+        "dataset; refusing to overwrite it"
+      )
     if existing == fingerprint:
       try:
         ds = PreparedDataset.open(target)
@@ -182,6 +234,7 @@ def prepare(cfg, *, seed: int | None = None) -> PreparedDataset:
   tmp.mkdir()
   try:
     build(raw, data, seed, tmp, fingerprint=fingerprint, prep_cfg=pc)
+    signals.fault_point("prepare_build", 0)  # test hook: a complete temp dir, not installed
     _install(tmp, target, fingerprint)
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
@@ -260,30 +313,32 @@ def _check_lengths(raw: sources.RawData) -> None:
     raise DataError(raw.source, "no interactions")
 
 
-def build(raw: sources.RawData, data, seed: int, out: pathlib.Path, *, fingerprint: str,
-          prep_cfg: dict) -> None:
+def build(
+  raw: sources.RawData, data, seed: int, out: pathlib.Path, *, fingerprint: str, prep_cfg: dict
+) -> None:
   """Writes the prepared dataset for ``raw`` into the (empty) directory ``out``."""
   _check_lengths(raw)
   has_ts, has_rating = raw.timestamps is not None, raw.ratings is not None
-  rows = np.arange(raw.users.shape[0], dtype=np.int64)   # surviving source rows
+  rows = np.arange(raw.users.shape[0], dtype=np.int64)  # surviving source rows
   if float(data.rating_threshold) >= 0:
     if not has_rating:
-      raise ConfigError(f"data.rating_threshold={data.rating_threshold}: source "
-                        f"{raw.source} has no ratings (set it < 0)")
+      raise ConfigError(
+        f"data.rating_threshold={data.rating_threshold}: source "
+        f"{raw.source} has no ratings (set it < 0)"
+      )
     rows = np.flatnonzero(raw.ratings >= float(data.rating_threshold))
     if rows.size == 0:
-      raise DataError(raw.source, f"no rating >= data.rating_threshold="
-                      f"{data.rating_threshold}")
+      raise DataError(raw.source, f"no rating >= data.rating_threshold={data.rating_threshold}")
   user_raw, u = factorize(raw.users[rows])
   if raw.item_universe is not None:
     both = np.concatenate([raw.item_universe.astype(raw.items.dtype), raw.items[rows]])
     item_raw, inv = factorize(both)
-    i = inv[raw.item_universe.shape[0]:]
+    i = inv[raw.item_universe.shape[0] :]
   else:
     item_raw, i = factorize(raw.items[rows])
   ts = raw.timestamps[rows] if has_ts else np.zeros(rows.shape[0], np.int64)
 
-  if data.dedup:   # first row per (user, item) by (time, file order)
+  if data.dedup:  # first row per (user, item) by (time, file order)
     key = u * np.int64(item_raw.shape[0]) + i
     order = splits.stable_order(key, ts) if has_ts else np.argsort(key, kind="stable")
     ks = key[order]
@@ -292,9 +347,12 @@ def build(raw: sources.RawData, data, seed: int, out: pathlib.Path, *, fingerpri
     if raw.labels is not None and not first.all():
       j = int(np.flatnonzero(~first)[0])
       dup, orig = int(rows[order[j]]), int(rows[order[j - 1]])
-      raise DataError(_where(raw, dup), f"repeats (user {raw.users[dup]}, item "
-                      f"{raw.items[dup]}) of {_where(raw, orig)}; pre-split data is kept as "
-                      "given, so remove the repeat or set data.dedup=False to keep repeats")
+      raise DataError(
+        _where(raw, dup),
+        f"repeats (user {raw.users[dup]}, item "
+        f"{raw.items[dup]}) of {_where(raw, orig)}; pre-split data is kept as "
+        "given, so remove the repeat or set data.dedup=False to keep repeats",
+      )
     keep = np.sort(order[first])
     del key, order, ks, first
     rows, u, i, ts = rows[keep], u[keep], i[keep], ts[keep]
@@ -309,30 +367,46 @@ def build(raw: sources.RawData, data, seed: int, out: pathlib.Path, *, fingerpri
       good = ~bad
       rows, u, i, ts = rows[good], u[good], i[good], ts[good]
       if rows.size == 0:
-        raise DataError(raw.source, f"no interactions left after k-core filtering "
-                        f"(user_core={data.user_core}, item_core={data.item_core})")
+        raise DataError(
+          raw.source,
+          f"no interactions left after k-core filtering "
+          f"(user_core={data.user_core}, item_core={data.item_core})",
+        )
 
-  # dense ids over the survivors (all universe items are kept)
-  used_u = np.bincount(u, minlength=user_raw.shape[0]) > 0
-  new_u = np.cumsum(used_u) - 1
-  u, user_raw = new_u[u].astype(np.int32), user_raw[used_u]
-  if raw.item_universe is None:
-    used_i = np.bincount(i, minlength=item_raw.shape[0]) > 0
-    new_i = np.cumsum(used_i) - 1
-    i, item_raw = new_i[i].astype(np.int32), item_raw[used_i]
-  else:
-    i = i.astype(np.int32)
+  u, i, user_raw, item_raw = _dense(u, i, user_raw, item_raw, raw.item_universe is None)
   n_users, n_items = int(user_raw.shape[0]), int(item_raw.shape[0])
 
-  order = splits.stable_order(u, ts)   # (user, time, file order): every split's row order
+  order = splits.stable_order(u, ts)  # (user, time, file order): every split's row order
   if raw.labels is not None:
     labels = raw.labels[rows]
   else:
-    if not has_ts and data.split != "random_ratio":
-      logging.warning("source %s has no timestamps: split %s follows file order",
-                      raw.source, data.split)
-    labels = splits.assign(data.split, u, ts, num_users=n_users, ratios=data.split_ratios,
-                           global_cut=data.global_cut, seed=seed, temporal_order=order)
+    if not has_ts and data.split not in _SEEDED_SPLITS:
+      logging.warning(
+        "source %s has no timestamps: split %s follows file order", raw.source, data.split
+      )
+    labels = splits.assign(
+      data.split,
+      u,
+      ts,
+      num_users=n_users,
+      ratios=data.split_ratios,
+      global_cut=data.global_cut,
+      seed=seed,
+      temporal_order=order,
+      folds=(data.num_folds, data.fold),
+    )
+    labels = splits.carve_valid(labels, data.valid_of_train, seed)
+    if data.exclude_unknowns:
+      keep = ~splits.unknown_rows(labels, u, i, n_users, n_items)
+      if not keep.all():
+        logging.info(
+          "exclude_unknowns: dropped %d valid/test rows of users/items without train rows",
+          int((~keep).sum()),
+        )
+        rows, u, i, ts, labels = rows[keep], u[keep], i[keep], ts[keep], labels[keep]
+        u, i, user_raw, item_raw = _dense(u, i, user_raw, item_raw, raw.item_universe is None)
+        n_users, n_items = int(user_raw.shape[0]), int(item_raw.shape[0])
+        order = splits.stable_order(u, ts)
   ratings = raw.ratings[rows] if has_rating else None
   del rows
 
@@ -343,9 +417,14 @@ def build(raw: sources.RawData, data, seed: int, out: pathlib.Path, *, fingerpri
   for k, name in enumerate(SPLIT_NAMES):
     idx = order[lab_sorted == k]
     (out / name).mkdir()
-    arrays = {"user": u[idx], "item": i[idx], "timestamp": ts[idx].astype(np.int64),
-              "rating": (ratings[idx] if ratings is not None
-                         else np.ones(idx.shape[0], np.float32)).astype(np.float32)}
+    arrays = {
+      "user": u[idx],
+      "item": i[idx],
+      "timestamp": ts[idx].astype(np.int64),
+      "rating": (ratings[idx] if ratings is not None else np.ones(idx.shape[0], np.float32)).astype(
+        np.float32
+      ),
+    }
     for stem, arr in arrays.items():
       f = out / name / f"{stem}.npy"
       np.save(f, np.ascontiguousarray(arr))
@@ -354,10 +433,13 @@ def build(raw: sources.RawData, data, seed: int, out: pathlib.Path, *, fingerpri
     si = np.bincount(arrays["item"], minlength=n_items) > 0
     if name == "train":
       train_users, train_items = su, si
-    split_stats[name] = {"interactions": int(idx.shape[0]), "users": int(su.sum()),
-                         "items": int(si.sum()),
-                         "cold_users": int((su & ~train_users).sum()),
-                         "cold_items": int((si & ~train_items).sum())}
+    split_stats[name] = {
+      "interactions": int(idx.shape[0]),
+      "users": int(su.sum()),
+      "items": int(si.sum()),
+      "cold_users": int((su & ~train_users).sum()),
+      "cold_items": int((si & ~train_items).sum()),
+    }
     del idx, arrays
   if _after_partial_write is not None:
     _after_partial_write(out)
@@ -378,24 +460,49 @@ def build(raw: sources.RawData, data, seed: int, out: pathlib.Path, *, fingerpri
       checksums[f"features/{m}/{f.name}"] = sha256_file(f)
 
   manifest = {
-      "format_version": FORMAT_VERSION, "source": raw.source, "num_users": n_users,
-      "num_items": n_items, "num_interactions": sum(s["interactions"]
-                                                    for s in split_stats.values()),
-      "has_timestamp": has_ts, "has_rating": has_rating, "splits": split_stats,
-      "modalities": {m: f"features/{m}" for m in modalities}, "checksums": checksums,
-      "prep_config": prep_cfg, "fingerprint": fingerprint,
-      "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-      "prep_version": PREP_VERSION, "notes": raw.notes,
+    "format_version": FORMAT_VERSION,
+    "source": raw.source,
+    "num_users": n_users,
+    "num_items": n_items,
+    "num_interactions": sum(s["interactions"] for s in split_stats.values()),
+    "has_timestamp": has_ts,
+    "has_rating": has_rating,
+    "splits": split_stats,
+    "modalities": {m: f"features/{m}" for m in modalities},
+    "checksums": checksums,
+    "prep_config": prep_cfg,
+    "fingerprint": fingerprint,
+    "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    "prep_version": PREP_VERSION,
+    "notes": raw.notes,
   }
   io_utils.atomic_write_json(out / "manifest.json", manifest, indent=1)
+
+
+def _dense(
+  u: np.ndarray, i: np.ndarray, user_raw: np.ndarray, item_raw: np.ndarray, drop_items: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+  """Dense ids over the users (and, with ``drop_items``, items) that have rows.
+
+  Without ``drop_items`` (a source with an item universe) every item keeps its id.
+  """
+  used_u = np.bincount(u, minlength=user_raw.shape[0]) > 0
+  new_u = np.cumsum(used_u) - 1
+  u, user_raw = new_u[u].astype(np.int32), user_raw[used_u]
+  if drop_items:
+    used_i = np.bincount(i, minlength=item_raw.shape[0]) > 0
+    new_i = np.cumsum(used_i) - 1
+    i, item_raw = new_i[i].astype(np.int32), item_raw[used_i]
+  else:
+    i = i.astype(np.int32)
+  return u, i, user_raw, item_raw
 
 
 def _where(raw: sources.RawData, row: int) -> str:
   return raw.where_row(row) if raw.where_row else f"{raw.source} row {row + 1}"
 
 
-_INFO_DEFAULT = {"title": None, "genres": [], "year": None, "tags": [], "image": None,
-                 "text": None}
+_INFO_DEFAULT = {"title": None, "genres": [], "year": None, "tags": [], "image": None, "text": None}
 
 
 def _item_info(raw: sources.RawData, item_raw: np.ndarray) -> list[dict[str, Any]]:
@@ -414,9 +521,17 @@ def _write_features(raw, item_raw, info, out: pathlib.Path, rows_per_shard: int)
   n_items = item_raw.shape[0]
   written = []
   for m, spec in sorted(raw.features.items()):
-    if isinstance(spec[0], str) and spec[0] == "npy":   # MMRec file: row r = item id r = internal id r (universe kept)
-      feature_store.write_from_npy(root / m, spec[1], modality=m, num_items=n_items,
-                                   zero_rows_missing=True, rows_per_shard=rows_per_shard)
+    if (
+      isinstance(spec[0], str) and spec[0] == "npy"
+    ):  # MMRec file: row r = item id r = internal id r (universe kept)
+      feature_store.write_from_npy(
+        root / m,
+        spec[1],
+        modality=m,
+        num_items=n_items,
+        zero_rows_missing=True,
+        rows_per_shard=rows_per_shard,
+      )
     else:
       arr, ids = spec
       order = np.argsort(ids, kind="stable")
@@ -425,13 +540,15 @@ def _write_features(raw, item_raw, info, out: pathlib.Path, rows_per_shard: int)
       mask = ids[order][pos] == item_raw.astype(ids.dtype)
       rows = np.zeros((n_items, arr.shape[1]), np.float32)
       rows[mask] = arr[order[pos[mask]]]
-      feature_store.write_feature_shards(root / m, rows, mask, modality=m,
-                                         rows_per_shard=rows_per_shard, num_items=n_items)
+      feature_store.write_feature_shards(
+        root / m, rows, mask, modality=m, rows_per_shard=rows_per_shard, num_items=n_items
+      )
     written.append(m)
   if raw.handcrafted_text and "text" not in raw.features:
     arr, mask = handcrafted_text_features(info)
     if mask.any():
-      feature_store.write_feature_shards(root / "text", arr, mask, modality="text",
-                                         rows_per_shard=rows_per_shard, num_items=n_items)
+      feature_store.write_feature_shards(
+        root / "text", arr, mask, modality="text", rows_per_shard=rows_per_shard, num_items=n_items
+      )
       written.append("text")
   return sorted(written)

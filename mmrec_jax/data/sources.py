@@ -19,18 +19,37 @@ from __future__ import annotations
 
 import os
 import pathlib
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from mmrec_jax.data import movielens, synthetic, tables
-from mmrec_jax.data.raw import (RECBOLE_FIELDS, RECBOLE_TYPES, RawData, parse_recbole_header,
-                                read_interaction_table, read_recbole_items, stat)
+from mmrec_jax.data.raw import (
+  RECBOLE_FIELDS,
+  RECBOLE_TYPES,
+  RawData,
+  parse_recbole_header,
+  read_interaction_table,
+  read_recbole_items,
+  stat,
+)
 from mmrec_jax.errors import ConfigError, DataError
 
-__all__ = ["PREPARED", "RECBOLE_FIELDS", "RECBOLE_TYPES", "SOURCES", "RawData", "Source",
-           "parse_recbole_header", "read_interaction_table", "read_plain_items",
-           "read_recbole_items", "require_file", "stat"]
+__all__ = [
+  "PREPARED",
+  "RECBOLE_FIELDS",
+  "RECBOLE_TYPES",
+  "SOURCES",
+  "RawData",
+  "Source",
+  "parse_recbole_header",
+  "read_interaction_table",
+  "read_plain_items",
+  "read_recbole_items",
+  "require_file",
+  "stat",
+]
 
 
 def require_file(path, key: str) -> pathlib.Path:
@@ -79,11 +98,15 @@ def load_recbole(cfg, located, seed, cache_dir=None) -> RawData:
   opener = tables.opener_for_path(inter)
   cols, _ = read_interaction_table(opener, where, recbole=True)
   return RawData(
-      source=f"recbole:{inter.stem}", users=cols["user"], items=cols["item"],
-      timestamps=_timestamps(cols.get("timestamp")), ratings=_ratings(cols.get("rating")),
-      item_info=read_recbole_items(tables.opener_for_path(item), str(item)) if item else None,
-      where_row=lambda r: f"{where}:{tables.line_of_row(opener, r, 1)}",
-      handcrafted_text=item is not None)
+    source=f"recbole:{inter.stem}",
+    users=cols["user"],
+    items=cols["item"],
+    timestamps=_timestamps(cols.get("timestamp")),
+    ratings=_ratings(cols.get("rating")),
+    item_info=read_recbole_items(tables.opener_for_path(item), str(item)) if item else None,
+    where_row=lambda r: f"{where}:{tables.line_of_row(opener, r, 1)}",
+    handcrafted_text=item is not None,
+  )
 
 
 # ---------------------------------------------------------------- pre-split files
@@ -137,12 +160,16 @@ def load_presplit(cfg, located, seed, cache_dir=None) -> RawData:
     else:
       item_info = read_plain_items(p)
   return RawData(
-      source="presplit", users=_concat(parts, wheres, "user", "id"),
-      items=_concat(parts, wheres, "item", "id"),
-      timestamps=_timestamps(_concat(parts, wheres, "timestamp", "float")),
-      ratings=_ratings(_concat(parts, wheres, "rating", "float")),
-      labels=np.repeat(np.arange(3, dtype=np.int8), sizes), item_info=item_info,
-      where_row=where_row, handcrafted_text=item_info is not None)
+    source="presplit",
+    users=_concat(parts, wheres, "user", "id"),
+    items=_concat(parts, wheres, "item", "id"),
+    timestamps=_timestamps(_concat(parts, wheres, "timestamp", "float")),
+    ratings=_ratings(_concat(parts, wheres, "rating", "float")),
+    labels=np.repeat(np.arange(3, dtype=np.int8), sizes),
+    item_info=item_info,
+    where_row=where_row,
+    handcrafted_text=item_info is not None,
+  )
 
 
 def read_plain_items(p: pathlib.Path) -> dict[str, dict]:
@@ -153,8 +180,18 @@ def read_plain_items(p: pathlib.Path) -> dict[str, dict]:
   idcol = next((j for j, h in enumerate(low) if h in ("item_id", "itemid", "item")), None)
   if idcol is None:
     raise DataError(f"{p}:1", f"header {header} names no item_id column")
+  opener = tables.opener_for_path(p)
+  try:
+    return _plain_items_rows(opener, p, header, low, idcol)
+  except UnicodeDecodeError as e:
+    raise tables.decode_error(opener, str(p), e) from None
+
+
+def _plain_items_rows(
+  opener, p: pathlib.Path, header: list[str], low: list[str], idcol: int
+) -> dict[str, dict]:
   info = {}
-  with open(p, encoding="utf-8") as f:
+  with opener() as f:
     for lineno, line in enumerate(f, 1):
       if lineno == 1 or not line.strip():
         continue
@@ -194,8 +231,11 @@ def _mmrec_paths(cfg) -> tuple[pathlib.Path, pathlib.Path]:
 
 def locate_mmrec(cfg, cache_dir) -> dict:
   d, inter = _mmrec_paths(cfg)
-  feats = {m: stat(d / f) for m, f in (("image", "image_feat.npy"), ("text", "text_feat.npy"))
-           if (d / f).is_file()}
+  feats = {
+    m: stat(d / f)
+    for m, f in (("image", "image_feat.npy"), ("text", "text_feat.npy"))
+    if (d / f).is_file()
+  }
   return {"inter": stat(inter), "features": feats}
 
 
@@ -205,8 +245,9 @@ def load_mmrec(cfg, located, seed, cache_dir=None) -> RawData:
   opener = tables.opener_for_path(inter)
   cols, header = read_interaction_table(opener, where, recbole=False)
   if "x_label" not in cols:
-    raise DataError(f"{where}:1", f"header {header} has no x_label column (0 train, "
-                    "1 valid, 2 test)")
+    raise DataError(
+      f"{where}:1", f"header {header} has no x_label column (0 train, 1 valid, 2 test)"
+    )
 
   def where_row(r: int) -> str:
     return f"{where}:{tables.line_of_row(opener, r, 1)}"
@@ -214,57 +255,124 @@ def load_mmrec(cfg, located, seed, cache_dir=None) -> RawData:
   for role in ("user", "item"):
     ids = cols[role]
     if ids.dtype.kind != "i" or (ids < 0).any():
-      bad = 0 if ids.dtype.kind != "i" else int(np.flatnonzero(ids < 0)[0])
-      raise DataError(where_row(bad), f"{role} id {str(ids[bad])!r}: MMRec ids must be 0-based "
-                      "integers")
+      if ids.dtype.kind == "i":
+        bad = int(np.flatnonzero(ids < 0)[0])
+      else:  # the first token that is not a canonical non-negative int64
+        bad = next(
+          r
+          for r, v in enumerate(ids.tolist())
+          if not (tables.canonical_int(v) and not v.startswith("-"))
+        )
+      raise DataError(
+        where_row(bad), f"{role} id {str(ids[bad])!r}: MMRec ids must be 0-based integers"
+      )
   labels = cols["x_label"]
   bad = np.flatnonzero((labels < 0) | (labels > 2))
   if bad.size:
-    raise DataError(where_row(int(bad[0])), f"x_label {int(labels[bad[0]])} is not 0 "
-                    "(train), 1 (valid) or 2 (test)")
-  n_items = int(cols["item"].max()) + 1
-  feats = {m: ("npy", d / f) for m, f in (("image", "image_feat.npy"),
-                                          ("text", "text_feat.npy")) if (d / f).is_file()}
+    raise DataError(
+      where_row(int(bad[0])),
+      f"x_label {int(labels[bad[0]])} is not 0 (train), 1 (valid) or 2 (test)",
+    )
+  feats = {
+    m: ("npy", d / f)
+    for m, f in (("image", "image_feat.npy"), ("text", "text_feat.npy"))
+    if (d / f).is_file()
+  }
+  n_items = _mmrec_num_items(cols["item"], feats, where_row)
   return RawData(
-      source=f"mmrec:{inter.stem}", users=cols["user"], items=cols["item"],
-      timestamps=_timestamps(cols.get("timestamp")), ratings=_ratings(cols.get("rating")),
-      labels=labels.astype(np.int8), features=feats,
-      item_universe=np.arange(n_items, dtype=np.int64), where_row=where_row)
+    source=f"mmrec:{inter.stem}",
+    users=cols["user"],
+    items=cols["item"],
+    timestamps=_timestamps(cols.get("timestamp")),
+    ratings=_ratings(cols.get("rating")),
+    labels=labels.astype(np.int8),
+    features=feats,
+    item_universe=np.arange(n_items, dtype=np.int64),
+    where_row=where_row,
+  )
+
+
+def _mmrec_num_items(items: np.ndarray, feats: dict, where_row) -> int:
+  """The item count (ids 0..n-1), checked before anything of that size is allocated.
+
+  MMRec ids are dense and 0-based, and a feature file has one row per item id. An id
+  beyond the feature rows, or (without features) one far beyond the distinct items seen,
+  is a typo or a non-MMRec file: it would otherwise allocate tables of ``max id + 1`` rows
+  (10^12 rows: terabytes).
+  """
+  top = int(np.argmax(items))
+  n_items = int(items[top]) + 1
+  distinct = int(np.unique(items).size)
+  if n_items <= np.iinfo(np.int32).max and n_items <= 100 * distinct + 10_000:
+    return n_items  # plausible; feature files are checked row by row when written
+  for _, path in feats.values():
+    try:
+      rows = int(np.load(path, mmap_mode="r").shape[0])
+    except (OSError, ValueError) as e:
+      raise DataError(str(path), f"not a readable .npy array ({e})") from None
+    if n_items > rows:
+      raise DataError(
+        where_row(top),
+        f"item id {n_items - 1} has no row in {path.name} "
+        f"({rows} rows, one per item id 0..{rows - 1})",
+      )
+  if n_items > np.iinfo(np.int32).max or not feats:
+    raise DataError(
+      where_row(top),
+      f"item id {n_items - 1}: MMRec item ids are dense "
+      f"0-based integers, but only {distinct} distinct items occur (this id "
+      f"would mean {n_items} items)",
+    )
+  return n_items
 
 
 # ---------------------------------------------------------------- synthetic
 def locate_synthetic(cfg, cache_dir) -> dict:
-  return {}   # everything is in the config (and the seed)
+  return {}  # everything is in the config (and the seed)
 
 
 def load_synthetic(cfg, located, seed, cache_dir=None) -> RawData:
-  s = synthetic.generate(num_users=cfg.num_users, num_items=cfg.num_items,
-                         num_interactions=cfg.num_interactions, latent_dim=cfg.latent_dim,
-                         text_dim=cfg.text_dim, image_dim=cfg.image_dim,
-                         popularity_exponent=cfg.popularity_exponent, seed=seed)
+  s = synthetic.generate(
+    num_users=cfg.num_users,
+    num_items=cfg.num_items,
+    num_interactions=cfg.num_interactions,
+    latent_dim=cfg.latent_dim,
+    text_dim=cfg.text_dim,
+    image_dim=cfg.image_dim,
+    popularity_exponent=cfg.popularity_exponent,
+    seed=seed,
+  )
   ids = np.arange(cfg.num_items, dtype=np.int64)
-  info = {str(i): {"title": f"synthetic item {i}", "genres": [f"topic{t}"]}
-          for i, t in enumerate(s.item_topic.tolist())}
+  info = {
+    str(i): {"title": f"synthetic item {i}", "genres": [f"topic{t}"]}
+    for i, t in enumerate(s.item_topic.tolist())
+  }
   return RawData(
-      source="synthetic", users=s.users, items=s.items, timestamps=s.timestamps,
-      ratings=s.ratings, item_info=info,
-      features={"text": (s.text, ids), "image": (s.image, ids)},
-      notes=["synthetic data with planted structure (not real interactions)"])
+    source="synthetic",
+    users=s.users,
+    items=s.items,
+    timestamps=s.timestamps,
+    ratings=s.ratings,
+    item_info=info,
+    features={"text": (s.text, ids), "image": (s.image, ids)},
+    notes=["synthetic data with planted structure (not real interactions)"],
+  )
 
 
 class Source(NamedTuple):
   """The two steps of a source (module docstring)."""
-  locate: Callable[..., dict]      # (cfg, cache_dir) -> JSON-able description
-  load: Callable[..., RawData]     # (cfg, located, seed, cache_dir) -> RawData
+
+  locate: Callable[..., dict]  # (cfg, cache_dir) -> JSON-able description
+  load: Callable[..., RawData]  # (cfg, located, seed, cache_dir) -> RawData
 
 
 # data.source -> its implementation.
 SOURCES: dict[str, Source] = {
-    "movielens": Source(movielens.locate, movielens.load),
-    "recbole": Source(locate_recbole, load_recbole),
-    "mmrec": Source(locate_mmrec, load_mmrec),
-    "presplit": Source(locate_presplit, load_presplit),
-    "synthetic": Source(locate_synthetic, load_synthetic),
+  "movielens": Source(movielens.locate, movielens.load),
+  "recbole": Source(locate_recbole, load_recbole),
+  "mmrec": Source(locate_mmrec, load_mmrec),
+  "presplit": Source(locate_presplit, load_presplit),
+  "synthetic": Source(locate_synthetic, load_synthetic),
 }
 # data.source for a directory prepared earlier: nothing to locate or load (prepare.py).
 PREPARED = "prepared"

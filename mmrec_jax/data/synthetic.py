@@ -29,30 +29,39 @@ import numpy as np
 
 from mmrec_jax.errors import ConfigError
 
-_T0 = 1_230_768_000            # 2009-01-01 UTC
-_SPAN = 10 * 365 * 86_400      # ten years
-_CHUNK = 1 << 21               # draws per vectorised chunk (bounds the temporaries)
+_T0 = 1_230_768_000  # 2009-01-01 UTC
+_SPAN = 10 * 365 * 86_400  # ten years
+_CHUNK = 1 << 21  # draws per vectorised chunk (bounds the temporaries)
 
 
 @dataclasses.dataclass
 class SyntheticData:
-  users: np.ndarray          # int32 [n]
-  items: np.ndarray          # int32 [n]
-  timestamps: np.ndarray     # int64 [n]
-  ratings: np.ndarray        # float32 [n]
-  text: np.ndarray           # float32 [num_items, text_dim]
-  image: np.ndarray          # float32 [num_items, image_dim]
-  item_factors: np.ndarray   # float32 [num_items, latent_dim] (planted, for diagnostics)
-  user_factors: np.ndarray   # float32 [num_users, latent_dim]
-  item_topic: np.ndarray     # int32 [num_items]: the topic that likes the item most
+  users: np.ndarray  # int32 [n]
+  items: np.ndarray  # int32 [n]
+  timestamps: np.ndarray  # int64 [n]
+  ratings: np.ndarray  # float32 [n]
+  text: np.ndarray  # float32 [num_items, text_dim]
+  image: np.ndarray  # float32 [num_items, image_dim]
+  item_factors: np.ndarray  # float32 [num_items, latent_dim] (planted, for diagnostics)
+  user_factors: np.ndarray  # float32 [num_users, latent_dim]
+  item_topic: np.ndarray  # int32 [num_items]: the topic that likes the item most
 
 
-def generate(*, num_users: int, num_items: int, num_interactions: int, latent_dim: int,
-             text_dim: int, image_dim: int, popularity_exponent: float,
-             seed: int) -> SyntheticData:
+def generate(
+  *,
+  num_users: int,
+  num_items: int,
+  num_interactions: int,
+  latent_dim: int,
+  text_dim: int,
+  image_dim: int,
+  popularity_exponent: float,
+  seed: int,
+) -> SyntheticData:
   """Draws one synthetic dataset; same arguments -> same arrays."""
-  _check(num_users, num_items, num_interactions, latent_dim, text_dim, image_dim,
-         popularity_exponent)
+  _check(
+    num_users, num_items, num_interactions, latent_dim, text_dim, image_dim, popularity_exponent
+  )
   rng = np.random.default_rng([seed, 0x5EED])
   d = latent_dim
   k = 2 * d
@@ -61,7 +70,7 @@ def generate(*, num_users: int, num_items: int, num_interactions: int, latent_di
   ranks = rng.permutation(num_items) + 1.0
   log_pop = -popularity_exponent * np.log(ranks)
   beta = 2.0
-  logits = log_pop[None, :] + beta * (c @ v.T) / np.sqrt(d)            # [K, N]
+  logits = log_pop[None, :] + beta * (c @ v.T) / np.sqrt(d)  # [K, N]
   logits -= logits.max(axis=1, keepdims=True)
   p = np.exp(logits)
   cdf = np.cumsum(p, axis=1)
@@ -83,16 +92,18 @@ def generate(*, num_users: int, num_items: int, num_interactions: int, latent_di
   del keys
 
   start = _T0 + rng.integers(0, _SPAN - 30 * 86_400, num_users)
-  dur = np.minimum(_T0 + _SPAN - start,
-                   (86_400 * np.exp(rng.normal(4.0, 1.5, num_users))).astype(np.int64) + 3600)
+  dur = np.minimum(
+    _T0 + _SPAN - start, (86_400 * np.exp(rng.normal(4.0, 1.5, num_users))).astype(np.int64) + 3600
+  )
   timestamps = np.empty(users.shape[0], np.int64)
   ratings = np.empty(users.shape[0], np.float32)
   for s in range(0, users.shape[0], _CHUNK):
-    uu, ii = users[s:s + _CHUNK], items[s:s + _CHUNK]
-    timestamps[s:s + _CHUNK] = start[uu] + (rng.random(uu.shape[0]) * dur[uu]).astype(np.int64)
+    uu, ii = users[s : s + _CHUNK], items[s : s + _CHUNK]
+    timestamps[s : s + _CHUNK] = start[uu] + (rng.random(uu.shape[0]) * dur[uu]).astype(np.int64)
     aff = np.einsum("nd,nd->n", u_fac[uu], v[ii]) / np.sqrt(d)
-    ratings[s:s + _CHUNK] = np.clip(np.rint(3.5 + 2.0 * aff + rng.normal(0, 0.7, uu.shape[0])),
-                                    1, 5)
+    ratings[s : s + _CHUNK] = np.clip(
+      np.rint(3.5 + 2.0 * aff + rng.normal(0, 0.7, uu.shape[0])), 1, 5
+    )
 
   text = _features(v, text_dim, rng)
   image = _features(v, image_dim, rng)
@@ -100,20 +111,29 @@ def generate(*, num_users: int, num_items: int, num_interactions: int, latent_di
 
 
 def _check(num_users, num_items, num_interactions, latent_dim, text_dim, image_dim, expo):
-  for key, val in (("num_users", num_users), ("num_items", num_items),
-                   ("num_interactions", num_interactions), ("latent_dim", latent_dim),
-                   ("text_dim", text_dim), ("image_dim", image_dim)):
+  for key, val in (
+    ("num_users", num_users),
+    ("num_items", num_items),
+    ("num_interactions", num_interactions),
+    ("latent_dim", latent_dim),
+    ("text_dim", text_dim),
+    ("image_dim", image_dim),
+  ):
     if isinstance(val, bool) or not isinstance(val, (int, np.integer)) or val < 1:
       raise ConfigError(f"data.{key}={val!r}: must be a positive integer")
   if not isinstance(expo, (int, float)) or not np.isfinite(expo) or expo < 0:
     raise ConfigError(f"data.popularity_exponent={expo!r}: must be a finite number >= 0")
   if num_interactions < num_users:
-    raise ConfigError(f"data.num_interactions={num_interactions}: must be >= data.num_users="
-                      f"{num_users} (every synthetic user has at least one interaction)")
+    raise ConfigError(
+      f"data.num_interactions={num_interactions}: must be >= data.num_users="
+      f"{num_users} (every synthetic user has at least one interaction)"
+    )
   cap = max(1, num_items // 2)
   if num_interactions > num_users * cap:
-    raise ConfigError(f"data.num_interactions={num_interactions}: more than num_users * "
-                      f"num_items / 2 = {num_users * cap} (users take at most half the items)")
+    raise ConfigError(
+      f"data.num_interactions={num_interactions}: more than num_users * "
+      f"num_items / 2 = {num_users * cap} (users take at most half the items)"
+    )
 
 
 def _allocate(total: int, n: int, num_items: int, rng) -> np.ndarray:
@@ -128,7 +148,7 @@ def _allocate(total: int, n: int, num_items: int, rng) -> np.ndarray:
     ww = np.where(free, w, 0.0)
     share = ww / ww.sum() * rest
     add = np.minimum(np.floor(share).astype(np.int64), cap - counts)
-    if add.sum() == 0:   # remainder smaller than one per free user: the heaviest get +1
+    if add.sum() == 0:  # remainder smaller than one per free user: the heaviest get +1
       idx = np.flatnonzero(free)
       idx = idx[np.argsort(-w[idx], kind="stable")[:rest]]
       add = np.zeros(n, np.int64)
@@ -138,15 +158,16 @@ def _allocate(total: int, n: int, num_items: int, rng) -> np.ndarray:
   return counts
 
 
-def _draw_keys(draws: np.ndarray, theta: np.ndarray, cdf: np.ndarray, n_items: int,
-               rng) -> np.ndarray:
+def _draw_keys(
+  draws: np.ndarray, theta: np.ndarray, cdf: np.ndarray, n_items: int, rng
+) -> np.ndarray:
   """``draws[u]`` items per user u from its topic mixture (with replacement), as keys.
 
   Topic counts per user come from one vectorised multinomial; then each topic's draws
   are a searchsorted into that topic's cdf (472 KB: stays in cache, unlike one big table).
   """
   n_users, k = theta.shape
-  topic_counts = rng.multinomial(draws, theta)           # [n_users, K]
+  topic_counts = rng.multinomial(draws, theta)  # [n_users, K]
   out = np.empty(int(draws.sum()), np.int64)
   pos = 0
   owners = np.arange(n_users, dtype=np.int64)
@@ -158,7 +179,7 @@ def _draw_keys(draws: np.ndarray, theta: np.ndarray, cdf: np.ndarray, n_items: i
     for s in range(0, m, _CHUNK):
       r = rng.random(min(_CHUNK, m - s))
       ii = np.minimum(np.searchsorted(cdf[z], r, side="right"), n_items - 1)
-      out[pos + s:pos + s + r.shape[0]] = uu[s:s + r.shape[0]] * n_items + ii
+      out[pos + s : pos + s + r.shape[0]] = uu[s : s + r.shape[0]] * n_items + ii
     pos += m
   return out
 
@@ -186,11 +207,11 @@ def _sample_without_replacement(counts, theta, cdf, n_items, rng) -> np.ndarray:
     draws = np.ceil(need * factor).astype(np.int64) + (rnd > 0)
     draws[need == 0] = 0
     keys = _sorted_unique(_draw_keys(draws, theta, cdf, n_items, rng))
-    if have.size:   # sorted queries: numpy's binary search reuses the last bound
+    if have.size:  # sorted queries: numpy's binary search reuses the last bound
       pos = np.minimum(np.searchsorted(have, keys), have.size - 1)
       keys = keys[have[pos] != keys]
     owner = keys // n_items
-    if rnd > 0:   # over-drawn: keep a random subset of need[u] per user
+    if rnd > 0:  # over-drawn: keep a random subset of need[u] per user
       order = np.lexsort((rng.random(keys.shape[0]), owner))
       keys, owner = keys[order], owner[order]
       first = np.searchsorted(owner, owner, side="left")
@@ -200,8 +221,8 @@ def _sample_without_replacement(counts, theta, cdf, n_items, rng) -> np.ndarray:
       keys, owner = keys[order], owner[order]
     need -= np.bincount(owner, minlength=n_users)
     del owner
-    have = np.sort(np.concatenate([have, keys]), kind="stable")   # merge of two sorted runs
-  if need.any():   # pathological skew: fill the rest uniformly from unseen items
+    have = np.sort(np.concatenate([have, keys]), kind="stable")  # merge of two sorted runs
+  if need.any():  # pathological skew: fill the rest uniformly from unseen items
     extra = []
     for u in np.flatnonzero(need):
       seen = have[(have >= u * n_items) & (have < (u + 1) * n_items)] - u * n_items

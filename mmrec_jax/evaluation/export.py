@@ -25,9 +25,15 @@ from mmrec_jax.errors import DataError
 from mmrec_jax.io_utils import atomic_path
 
 
-def write_topk(path: str | os.PathLike, users_raw: np.ndarray, items_raw: np.ndarray,
-               topk_items: np.ndarray, topk_scores: np.ndarray, *,
-               rows_per_write: int = 65536) -> pathlib.Path:
+def write_topk(
+  path: str | os.PathLike,
+  users_raw: np.ndarray,
+  items_raw: np.ndarray,
+  topk_items: np.ndarray,
+  topk_scores: np.ndarray,
+  *,
+  rows_per_write: int = 65536,
+) -> pathlib.Path:
   """Writes the TSV described in the module docstring.
 
   Args:
@@ -47,8 +53,11 @@ def write_topk(path: str | os.PathLike, users_raw: np.ndarray, items_raw: np.nda
   users_raw = np.asarray(users_raw).astype(str)
   items_raw = np.asarray(items_raw).astype(str)
   if topk_items.shape != topk_scores.shape or topk_items.ndim != 2:
-    raise DataError(str(path), f"top-k items {topk_items.shape} and scores {topk_scores.shape} "
-                    "must be the same [users, K] shape")
+    raise DataError(
+      str(path),
+      f"top-k items {topk_items.shape} and scores {topk_scores.shape} "
+      "must be the same [users, K] shape",
+    )
   if users_raw.shape != (topk_items.shape[0],):
     raise DataError(str(path), f"{users_raw.size} user ids for {topk_items.shape[0]} rows")
   if topk_items.size and (topk_items.min() < 0 or topk_items.max() >= items_raw.size):
@@ -59,13 +68,15 @@ def write_topk(path: str | os.PathLike, users_raw: np.ndarray, items_raw: np.nda
     with open(tmp, "x", encoding="utf-8", newline="\n") as f:
       f.write("user_id\titem_id\trank\tscore\n")
       for s in range(0, topk_items.shape[0], rows_per_write):
-        it = topk_items[s:s + rows_per_write]
-        sc = topk_scores[s:s + rows_per_write]
+        it = topk_items[s : s + rows_per_write]
+        sc = topk_scores[s : s + rows_per_write]
         ok = np.isfinite(sc)
-        u = np.repeat(users_raw[s:s + rows_per_write], k).reshape(it.shape)[ok]
+        u = np.repeat(users_raw[s : s + rows_per_write], k).reshape(it.shape)[ok]
         r = np.broadcast_to(np.arange(1, k + 1), it.shape)[ok]
-        lines = [f"{a}\t{b}\t{c}\t{d:.9g}\n"
-                 for a, b, c, d in zip(u, items_raw[it[ok]], r, sc[ok].tolist())]
+        lines = [
+          f"{a}\t{b}\t{c}\t{d:.9g}\n"
+          for a, b, c, d in zip(u, items_raw[it[ok]], r, sc[ok].tolist())
+        ]
         f.write("".join(lines))
   return path
 

@@ -27,7 +27,12 @@ Conventions shared by every implementation (numpy reference, numpy vectorised, j
     distributed top-k merge keeps it (candidates are concatenated in shard order, i.e. in
     item-id order), so jax and numpy rank identically. NaN scores are not supported.
   * ``coverage@K`` = |items in the top-K list of at least one evaluated user| / num_items
-    (positions with score ``-inf`` -- a user with fewer than K rankable items -- do not count).
+    (positions with score ``-inf`` -- a user with fewer than K rankable items -- do not count);
+    reported with the metrics when ``eval.beyond`` has ``coverage`` (the default), beside
+    the other beyond-accuracy metrics of ``beyond.py``.
+
+Metrics without a cut-off (AUC, GAUC, Cornac's MAP) are in ``full.py``, rating metrics in
+``rating.py``, sampled-candidate metrics in ``sampled.py``.
 """
 
 from __future__ import annotations
@@ -60,8 +65,9 @@ def metric_names(metrics: Sequence[str], ks: Sequence[int]) -> list[str]:
   return [f"{m}@{int(k)}" for m in metrics for k in ks]
 
 
-def metrics_from_hits(hits: Any, n_truth: Any, ks: Sequence[int], metrics: Sequence[str],
-                      xp: Any = np) -> dict[str, Any]:
+def metrics_from_hits(
+  hits: Any, n_truth: Any, ks: Sequence[int], metrics: Sequence[str], xp: Any = np
+) -> dict[str, Any]:
   """Per-user metric values from a ranked hit matrix; works with ``xp=numpy`` or ``jax.numpy``.
 
   Args:
@@ -84,11 +90,11 @@ def metrics_from_hits(hits: Any, n_truth: Any, ks: Sequence[int], metrics: Seque
   has = n > 0
   safe_n = xp.where(has, n, 1.0)
   ranks = xp.arange(1, kmax + 1, dtype=xp.float32)
-  cum = xp.cumsum(h, axis=1)                       # H_r
-  disc = 1.0 / xp.log2(ranks + 1.0)                 # 1 / log2(r + 1)
+  cum = xp.cumsum(h, axis=1)  # H_r
+  disc = 1.0 / xp.log2(ranks + 1.0)  # 1 / log2(r + 1)
   dcg = xp.cumsum(h * disc, axis=1)
-  idcg_table = xp.cumsum(disc)                      # IDCG for m = 1..kmax ideal hits
-  ap_sum = xp.cumsum(h * cum / ranks, axis=1)       # sum_r P@r * rel_r
+  idcg_table = xp.cumsum(disc)  # IDCG for m = 1..kmax ideal hits
+  ap_sum = xp.cumsum(h * cum / ranks, axis=1)  # sum_r P@r * rel_r
   # Reciprocal rank of the first hit: the max of rel_r / r (1/r is decreasing).
   rr = h / ranks
   out = {}
@@ -122,8 +128,9 @@ def metrics_from_hits(hits: Any, n_truth: Any, ks: Sequence[int], metrics: Seque
 # ----------------------------------------------------------------------------- reference
 
 
-def rank_items_reference(scores: np.ndarray, exclude: np.ndarray, k: int) -> tuple[np.ndarray,
-                                                                                     np.ndarray]:
+def rank_items_reference(
+  scores: np.ndarray, exclude: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
   """Top-k of one user's full score row by the documented order (score desc, item id asc).
 
   ``exclude`` item ids get ``-inf`` first. Returns (items [k], scores [k]).
@@ -134,9 +141,15 @@ def rank_items_reference(scores: np.ndarray, exclude: np.ndarray, k: int) -> tup
   return order, s[order]
 
 
-def reference_evaluate(user_matrix: np.ndarray, item_matrix: np.ndarray, users: np.ndarray,
-                       truth: Sequence[np.ndarray], exclude: Sequence[np.ndarray],
-                       ks: Sequence[int], metrics: Sequence[str]) -> dict[str, np.ndarray]:
+def reference_evaluate(
+  user_matrix: np.ndarray,
+  item_matrix: np.ndarray,
+  users: np.ndarray,
+  truth: Sequence[np.ndarray],
+  exclude: Sequence[np.ndarray],
+  ks: Sequence[int],
+  metrics: Sequence[str],
+) -> dict[str, np.ndarray]:
   """Direct, per-user, loop-based evaluation straight from the definitions (tests only).
 
   ``truth[u]`` / ``exclude[u]`` are item-id arrays of user ``u``; ``users`` are evaluated
@@ -170,10 +183,16 @@ def reference_evaluate(user_matrix: np.ndarray, item_matrix: np.ndarray, users: 
       first = next((j + 1 for j, x in enumerate(r) if x), None)
       dcg = sum(1.0 / np.log2(j + 2) for j, x in enumerate(r) if x)
       idcg = sum(1.0 / np.log2(j + 2) for j in range(min(n, k)))
-      ap = sum(sum(r[:j + 1]) / (j + 1) for j, x in enumerate(r) if x) / min(n, k)
-      vals = {"recall": hits / n, "recall_capped": hits / min(n, k), "precision": hits / k,
-              "hit": float(hits > 0), "ndcg": dcg / idcg,
-              "mrr": 0.0 if first is None else 1.0 / first, "map": ap}
+      ap = sum(sum(r[: j + 1]) / (j + 1) for j, x in enumerate(r) if x) / min(n, k)
+      vals = {
+        "recall": hits / n,
+        "recall_capped": hits / min(n, k),
+        "precision": hits / k,
+        "hit": float(hits > 0),
+        "ndcg": dcg / idcg,
+        "mrr": 0.0 if first is None else 1.0 / first,
+        "map": ap,
+      }
       for m in metrics:
         rows[f"{m}@{k}"].append(vals[m])
   out: dict[str, Any] = {"users": np.asarray(kept, np.int64)}

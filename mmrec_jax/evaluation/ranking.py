@@ -40,14 +40,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from mmrec_jax.errors import ConfigError, DataError
+from mmrec_jax.evaluation import beyond as beyond_lib
+from mmrec_jax.evaluation import full as full_lib
+from mmrec_jax.evaluation import rating as rating_lib
+from mmrec_jax.evaluation import sampled as sampled_lib
 from mmrec_jax.evaluation.metrics import metric_names, metrics_from_hits
 from mmrec_jax.evaluation.result import CSR, EvalResult  # also ranking.CSR/EvalResult
 from mmrec_jax.evaluation.slices import evaluate_slices
 from mmrec_jax.sharding import DATA, MODEL
-
 
 # ----------------------------------------------------------------------------- CSR helpers
 
@@ -78,10 +82,18 @@ def csr_union(a: CSR, b: CSR) -> CSR:
 
 def _check_csr(name: str, csr: CSR, num_users: int, num_items: int) -> CSR:
   indptr, indices = np.asarray(csr[0], np.int64), np.asarray(csr[1])
-  if indptr.ndim != 1 or indptr.size != num_users + 1 or indptr[0] != 0 or np.any(
-      np.diff(indptr) < 0) or indptr[-1] != indices.size:
-    raise DataError(name, f"not a CSR over {num_users} users (indptr size {indptr.size}, "
-                    f"last {indptr[-1] if indptr.size else None}, indices {indices.size})")
+  if (
+    indptr.ndim != 1
+    or indptr.size != num_users + 1
+    or indptr[0] != 0
+    or np.any(np.diff(indptr) < 0)
+    or indptr[-1] != indices.size
+  ):
+    raise DataError(
+      name,
+      f"not a CSR over {num_users} users (indptr size {indptr.size}, "
+      f"last {indptr[-1] if indptr.size else None}, indices {indices.size})",
+    )
   if indices.size and (indices.min() < 0 or indices.max() >= num_items):
     raise DataError(name, f"item id out of range [0, {num_items})")
   return indptr, indices.astype(np.int32, copy=False)
@@ -92,8 +104,9 @@ def _bucket(n: int, minimum: int = 256) -> int:
   return max(minimum, 1 << max(0, int(n - 1).bit_length()))
 
 
-def _chunk_pairs(csr: CSR, ids: np.ndarray, valid: np.ndarray, data: int) -> tuple[np.ndarray,
-                                                                                   np.ndarray]:
+def _chunk_pairs(
+  csr: CSR, ids: np.ndarray, valid: np.ndarray, data: int
+) -> tuple[np.ndarray, np.ndarray]:
   """Pair lists ``rows, items [data, L]`` of the chunk's users, one row per data shard.
 
   ``rows`` are user rows local to the data shard; padding pairs get row ``C/data``, which
@@ -133,12 +146,20 @@ def _pad_items(item_matrix: jax.Array | np.ndarray, mesh: Mesh, padded: int) -> 
     full[:n] = item_matrix
     return jax.make_array_from_callback(full.shape, sharding, lambda idx: full[idx])
   return jax.jit(lambda x: jnp.pad(x, ((0, padded - n), (0, 0))), out_shardings=sharding)(
-      item_matrix)
+    item_matrix
+  )
 
 
 @functools.lru_cache(maxsize=64)
-def _chunk_fn(mesh: Mesh, num_items: int, kmax: int, block: int, ks: tuple[int, ...],
-              metrics: tuple[str, ...], host_users: bool):
+def _chunk_fn(
+  mesh: Mesh,
+  num_items: int,
+  kmax: int,
+  block: int,
+  ks: tuple[int, ...],
+  metrics: tuple[str, ...],
+  host_users: bool,
+):
   """The jitted per-chunk function for one mesh / catalogue / metric set."""
   n_model = mesh.shape[MODEL]
   neg_inf = jnp.float32(-jnp.inf)
@@ -155,14 +176,18 @@ def _chunk_fn(mesh: Mesh, num_items: int, kmax: int, block: int, ks: tuple[int, 
     def scatter_idx(rows, its, start):
       li = its - start
       ok = (li >= 0) & (li < block)
-      return jnp.where(ok, rows, c), jnp.where(ok, li, block)   # out of bounds -> dropped
+      return jnp.where(ok, rows, c), jnp.where(ok, li, block)  # out of bounds -> dropped
 
     def score_block(carry, xs):
       b, item_blk = xs
       start = off + b * block
-      s = lax.dot_general(u, item_blk.astype(jnp.float32), (((1,), (1,)), ((), ())),
-                          precision=lax.Precision.HIGHEST,
-                          preferred_element_type=jnp.float32)           # [c, block]
+      s = lax.dot_general(
+        u,
+        item_blk.astype(jnp.float32),
+        (((1,), (1,)), ((), ())),
+        precision=lax.Precision.HIGHEST,
+        preferred_element_type=jnp.float32,
+      )  # [c, block]
       gid = start + jnp.arange(block, dtype=jnp.int32)
       s = jnp.where((gid < num_items)[None, :], s, neg_inf)
       r, li = scatter_idx(ex_rows, ex_items, start)
@@ -173,7 +198,7 @@ def _chunk_fn(mesh: Mesh, num_items: int, kmax: int, block: int, ks: tuple[int, 
       v, idx = lax.top_k(s, kb)
       f = jnp.take_along_axis(t, idx, axis=1)
       g = idx + start
-      if carry is not None:   # earlier blocks (lower ids) first: ties stay lower-id-first
+      if carry is not None:  # earlier blocks (lower ids) first: ties stay lower-id-first
         v = jnp.concatenate([carry[0], v], axis=1)
         g = jnp.concatenate([carry[1], g], axis=1)
         f = jnp.concatenate([carry[2], f], axis=1)
@@ -187,7 +212,7 @@ def _chunk_fn(mesh: Mesh, num_items: int, kmax: int, block: int, ks: tuple[int, 
     if nblk > 1:
       carry, _ = lax.scan(score_block, carry, (jnp.arange(1, nblk), blocks[1:]))
     v, g, f = carry
-    if n_model > 1:   # distributed top-k merge over the catalogue shards
+    if n_model > 1:  # distributed top-k merge over the catalogue shards
       v = lax.all_gather(v, MODEL, axis=1, tiled=True)
       g = lax.all_gather(g, MODEL, axis=1, tiled=True)
       f = lax.all_gather(f, MODEL, axis=1, tiled=True)
@@ -199,13 +224,22 @@ def _chunk_fn(mesh: Mesh, num_items: int, kmax: int, block: int, ks: tuple[int, 
     return jnp.stack(list(vals.values())), g, v
 
   sharded = jax.shard_map(
-      local, mesh=mesh,
-      in_specs=(P(DATA, None), P(MODEL, None), P(DATA, None), P(DATA, None), P(DATA, None),
-                P(DATA, None), P(DATA)),
-      out_specs=(P(None, DATA), P(DATA, None), P(DATA, None)),
-      # After the all_gather merge every 'model' shard holds identical results; jax's
-      # varying-axis check cannot infer that through all_gather + top_k, so it is off.
-      check_vma=False)
+    local,
+    mesh=mesh,
+    in_specs=(
+      P(DATA, None),
+      P(MODEL, None),
+      P(DATA, None),
+      P(DATA, None),
+      P(DATA, None),
+      P(DATA, None),
+      P(DATA),
+    ),
+    out_specs=(P(None, DATA), P(DATA, None), P(DATA, None)),
+    # After the all_gather merge every 'model' shard holds identical results; jax's
+    # varying-axis check cannot infer that through all_gather + top_k, so it is off.
+    check_vma=False,
+  )
   row_sharding = NamedSharding(mesh, P(DATA, None))
 
   def run(user_src, ids, items, ex_rows, ex_items, tr_rows, tr_items, n_truth):
@@ -224,14 +258,25 @@ def _put(mesh: Mesh, arr: np.ndarray, spec: P) -> jax.Array:
 def _fetch(x: jax.Array) -> np.ndarray:
   if x.is_fully_addressable:
     return np.asarray(jax.device_get(x))
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  from jax.experimental import multihost_utils  # noqa: PLC0415
+
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
-def evaluate_embeddings(user_matrix: jax.Array | np.ndarray, item_matrix: jax.Array | np.ndarray,
-                        *, users: np.ndarray, truth: CSR, exclude: CSR, ks: Sequence[int],
-                        metrics: Sequence[str], mesh: Mesh, user_chunk: int = 1024,
-                        return_topk: int = 0, item_chunk: int = 0) -> EvalResult:
+def evaluate_embeddings(
+  user_matrix: jax.Array | np.ndarray,
+  item_matrix: jax.Array | np.ndarray,
+  *,
+  users: np.ndarray,
+  truth: CSR,
+  exclude: CSR,
+  ks: Sequence[int],
+  metrics: Sequence[str],
+  mesh: Mesh,
+  user_chunk: int = 1024,
+  return_topk: int = 0,
+  item_chunk: int = 0,
+) -> EvalResult:
   """Full-ranking evaluation of dot-product scores ``user_matrix @ item_matrix.T``.
 
   Args:
@@ -273,7 +318,7 @@ def evaluate_embeddings(user_matrix: jax.Array | np.ndarray, item_matrix: jax.Ar
   # Item layout: each model shard holds nblk blocks of `block` rows, at least kmax in all.
   per_shard = max(-(-num_items // n_model), kmax)
   block = per_shard if item_chunk <= 0 else min(int(item_chunk), per_shard)
-  block = max(block, kmax)   # every block yields kmax candidates (fixed scan carry)
+  block = max(block, kmax)  # every block yields kmax candidates (fixed scan carry)
   per_shard = -(-per_shard // block) * block
   items = _pad_items(item_matrix, mesh, per_shard * n_model)
 
@@ -298,7 +343,7 @@ def evaluate_embeddings(user_matrix: jax.Array | np.ndarray, item_matrix: jax.Ar
   for start in range(0, n, chunk):
     stop = min(start + chunk, n)
     ids = np.zeros(chunk, np.int64)
-    ids[:stop - start] = users[start:stop]
+    ids[: stop - start] = users[start:stop]
     valid = np.arange(chunk) < stop - start
     ex_rows, ex_items = _chunk_pairs(exclude, ids, valid, n_data)
     tr_rows, tr_items = _chunk_pairs(truth, ids, valid, n_data)
@@ -307,79 +352,225 @@ def evaluate_embeddings(user_matrix: jax.Array | np.ndarray, item_matrix: jax.Ar
       src = _put(mesh, np.asarray(user_matrix[ids]), P(DATA, None))
     else:
       src = user_matrix
-    out = fn(src, _put(mesh, ids.astype(np.int32), P(DATA)), items,
-             _put(mesh, ex_rows, P(DATA, None)), _put(mesh, ex_items, P(DATA, None)),
-             _put(mesh, tr_rows, P(DATA, None)), _put(mesh, tr_items, P(DATA, None)),
-             _put(mesh, n_truth, P(DATA)))
-    if pending is not None:   # fetch the previous chunk while this one runs
+    out = fn(
+      src,
+      _put(mesh, ids.astype(np.int32), P(DATA)),
+      items,
+      _put(mesh, ex_rows, P(DATA, None)),
+      _put(mesh, ex_items, P(DATA, None)),
+      _put(mesh, tr_rows, P(DATA, None)),
+      _put(mesh, tr_items, P(DATA, None)),
+      _put(mesh, n_truth, P(DATA)),
+    )
+    if pending is not None:  # fetch the previous chunk while this one runs
       collect(*pending)
     pending = (start, stop, out)
   if pending is not None:
     collect(*pending)
 
   per_user_d = {name: per_user[j] for j, name in enumerate(names)}
-  means = {name: float(per_user_d[name].mean(dtype=np.float64)) if n else float("nan")
-           for name in names}
+  means = {
+    name: float(per_user_d[name].mean(dtype=np.float64)) if n else float("nan") for name in names
+  }
   coverage = {}
   for k in ks:
     seen = np.zeros(num_items + 1, bool)
     sel = top_items[:, :k][np.isfinite(top_scores[:, :k])]
     seen[sel] = True
     coverage[f"coverage@{k}"] = float(seen[:num_items].sum() / num_items)
-  return EvalResult(metrics=means, per_user=per_user_d, users=users, coverage=coverage,
-                    num_items=num_items,
-                    topk_items=top_items[:, :keep] if keep else None,
-                    topk_scores=top_scores[:, :keep] if keep else None)
+  return EvalResult(
+    metrics=means,
+    per_user=per_user_d,
+    users=users,
+    coverage=coverage,
+    num_items=num_items,
+    topk_items=top_items[:, :keep] if keep else None,
+    topk_scores=top_scores[:, :keep] if keep else None,
+  )
 
 
 # ----------------------------------------------------------------------------- dataset level
 
-_SPLIT_CSR_CACHE: "weakref.WeakKeyDictionary[Any, dict[str, CSR]]" = weakref.WeakKeyDictionary()
+_SPLIT_CSR_CACHE: weakref.WeakKeyDictionary[Any, dict[str, CSR]] = weakref.WeakKeyDictionary()
 
 
-def split_csr(ds: Any, name: str) -> CSR:
-  """CSR of one split of a PreparedDataset, built once per dataset object and cached."""
+def split_csr(ds: Any, name: str, threshold: float = -1.0) -> CSR:
+  """CSR of one split of a PreparedDataset, built once per dataset object and cached.
+
+  ``threshold >= 0`` keeps only the rows with rating >= threshold (the relevant rows of
+  ``eval.relevance_threshold``); ``name`` may be ``'train+valid'`` (the union).
+  """
   try:
     cache = _SPLIT_CSR_CACHE.setdefault(ds, {})
-  except TypeError:   # not weak-referenceable: no cache
+  except TypeError:  # not weak-referenceable: no cache
     cache = {}
-  key = name
+  threshold = float(threshold)
+  key = name if threshold < 0 else f"{name}@{threshold:g}"
   if key not in cache:
     if name == "train+valid":
-      cache[key] = csr_union(split_csr(ds, "train"), split_csr(ds, "valid"))
+      cache[key] = csr_union(split_csr(ds, "train", threshold), split_csr(ds, "valid", threshold))
     else:
       sp = ds.split(name)
-      cache[key] = csr_from_pairs(np.asarray(sp.users), np.asarray(sp.items), ds.num_users)
+      users, items = np.asarray(sp.users), np.asarray(sp.items)
+      if threshold >= 0:
+        keep = np.asarray(sp.ratings) >= threshold
+        users, items = users[keep], items[keep]
+      cache[key] = csr_from_pairs(users, items, ds.num_users)
   return cache[key]
 
 
-def evaluate_split(user_matrix: jax.Array | np.ndarray, item_matrix: jax.Array | np.ndarray,
-                   ds: Any, split: str, eval_cfg: Any, mesh: Mesh) -> EvalResult:
+def _eval_option(eval_cfg: Any, key: str, default: Any) -> Any:
+  """``eval_cfg.key``, or ``default`` for an eval section written before the key existed."""
+  try:
+    return eval_cfg[key]
+  except (KeyError, AttributeError):
+    return getattr(eval_cfg, key, default)
+
+
+def evaluate_split(
+  user_matrix: jax.Array | np.ndarray,
+  item_matrix: jax.Array | np.ndarray,
+  ds: Any,
+  split: str,
+  eval_cfg: Any,
+  mesh: Mesh,
+  *,
+  seed: int = 0,
+) -> EvalResult:
   """Evaluates on ``ds.split(split)`` ('valid' or 'test') with the ``config.eval`` settings.
 
-  Exclusions: train items when validating; train + valid items when testing if
-  ``eval.mask_valid_in_test`` (default), else train only. Slices (``eval.slices``) and the
-  top-``eval.export_topk`` lists are attached to the result when asked for; every user of
-  the dataset with ground truth in the split is evaluated.
+  Relevance and exclusions (``eval.relevance_threshold = t``): with ``t < 0`` every row of
+  the split is relevant and the user's train items are excluded from the ranking (train +
+  valid when testing if ``eval.mask_valid_in_test``, the default). With ``t >= 0``,
+  Cornac's ``ranking_eval`` rule: relevant = the split's rows with rating >= t, excluded
+  = the user's train (and valid) rows with rating >= t -- rated-but-disliked items stay
+  in the ranking as negatives.
+
+  ``res.metrics`` holds, besides the top-K metrics of ``eval.metrics`` x ``eval.ks``: the
+  beyond-accuracy metrics of ``eval.beyond`` (``coverage@K``, ``gini@K``, ...), the
+  whole-list metrics of ``eval.full_metrics`` (``auc``, ``gauc``, ``map``), the rating
+  metrics of ``eval.rating_metrics`` (``mae``, ``rmse``) and, with ``eval.sampled``, the
+  sampled top-K metrics (``ndcg@10/uni100``). Definitions sit in the module computing
+  each (``metrics``, ``beyond``, ``full``, ``rating``, ``sampled``). Slices
+  (``eval.slices``) and the top-``eval.export_topk`` lists are attached when asked for;
+  every user of the dataset with relevant rows in the split is evaluated. ``seed`` seeds
+  the sampled negatives.
   """
   if split not in ("valid", "test"):
     raise ConfigError(f"evaluation split {split!r} is not one of ['valid', 'test']")
-  truth = split_csr(ds, split)
+  thr = float(_eval_option(eval_cfg, "relevance_threshold", -1.0))
+  beyond = beyond_lib.check_beyond(tuple(_eval_option(eval_cfg, "beyond", ())))
+  full = full_lib.check_full_metrics(tuple(_eval_option(eval_cfg, "full_metrics", ())))
+  rating = rating_lib.check_rating_metrics(tuple(_eval_option(eval_cfg, "rating_metrics", ())))
+  sampled = str(_eval_option(eval_cfg, "sampled", ""))
+  if sampled:
+    sampled_lib.parse_mode(sampled)
+  truth = split_csr(ds, split, thr)
   mask = "train+valid" if split == "test" and eval_cfg.mask_valid_in_test else "train"
-  exclude = split_csr(ds, mask)
+  exclude = split_csr(ds, mask, thr)
   ks = tuple(int(k) for k in eval_cfg.ks)
   metrics = tuple(eval_cfg.metrics)
   want_slices = bool(eval_cfg.slices)
   export = int(eval_cfg.export_topk)
-  keep = max(export, max(ks) if want_slices else 0)
-  res = evaluate_embeddings(user_matrix, item_matrix, users=np.arange(ds.num_users),
-                            truth=truth, exclude=exclude, ks=ks, metrics=metrics, mesh=mesh,
-                            user_chunk=int(eval_cfg.user_chunk), return_topk=keep,
-                            item_chunk=int(eval_cfg.item_chunk))
+  want_lists = any(m != "coverage" for m in beyond)
+  keep = max(export, max(ks) if (want_slices or want_lists) else 0)
+  res = evaluate_embeddings(
+    user_matrix,
+    item_matrix,
+    users=np.arange(ds.num_users),
+    truth=truth,
+    exclude=exclude,
+    ks=ks,
+    metrics=metrics,
+    mesh=mesh,
+    user_chunk=int(eval_cfg.user_chunk),
+    return_topk=keep,
+    item_chunk=int(eval_cfg.item_chunk),
+  )
   if want_slices:
     res.slices = evaluate_slices(res, truth, split_csr(ds, "train"), ks=ks, metrics=metrics)
-  if keep and not export:   # top-k kept only for the slices
+  if beyond:
+    train = ds.split("train")
+    features = None
+    if "ild" in beyond and ds.modalities:
+      modality = str(_eval_option(eval_cfg, "ild_modality", "")) or ds.modalities[0]
+      features = ds.features(modality).to_array()
+    means, per_user = beyond_lib.beyond_metrics(
+      res.topk_items if keep else np.zeros((res.users.size, 0), np.int32),
+      res.topk_scores if keep else np.zeros((res.users.size, 0), np.float32),
+      ks=ks if want_lists else (),
+      metrics=beyond,
+      num_items=res.num_items,
+      train_users=np.asarray(train.users),
+      train_items=np.asarray(train.items),
+      features=features,
+    )
+    if "coverage" in beyond:
+      means.update(res.coverage)
+    res.metrics.update(
+      {n: means[n] for m in beyond for k in ks for n in [f"{m}@{k}"] if n in means}
+    )
+    res.per_user.update(per_user)
+  if full:
+    means, per_user = full_lib.full_metrics(
+      user_matrix,
+      item_matrix,
+      users=res.users,
+      truth=truth,
+      exclude=exclude,
+      metrics=full,
+      user_chunk=min(int(eval_cfg.user_chunk), 256),
+    )
+    res.metrics.update(means)
+    res.per_user.update({k: v.astype(np.float32) for k, v in per_user.items()})
+  if rating:
+    rows = ds.split(split)
+    r_users, r_items = np.asarray(rows.users), np.asarray(rows.items)
+    train_r = np.asarray(ds.split("train").ratings)
+    rating_range = (
+      (float(train_r.min()), float(train_r.max())) if train_r.size else (-np.inf, np.inf)
+    )
+    link = str(_eval_option(eval_cfg, "rating_link", "identity"))
+    lo, hi = rating_lib.check_link(link, _eval_option(eval_cfg, "rating_range", (1.0, 5.0)))
+    pred = rating_lib.apply_link(
+      rating_lib.predict(user_matrix, item_matrix, r_users, r_items).astype(np.float64),
+      link,
+      lo,
+      hi,
+    )
+    res.metrics.update(
+      rating_lib.rating_metrics(
+        pred,
+        np.asarray(rows.ratings),
+        r_users,
+        metrics=rating,
+        rating_range=rating_range,
+        user_based=bool(_eval_option(eval_cfg, "rating_user_based", True)),
+      )
+    )
+  if sampled:
+    history = csr_union(split_csr(ds, "train+valid"), split_csr(ds, "test"))
+    counts = np.bincount(np.asarray(ds.split("train").items), minlength=res.num_items)
+    means, per_user = sampled_lib.sampled_metrics(
+      _host(user_matrix),
+      _host(item_matrix),
+      users=res.users,
+      truth=truth,
+      history=history,
+      mode=sampled,
+      ks=ks,
+      metrics=metrics,
+      item_counts=counts,
+      seed=seed,
+    )
+    res.metrics.update(means)
+    res.per_user.update(per_user)
+  if keep and not export:  # top-k kept only for the slices / beyond metrics
     res.topk_items = res.topk_scores = None
   elif keep > export:
     res.topk_items, res.topk_scores = res.topk_items[:, :export], res.topk_scores[:, :export]
   return res
+
+
+def _host(x: jax.Array | np.ndarray) -> np.ndarray:
+  return x if isinstance(x, np.ndarray) else _fetch(x)

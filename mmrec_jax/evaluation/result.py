@@ -11,7 +11,7 @@ import dataclasses
 
 import numpy as np
 
-CSR = tuple[np.ndarray, np.ndarray]   # (indptr int64 [num_users + 1], indices int32)
+CSR = tuple[np.ndarray, np.ndarray]  # (indptr int64 [num_users + 1], indices int32)
 
 
 @dataclasses.dataclass
@@ -28,6 +28,7 @@ class EvalResult:
     num_items: catalogue size.
     slices: filled by :func:`mmrec_jax.evaluation.slices.evaluate_slices` callers.
   """
+
   metrics: dict[str, float]
   per_user: dict[str, np.ndarray]
   users: np.ndarray

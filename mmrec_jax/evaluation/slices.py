@@ -60,9 +60,15 @@ def item_buckets(item_counts: np.ndarray, num_buckets: int = 3) -> dict[str, np.
   return out
 
 
-def slice_metrics(result: EvalResult, truth: CSR, *, ks: Sequence[int],
-                  metrics: Sequence[str], items: np.ndarray | None = None,
-                  users: np.ndarray | None = None) -> dict[str, float]:
+def slice_metrics(
+  result: EvalResult,
+  truth: CSR,
+  *,
+  ks: Sequence[int],
+  metrics: Sequence[str],
+  items: np.ndarray | None = None,
+  users: np.ndarray | None = None,
+) -> dict[str, float]:
   """Mean metrics with ground truth restricted to ``items`` (bool [num_items]) and/or the
   evaluated users restricted to ``users`` (bool aligned with ``result.users``).
 
@@ -70,8 +76,7 @@ def slice_metrics(result: EvalResult, truth: CSR, *, ks: Sequence[int],
   """
   names = metric_names(metrics, ks)
   if result.topk_items is None or result.topk_items.shape[1] < max(ks):
-    raise ValueError(f"slices need the top-{max(ks)} lists: evaluate with return_topk >= "
-                     f"{max(ks)}")
+    raise ValueError(f"slices need the top-{max(ks)} lists: evaluate with return_topk >= {max(ks)}")
   num_items = result.num_items
   rows = np.arange(result.users.size) if users is None else np.nonzero(users)[0]
   uid = result.users[rows]
@@ -102,14 +107,22 @@ def slice_metrics(result: EvalResult, truth: CSR, *, ks: Sequence[int],
   return out
 
 
-def evaluate_slices(result: EvalResult, truth: CSR, train: CSR, *, ks: Sequence[int],
-                    metrics: Sequence[str], num_buckets: int = 3) -> dict[str, dict[str, float]]:
+def evaluate_slices(
+  result: EvalResult,
+  truth: CSR,
+  train: CSR,
+  *,
+  ks: Sequence[int],
+  metrics: Sequence[str],
+  num_buckets: int = 3,
+) -> dict[str, dict[str, float]]:
   """All slices of the module docstring: ``{'cold_items': {...}, 'items_head': {...}, ...}``."""
   user_counts, item_counts = train_counts(train, result.num_items)
   out = {}
   for name, mask in item_buckets(item_counts, num_buckets).items():
     out[f"{name}_items" if name == "cold" else f"items_{name}"] = slice_metrics(
-        result, truth, ks=ks, metrics=metrics, items=mask)
+      result, truth, ks=ks, metrics=metrics, items=mask
+    )
   act = user_counts[result.users]
   order = np.lexsort((result.users, act))
   for name, part in zip(_names(num_buckets, _USER_NAMES), np.array_split(order, num_buckets)):

@@ -21,8 +21,9 @@ import numpy as np
 from scipy import stats as sps
 
 
-def align(users_a: np.ndarray, values_a: np.ndarray, users_b: np.ndarray,
-          values_b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def align(
+  users_a: np.ndarray, values_a: np.ndarray, users_b: np.ndarray, values_b: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Values of both systems on the users they share, in increasing user order."""
   common, ia, ib = np.intersect1d(users_a, users_b, assume_unique=True, return_indices=True)
   return common, np.asarray(values_a, np.float64)[ia], np.asarray(values_b, np.float64)[ib]
@@ -35,13 +36,16 @@ def paired_tests(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
   if a.shape != b.shape or a.ndim != 1:
     raise ValueError(f"paired samples need equal 1-d shapes, got {a.shape} and {b.shape}")
   d = a - b
-  out: dict[str, float] = {"n": float(a.size), "mean_a": float(a.mean()) if a.size else np.nan,
-                           "mean_b": float(b.mean()) if b.size else np.nan,
-                           "mean_diff": float(d.mean()) if d.size else np.nan}
+  out: dict[str, float] = {
+    "n": float(a.size),
+    "mean_a": float(a.mean()) if a.size else np.nan,
+    "mean_b": float(b.mean()) if b.size else np.nan,
+    "mean_diff": float(d.mean()) if d.size else np.nan,
+  }
   if a.size < 2 or not np.any(d != 0):
     out.update(t_stat=0.0, t_pvalue=1.0, wilcoxon_stat=0.0, wilcoxon_pvalue=1.0)
     return out
-  if np.all(d == d[0]):   # constant non-zero difference: t undefined (zero variance), p -> 0
+  if np.all(d == d[0]):  # constant non-zero difference: t undefined (zero variance), p -> 0
     out.update(t_stat=float(np.sign(d[0]) * np.inf), t_pvalue=0.0)
   else:
     t = sps.ttest_rel(a, b)

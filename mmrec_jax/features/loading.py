@@ -44,15 +44,19 @@ def weight_files(model_dir: os.PathLike | str) -> list[pathlib.Path]:
   if files:
     return files
   if any((model_dir / n).exists() for n in ("pytorch_model.bin", "model.pt", "model.pth")):
-    raise DataError(str(model_dir), "only PyTorch pickle weights found; mmrec_jax reads "
-                    "safetensors only. Convert once with transformers: "
-                    "AutoModel.from_pretrained(dir).save_pretrained(dir, "
-                    "safe_serialization=True)")
+    raise DataError(
+      str(model_dir),
+      "only PyTorch pickle weights found; mmrec_jax reads "
+      "safetensors only. Convert once with transformers: "
+      "AutoModel.from_pretrained(dir).save_pretrained(dir, "
+      "safe_serialization=True)",
+    )
   raise DataError(str(model_dir), "no model.safetensors (or *.safetensors) file")
 
 
 def _load_file(path: pathlib.Path) -> dict[str, np.ndarray]:
-  from safetensors import safe_open  # pylint: disable=g-import-not-at-top
+  from safetensors import safe_open  # noqa: PLC0415
+
   out: dict[str, np.ndarray] = {}
   try:
     with safe_open(str(path), framework="numpy") as f:
@@ -60,7 +64,7 @@ def _load_file(path: pathlib.Path) -> dict[str, np.ndarray]:
         out[k] = f.get_tensor(k)
     return out
   except TypeError:
-    pass   # bfloat16 tensors: numpy has no such dtype; read them through jax.
+    pass  # bfloat16 tensors: numpy has no such dtype; read them through jax.
   except Exception as e:  # safetensors raises its own SafetensorError on bad files
     raise DataError(str(path), f"cannot read safetensors file ({e})") from None
   with safe_open(str(path), framework="flax") as f:
@@ -79,8 +83,9 @@ def load_state_dict(model_dir: os.PathLike | str) -> dict[str, np.ndarray]:
   return state
 
 
-def strip_prefix(state: Mapping[str, np.ndarray], probe: str,
-                 prefixes: tuple[str, ...]) -> dict[str, np.ndarray]:
+def strip_prefix(
+  state: Mapping[str, np.ndarray], probe: str, prefixes: tuple[str, ...]
+) -> dict[str, np.ndarray]:
   """Removes the head-model prefix (``bert.``, ``vit.``...) found in front of ``probe``.
 
   Checkpoints of task models (``BertForMaskedLM``, ``ViTForImageClassification``) nest
@@ -90,7 +95,7 @@ def strip_prefix(state: Mapping[str, np.ndarray], probe: str,
     return dict(state)
   for p in prefixes:
     if p + probe in state:
-      return {k[len(p):]: v for k, v in state.items() if k.startswith(p)}
+      return {k[len(p) :]: v for k, v in state.items() if k.startswith(p)}
   return dict(state)
 
 
@@ -104,13 +109,15 @@ class TensorSource:
 
   def get(self, name: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
     if name not in self.state:
-      near = sorted(k for k in self.state if k.split(".")[0] == name.split(".")[0])[:5]
-      raise DataError(self.where, f"missing tensor {name!r} (present with the same "
-                      f"prefix: {near or 'none'})")
+      near = sorted(k for k in self.state if k.split(".")[0] == name.split(".", maxsplit=1)[0])[:5]
+      raise DataError(
+        self.where, f"missing tensor {name!r} (present with the same prefix: {near or 'none'})"
+      )
     a = np.asarray(self.state[name])
     if shape is not None and tuple(a.shape) != tuple(shape):
-      raise DataError(self.where, f"tensor {name!r} has shape {tuple(a.shape)}, the "
-                      f"config expects {tuple(shape)}")
+      raise DataError(
+        self.where, f"tensor {name!r} has shape {tuple(a.shape)}, the config expects {tuple(shape)}"
+      )
     self.used.add(name)
     return a
 
@@ -128,8 +135,9 @@ class TensorSource:
     return {"scale": self.get(f"{name}.weight", (d,)), "bias": self.get(f"{name}.bias", (d,))}
 
 
-def fill_module(make: Callable[[], nnx.Module], params: Mapping[str, Any],
-                where: str, dtype: Any = np.float32) -> nnx.Module:
+def fill_module(
+  make: Callable[[], nnx.Module], params: Mapping[str, Any], where: str, dtype: Any = np.float32
+) -> nnx.Module:
   """Builds ``make()`` without random init and fills it from a pure dict of arrays.
 
   The module is traced with ``nnx.eval_shape`` (no memory, no RNG work), every parameter
@@ -146,20 +154,24 @@ def fill_module(make: Callable[[], nnx.Module], params: Mapping[str, Any],
       raise DataError(where, f"converter gave no value for parameter {name}")
     given = np.asarray(given)
     if tuple(given.shape) != tuple(spec.shape):
-      raise DataError(where, f"parameter {name} has shape {tuple(given.shape)}, "
-                      f"expected {tuple(spec.shape)}")
+      raise DataError(
+        where, f"parameter {name} has shape {tuple(given.shape)}, expected {tuple(spec.shape)}"
+      )
     return jax.numpy.asarray(given, dtype=dtype)
 
   want_paths = {jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(want)}
-  got_paths = {jax.tree_util.keystr(p) for p, _ in
-               jax.tree_util.tree_leaves_with_path(dict(params))}
+  got_paths = {
+    jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(dict(params))
+  }
   extra = sorted(got_paths - want_paths)
   missing = sorted(want_paths - got_paths)
   if extra or missing:
-    raise DataError(where, f"converted parameters do not match the module: missing "
-                    f"{missing[:5]}, unexpected {extra[:5]}")
-  filled = jax.tree_util.tree_map_with_path(
-      lambda p, s: check(p, s, _lookup(params, p)), want)
+    raise DataError(
+      where,
+      f"converted parameters do not match the module: missing "
+      f"{missing[:5]}, unexpected {extra[:5]}",
+    )
+  filled = jax.tree_util.tree_map_with_path(lambda p, s: check(p, s, _lookup(params, p)), want)
   nnx.replace_by_pure_dict(state, filled)
   return nnx.merge(graphdef, state)
 

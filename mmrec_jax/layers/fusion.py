@@ -49,8 +49,9 @@ class AttentionFusion(nnx.Module):
   def __init__(self, num_inputs: int, dim: int, *, rngs: nnx.Rngs):
     del num_inputs
     self.key = dense(dim, dim, ("embed", "hidden"), rngs=rngs)
-    self.query = nnx.Param(jax.random.normal(rngs.params(), (dim,)) / jnp.sqrt(dim),
-                           out_sharding=("hidden",))
+    self.query = nnx.Param(
+      jax.random.normal(rngs.params(), (dim,)) / jnp.sqrt(dim), out_sharding=("hidden",)
+    )
 
   def weights(self, embs: jax.Array, present: jax.Array) -> jax.Array:
     """Attention weights [..., K]: sum to 1 over present sources, 0 on absent ones."""
@@ -80,8 +81,12 @@ class GatingFusion(nnx.Module):
 
 def make_fusion(name: str, num_inputs: int, dim: int, *, rngs: nnx.Rngs) -> nnx.Module:
   """The fusion module named by ``model.fusion``; unknown names raise."""
-  classes = {"concat": ConcatFusion, "sum": SumFusion, "attention": AttentionFusion,
-             "gating": GatingFusion}
+  classes = {
+    "concat": ConcatFusion,
+    "sum": SumFusion,
+    "attention": AttentionFusion,
+    "gating": GatingFusion,
+  }
   if name not in classes:
     raise ConfigError(f"model.fusion={name!r} is not one of {list(FUSIONS)}")
   return classes[name](num_inputs, dim, rngs=rngs)

@@ -9,13 +9,23 @@ from flax import nnx
 _init = nnx.initializers.lecun_normal()
 
 
-def dense(in_dim: int, out_dim: int, axes: tuple[str | None, str | None], *,
-          rngs: nnx.Rngs, use_bias: bool = True) -> nnx.Linear:
+def dense(
+  in_dim: int,
+  out_dim: int,
+  axes: tuple[str | None, str | None],
+  *,
+  rngs: nnx.Rngs,
+  use_bias: bool = True,
+) -> nnx.Linear:
   """nnx.Linear whose kernel carries logical axes (mapped by sharding.LOGICAL_AXIS_RULES)."""
-  return nnx.Linear(in_dim, out_dim, use_bias=use_bias,
-                    kernel_init=nnx.with_partitioning(_init, axes),
-                    bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), (axes[1],)),
-                    rngs=rngs)
+  return nnx.Linear(
+    in_dim,
+    out_dim,
+    use_bias=use_bias,
+    kernel_init=nnx.with_partitioning(_init, axes),
+    bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), (axes[1],)),
+    rngs=rngs,
+  )
 
 
 def dropout(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
@@ -32,8 +42,9 @@ def dropout(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
 class ModalityMLP(nnx.Module):
   """``Linear(d_m, hidden) -> relu -> dropout -> Linear(hidden, embed_dim)``."""
 
-  def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, *, rngs: nnx.Rngs,
-               dropout_rate: float = 0.0):
+  def __init__(
+    self, in_dim: int, hidden_dim: int, out_dim: int, *, rngs: nnx.Rngs, dropout_rate: float = 0.0
+  ):
     self.fc1 = dense(in_dim, hidden_dim, (None, "hidden"), rngs=rngs)
     self.fc2 = dense(hidden_dim, out_dim, ("hidden", "embed"), rngs=rngs)
     self.dropout_rate = dropout_rate

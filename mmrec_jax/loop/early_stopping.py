@@ -15,6 +15,7 @@ from typing import Any
 @dataclasses.dataclass
 class EarlyStopping:
   """Best validation value, its step, evaluations without improvement, train time."""
+
   patience: int = 0
   best_metric: float = -math.inf
   best_step: int = -1
@@ -34,12 +35,21 @@ class EarlyStopping:
 
   def as_dict(self) -> dict[str, Any]:
     """The loop state as checkpointed."""
-    return {"best_metric": self.best_metric, "best_step": self.best_step,
-            "bad_evals": self.bad_evals, "stopped_early": self.stopped_early,
-            "train_seconds": self.train_seconds}
+    return {
+      "best_metric": self.best_metric,
+      "best_step": self.best_step,
+      "bad_evals": self.bad_evals,
+      "stopped_early": self.stopped_early,
+      "train_seconds": self.train_seconds,
+    }
 
   @classmethod
   def from_dict(cls, loop: dict[str, Any], patience: int) -> EarlyStopping:
-    return cls(patience=patience, best_metric=loop["best_metric"],
-               best_step=loop["best_step"], bad_evals=loop["bad_evals"],
-               stopped_early=loop["stopped_early"], train_seconds=loop["train_seconds"])
+    return cls(
+      patience=patience,
+      best_metric=loop["best_metric"],
+      best_step=loop["best_step"],
+      bad_evals=loop["bad_evals"],
+      stopped_early=loop["stopped_early"],
+      train_seconds=loop["train_seconds"],
+    )

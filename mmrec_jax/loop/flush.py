@@ -24,8 +24,16 @@ class NonFiniteLossError(MmrecError):
 class MetricFlusher:
   """Collects device metrics and writes one row per flush."""
 
-  def __init__(self, writer, bar, *, batch_size: int, steps_per_epoch: int,
-               workdir: pathlib.Path, start_step: int):
+  def __init__(
+    self,
+    writer,
+    bar,
+    *,
+    batch_size: int,
+    steps_per_epoch: int,
+    workdir: pathlib.Path,
+    start_step: int,
+  ):
     self.writer = writer
     self.bar = bar
     self.batch_size = batch_size
@@ -48,9 +56,10 @@ class MetricFlusher:
     losses = np.array([float(m["loss"]) for m in fetched])
     if not np.all(np.isfinite(losses)):
       raise NonFiniteLossError(
-          f"training loss became {losses[~np.isfinite(losses)][0]} at or before step "
-          f"{step}; stopped. The last good checkpoint in {self.workdir / 'checkpoints'} is "
-          "intact (lower optimizer.learning_rate or set optimizer.grad_clip).")
+        f"training loss became {losses[~np.isfinite(losses)][0]} at or before step "
+        f"{step}; stopped. The last good checkpoint in {self.workdir / 'checkpoints'} is "
+        "intact (lower optimizer.learning_rate or set optimizer.grad_clip)."
+      )
     now = time.time()
     ex_s = (step - self.n_last) * self.batch_size / max(now - self.t_last, 1e-9)
     elapsed = now - self.t_last

@@ -12,24 +12,36 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from mmrec_jax import reporting
+from mmrec_jax import io_utils, reporting
 from mmrec_jax.data.dataset import PreparedDataset
 from mmrec_jax.evaluation import evaluate_split, export
+from mmrec_jax.loop import signals
 from mmrec_jax.step import Task
 
 
-def evaluate(task: Task, state: Any, ds: PreparedDataset, split: str,
-             config: ml_collections.ConfigDict, mesh) -> Any:
+def evaluate(
+  task: Task, state: Any, ds: PreparedDataset, split: str, config: ml_collections.ConfigDict, mesh
+) -> Any:
   """Full-ranking evaluation of ``state`` on ``split`` (padding rows excluded)."""
   users, items = task.eval_reprs(state)
   # Tables are padded to a multiple of the device count; padding rows are not users/items.
-  return evaluate_split(users[:task.num_users], items[:task.num_items], ds, split,
-                        config.eval, mesh)
+  return evaluate_split(
+    users[: task.num_users], items[: task.num_items], ds, split, config.eval, mesh
+  )
 
 
-def final_report(*, task: Task, state: Any, ds: PreparedDataset,
-                 config: ml_collections.ConfigDict, mesh, workdir: pathlib.Path,
-                 writer, header: dict[str, Any], is_main: bool) -> dict[str, Any]:
+def final_report(
+  *,
+  task: Task,
+  state: Any,
+  ds: PreparedDataset,
+  config: ml_collections.ConfigDict,
+  mesh,
+  workdir: pathlib.Path,
+  writer,
+  header: dict[str, Any],
+  is_main: bool,
+) -> dict[str, Any]:
   """Scores valid and test, writes exports and per-user metrics; returns the results.
 
   ``header`` holds the run's summary fields (status, steps, times, model) that come
@@ -43,11 +55,20 @@ def final_report(*, task: Task, state: Any, ds: PreparedDataset,
     if config.eval.slices and getattr(res, "slices", None):
       results[f"{split}_slices"] = res.slices
     if config.eval.export_topk and is_main:
-      export.write_topk(workdir / f"topk_{split}.tsv", ds.user_raw_ids()[res.users],
-                        ds.item_raw_ids(), res.topk_items, res.topk_scores)
+      export.write_topk(
+        workdir / f"topk_{split}.tsv",
+        ds.user_raw_ids()[res.users],
+        ds.item_raw_ids(),
+        res.topk_items,
+        res.topk_scores,
+      )
     if is_main:
-      np.savez(workdir / f"per_user_{split}.npz", users=res.users,
-               **{k: v for k, v in res.per_user.items()})
+      # Atomic: a run killed here leaves the previous file or none, never half of one.
+      with io_utils.atomic_path(workdir / f"per_user_{split}.npz") as tmp:
+        np.savez(tmp, users=res.users, **{k: v for k, v in res.per_user.items()})
+    if split == "valid":
+      signals.fault_point("final_eval", step)
+  signals.fault_point("export", step)
   writer.write(step, "final_valid", results["valid"])
   writer.write(step, "final_test", results["test"])
   return results
@@ -56,5 +77,6 @@ def final_report(*, task: Task, state: Any, ds: PreparedDataset,
 def write_results(workdir: pathlib.Path, results: dict[str, Any], metric_name: str) -> None:
   """results.json (atomic) and the learning-curve plot."""
   reporting.write_json_atomic(workdir / "results.json", results)
-  reporting.plot_learning_curves(workdir / "metrics.jsonl", workdir / "learning_curve.png",
-                                 metric_name)
+  reporting.plot_learning_curves(
+    workdir / "metrics.jsonl", workdir / "learning_curve.png", metric_name
+  )

@@ -24,14 +24,17 @@ from mmrec_jax.models import registry
 from mmrec_jax.step import DataInfo, Task
 
 
-def build_data_info(ds: PreparedDataset, config: ml_collections.ConfigDict,
-                    modalities: tuple[str, ...]) -> DataInfo:
+def build_data_info(
+  ds: PreparedDataset, config: ml_collections.ConfigDict, modalities: tuple[str, ...]
+) -> DataInfo:
   """Loads what the model keeps on device: feature tables (unless streamed), counts."""
   train = ds.split("train")
   item_counts = np.bincount(np.asarray(train.items), minlength=ds.num_items).astype(np.int64)
   features, masks = {}, {}
   for m in modalities:
     shards = ds.features(m)
+    # NaN/inf never reaches training: named here (shard, row, item), not as a divergence.
+    shards.check_finite(ds.item_raw_ids())
     masks[m] = np.asarray(shards.mask, dtype=bool)
     if not config.input.stream_features:
       features[m] = shards.to_array().astype(np.float32)
@@ -40,14 +43,21 @@ def build_data_info(ds: PreparedDataset, config: ml_collections.ConfigDict,
       # dims and for chunked evaluation, which reads rows through this lazy view.
       features[m] = shards.rows()
   # Train-split edges: graph models build their user-item graph from these only.
-  return DataInfo(num_users=ds.num_users, num_items=ds.num_items, features=features,
-                  feature_masks=masks, item_counts=item_counts,
-                  train_users=np.asarray(train.users), train_items=np.asarray(train.items),
-                  modalities=tuple(modalities))
+  return DataInfo(
+    num_users=ds.num_users,
+    num_items=ds.num_items,
+    features=features,
+    feature_masks=masks,
+    item_counts=item_counts,
+    train_users=np.asarray(train.users),
+    train_items=np.asarray(train.items),
+    modalities=tuple(modalities),
+  )
 
 
-def resolve_modalities(ds: PreparedDataset, config: ml_collections.ConfigDict
-                       ) -> tuple[PreparedDataset, tuple[str, ...]]:
+def resolve_modalities(
+  ds: PreparedDataset, config: ml_collections.ConfigDict
+) -> tuple[PreparedDataset, tuple[str, ...]]:
   """The dataset (reopened if features were added) and the modality names to use."""
   wanted = registry.model_modalities(config.model.name, config.data.modalities)
   if not wanted:
@@ -55,8 +65,10 @@ def resolve_modalities(ds: PreparedDataset, config: ml_collections.ConfigDict
   ds, wanted = ensure_modalities(ds, config.data, wanted)
   missing = [m for m in wanted if m not in ds.modalities]
   if missing:
-    raise ConfigError(f"config.data.modalities: {missing} not in the dataset at {ds.path} "
-                      f"(it has {list(ds.modalities)})")
+    raise ConfigError(
+      f"config.data.modalities: {missing} not in the dataset at {ds.path} "
+      f"(it has {list(ds.modalities)})"
+    )
   return ds, wanted
 
 
@@ -68,8 +80,9 @@ def make_mesh(config: ml_collections.ConfigDict):
     raise ConfigError(f"config.mesh: {e}") from None
 
 
-def check_batch_fits_mesh(batch_size: int, mesh: Any, *, process_index: int | None = None,
-                          process_count: int | None = None) -> None:
+def check_batch_fits_mesh(
+  batch_size: int, mesh: Any, *, process_index: int | None = None, process_count: int | None = None
+) -> None:
   """ConfigError unless the GLOBAL batch splits evenly over the mesh's 'data' axis.
 
   Each process builds ``batch_size / process_count`` rows and
@@ -90,24 +103,29 @@ def check_batch_fits_mesh(batch_size: int, mesh: Any, *, process_index: int | No
   if batch_size <= 0 or batch_size % data:
     lower, upper = batch_size // data * data, (batch_size // data + 1) * data
     fix = f"{lower} or {upper}" if lower > 0 else f"{upper}"
-    raise ConfigError(f"input.batch_size={batch_size} does not divide over the mesh's "
-                      f"'data' axis of size {data} ({devices.size} devices, mesh.model="
-                      f"{mesh.shape[sharding.MODEL]}): use a multiple of {data}, e.g. {fix}")
+    raise ConfigError(
+      f"input.batch_size={batch_size} does not divide over the mesh's "
+      f"'data' axis of size {data} ({devices.size} devices, mesh.model="
+      f"{mesh.shape[sharding.MODEL]}): use a multiple of {data}, e.g. {fix}"
+    )
   # The 'data' rows (mesh.devices[i]) holding a device of this process: it feeds exactly
   # those rows, batch_size / data examples each, from its batch_size / nproc examples.
   rows = sum(1 for row in devices if any(d.process_index == pid for d in row.ravel()))
   if rows * nproc != data:
-    raise ConfigError(f"mesh.model={mesh.shape[sharding.MODEL]}: process {pid} of {nproc} "
-                      f"holds {rows} of the {data} rows of the mesh's 'data' axis, but each "
-                      f"process feeds its own input.batch_size/{nproc} examples, which "
-                      f"needs {data / nproc:g} rows; "
-                      "keep the 'model' axis within a process (lower mesh.model)")
+    raise ConfigError(
+      f"mesh.model={mesh.shape[sharding.MODEL]}: process {pid} of {nproc} "
+      f"holds {rows} of the {data} rows of the mesh's 'data' axis, but each "
+      f"process feeds its own input.batch_size/{nproc} examples, which "
+      f"needs {data / nproc:g} rows; "
+      "keep the 'model' axis within a process (lower mesh.model)"
+    )
   # Now batch_size / nproc = rows * (batch_size / data): this process's rows divide evenly.
 
 
 @dataclasses.dataclass
 class RunSetup:
   """What the loop needs: mesh, dataset, modalities, task, pipeline and step counts."""
+
   mesh: Any
   ds: PreparedDataset
   modalities: tuple[str, ...]
@@ -122,8 +140,12 @@ def set_up(config: ml_collections.ConfigDict) -> RunSetup:
   """Checks, prepares the data, builds the task and the train pipeline."""
   mesh = make_mesh(config)
   check_batch_fits_mesh(int(config.input.batch_size), mesh)
-  logging.info("mesh %s over %d devices (%d processes)", dict(mesh.shape),
-               jax.device_count(), jax.process_count())
+  logging.info(
+    "mesh %s over %d devices (%d processes)",
+    dict(mesh.shape),
+    jax.device_count(),
+    jax.process_count(),
+  )
   ds = prepare_lib.prepare(config.data)
   ds, modalities = resolve_modalities(ds, config)
   info = build_data_info(ds, config, modalities)
@@ -135,9 +157,16 @@ def set_up(config: ml_collections.ConfigDict) -> RunSetup:
     # these modalities and checks the shards against them when it is built.
     expected_dims = {m: int(info.features[m].shape[1]) for m in task.modalities}
   pipe = pipeline_lib.make_train_pipeline(
-      ds.split("train"), ds.num_users, ds.num_items, config.input, seed=config.seed,
-      features=features, expected_dims=expected_dims, process_index=jax.process_index(),
-      process_count=jax.process_count())
+    ds.split("train"),
+    ds.num_users,
+    ds.num_items,
+    config.input,
+    seed=config.seed,
+    features=features,
+    expected_dims=expected_dims,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+  )
   steps_per_epoch = pipe.steps_per_epoch
   total_steps = steps_per_epoch * config.train.num_epochs
   if config.train.max_steps > 0:

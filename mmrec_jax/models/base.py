@@ -30,7 +30,12 @@ class Recommender(nnx.Module):
   def user_repr(self, ids: jax.Array | None, *, rng: jax.Array | None = None) -> jax.Array:
     raise NotImplementedError
 
-  def item_repr(self, ids: jax.Array | None, feats: Mapping[str, jax.Array],
-                masks: Mapping[str, jax.Array], *, rng: jax.Array | None = None
-                ) -> jax.Array:
+  def item_repr(
+    self,
+    ids: jax.Array | None,
+    feats: Mapping[str, jax.Array],
+    masks: Mapping[str, jax.Array],
+    *,
+    rng: jax.Array | None = None,
+  ) -> jax.Array:
     raise NotImplementedError

@@ -41,11 +41,17 @@ def _cos_loss(a: jax.Array, b: jax.Array) -> jax.Array:
 
 
 class BM3(GraphRecommender):
-
   uses_rank_loss = False
 
-  def __init__(self, cfg: ml_collections.ConfigDict, *, num_users: int, num_items: int,
-               feature_dims: Mapping[str, int], rngs: nnx.Rngs):
+  def __init__(
+    self,
+    cfg: ml_collections.ConfigDict,
+    *,
+    num_users: int,
+    num_items: int,
+    feature_dims: Mapping[str, int],
+    rngs: nnx.Rngs,
+  ):
     drop = hparam(cfg, "graph_dropout")
     if not 0.0 <= drop < 1.0:
       raise ConfigError(f"model.graph_dropout={drop} must be in [0, 1)")
@@ -58,21 +64,25 @@ class BM3(GraphRecommender):
     self.user_embed = Embed(num_users, d, "users", rngs=rngs)
     self.item_embed = Embed(num_items, d, "items", rngs=rngs)
     self.predictor = dense(d, d, ("embed", "hidden"), rngs=rngs)
-    self.proj = nnx.Dict({m: dense(feature_dims[m], d, (None, "embed"), rngs=rngs)
-                          for m in self.modalities})
+    self.proj = nnx.Dict(
+      {m: dense(feature_dims[m], d, (None, "embed"), rngs=rngs) for m in self.modalities}
+    )
 
   @classmethod
   def graph_data(cls, model_cfg, info, mesh, *, num_users, num_items, feats, masks):
-    g = super().graph_data(model_cfg, info, mesh, num_users=num_users,
-                           num_items=num_items, feats=feats, masks=masks)
-    g["num_real"] = jax.device_put(np.asarray([info.num_users, info.num_items], np.int32),
-                                   NamedSharding(mesh, P()))
+    g = super().graph_data(
+      model_cfg, info, mesh, num_users=num_users, num_items=num_items, feats=feats, masks=masks
+    )
+    g["num_real"] = jax.device_put(
+      np.asarray([info.num_users, info.num_items], np.int32), NamedSharding(mesh, P())
+    )
     return g
 
   def propagate(self, graph, feats, masks, *, rng=None):
     items0 = self.item_embed(None)
-    u, i = propagation.lightgcn_propagate(self.user_embed(None), items0, graph["ui"],
-                                          self.num_layers, self.mesh)
+    u, i = propagation.lightgcn_propagate(
+      self.user_embed(None), items0, graph["ui"], self.num_layers, self.mesh
+    )
     return u, i + items0
 
   def score_reprs(self, users, items):
@@ -80,8 +90,9 @@ class BM3(GraphRecommender):
 
   def aux_loss(self, users, items, user_ids, item_ids, graph, feats, masks, *, rng=None):
     pos = item_ids[:, 0]
-    keys = jax.random.split(rng if rng is not None else jax.random.PRNGKey(0),
-                            2 + len(self.modalities))
+    keys = jax.random.split(
+      rng if rng is not None else jax.random.PRNGKey(0), 2 + len(self.modalities)
+    )
     u_on = jnp.take(users, user_ids, axis=0)
     i_on = jnp.take(items, pos, axis=0)
     u_tg = dropout(jax.lax.stop_gradient(u_on), self.drop, keys[0])
@@ -96,7 +107,6 @@ class BM3(GraphRecommender):
     n_u, n_i = graph["num_real"][0], graph["num_real"][1]
     real_u = (jnp.arange(users.shape[0]) < n_u)[:, None]
     real_i = (jnp.arange(items.shape[0]) < n_i)[:, None]
-    fro = lambda x, keep: jnp.sqrt(
-        jnp.sum(jnp.where(keep, x.astype(jnp.float32), 0) ** 2) + 1e-12)
+    fro = lambda x, keep: jnp.sqrt(jnp.sum(jnp.where(keep, x.astype(jnp.float32), 0) ** 2) + 1e-12)
     reg = (fro(users, real_u) + fro(items, real_i)) / n_i.astype(jnp.float32)
     return loss + self.cl_weight * cl + self.reg_weight * reg

@@ -23,9 +23,16 @@ from mmrec_jax.models.base import Recommender
 class BPRMF(Recommender):
   """``score(u, i) = p_u . q_i [+ b_i]``; trained with any loss of ``mmrec_jax.losses``."""
 
-  def __init__(self, cfg: ml_collections.ConfigDict, *, num_users: int, num_items: int,
-               feature_dims: Mapping[str, int], rngs: nnx.Rngs):
-    del feature_dims   # IDs only
+  def __init__(
+    self,
+    cfg: ml_collections.ConfigDict,
+    *,
+    num_users: int,
+    num_items: int,
+    feature_dims: Mapping[str, int],
+    rngs: nnx.Rngs,
+  ):
+    del feature_dims  # IDs only
     self.modalities = ()
     self.use_bias = bool(cfg.item_bias)
     self.user_embed = Embed(num_users, cfg.embed_dim, "users", rngs=rngs)

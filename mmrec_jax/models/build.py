@@ -12,8 +12,14 @@ from mmrec_jax.models import registry
 from mmrec_jax.models.base import Recommender
 
 
-def build_model(model_cfg: ml_collections.ConfigDict, *, num_users: int, num_items: int,
-                feature_dims: Mapping[str, int], rngs: nnx.Rngs) -> Recommender:
+def build_model(
+  model_cfg: ml_collections.ConfigDict,
+  *,
+  num_users: int,
+  num_items: int,
+  feature_dims: Mapping[str, int],
+  rngs: nnx.Rngs,
+) -> Recommender:
   """Builds ``model_cfg.name`` with (padded) table sizes and per-modality feature widths.
 
   ID-only models get no feature widths; models whose spec says ``features="required"``
@@ -24,7 +30,7 @@ def build_model(model_cfg: ml_collections.ConfigDict, *, num_users: int, num_ite
   spec = registry.get(model_cfg.name)
   dims = dict(feature_dims) if spec.uses_features else {}
   if spec.features == "required" and not dims:
-    raise ConfigError(f"model.name={spec.name!r} needs at least one modality in "
-                      "data.modalities")
-  return spec.load()(model_cfg, num_users=num_users, num_items=num_items,
-                     feature_dims=dims, rngs=rngs)
+    raise ConfigError(f"model.name={spec.name!r} needs at least one modality in data.modalities")
+  return spec.load()(
+    model_cfg, num_users=num_users, num_items=num_items, feature_dims=dims, rngs=rngs
+  )

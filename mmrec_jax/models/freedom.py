@@ -32,22 +32,36 @@ from mmrec_jax.layers.projection import dense
 from mmrec_jax.models.graph_base import GraphRecommender, bpr, hparam, modality_weights
 
 
-def frozen_item_graph(feats: Mapping[str, jax.Array], masks: Mapping[str, jax.Array],
-                      k: int, image_weight: float, mesh, *, weighted: bool = False
-                      ) -> dict[str, propagation.EdgeList]:
+def frozen_item_graph(
+  feats: Mapping[str, jax.Array],
+  masks: Mapping[str, jax.Array],
+  k: int,
+  image_weight: float,
+  mesh,
+  *,
+  weighted: bool = False,
+) -> dict[str, propagation.EdgeList]:
   """Per-modality normalised kNN item graphs of the raw features, edges on 'data'."""
   mods = sorted(feats)
+
   def build(feats, masks):
     return {m: knn.knn_graph(feats[m], k, masks[m], weighted=weighted) for m in mods}
+
   sh = propagation.edge_sharding(mesh)
   out_sh = {m: propagation.EdgeList(sh, sh, sh) for m in mods}
   return jax.jit(build, out_shardings=out_sh)(dict(feats), dict(masks))
 
 
 class FREEDOM(GraphRecommender):
-
-  def __init__(self, cfg: ml_collections.ConfigDict, *, num_users: int, num_items: int,
-               feature_dims: Mapping[str, int], rngs: nnx.Rngs):
+  def __init__(
+    self,
+    cfg: ml_collections.ConfigDict,
+    *,
+    num_users: int,
+    num_items: int,
+    feature_dims: Mapping[str, int],
+    rngs: nnx.Rngs,
+  ):
     prune = hparam(cfg, "graph_dropout")
     if not 0.0 <= prune < 1.0:
       raise ConfigError(f"model.graph_dropout={prune} (edge pruning ratio) must be in [0, 1)")
@@ -60,42 +74,52 @@ class FREEDOM(GraphRecommender):
     d = cfg.embed_dim
     self.user_embed = Embed(num_users, d, "users", rngs=rngs)
     self.item_embed = Embed(num_items, d, "items", rngs=rngs)
-    self.proj = nnx.Dict({m: dense(feature_dims[m], d, (None, "embed"), rngs=rngs)
-                          for m in self.modalities})
+    self.proj = nnx.Dict(
+      {m: dense(feature_dims[m], d, (None, "embed"), rngs=rngs) for m in self.modalities}
+    )
 
   @classmethod
   def graph_data(cls, model_cfg, info, mesh, *, num_users, num_items, feats, masks):
-    g = super().graph_data(model_cfg, info, mesh, num_users=num_users,
-                           num_items=num_items, feats=feats, masks=masks)
-    g["mm"] = frozen_item_graph(feats, masks, int(model_cfg.knn_k),
-                                float(model_cfg.image_weight), mesh)
+    g = super().graph_data(
+      model_cfg, info, mesh, num_users=num_users, num_items=num_items, feats=feats, masks=masks
+    )
+    g["mm"] = frozen_item_graph(
+      feats, masks, int(model_cfg.knn_k), float(model_cfg.image_weight), mesh
+    )
     return g
 
   def item_graph_embed(self, graph) -> jax.Array:
     """``S^L e`` with ``S = sum_m mix_m S_m`` (applied per modality: same result)."""
     h = self.item_embed(None)
     for _ in range(self.num_mm_layers):
-      h = sum(self.mix[m] * propagation.item_propagate(h, graph["mm"][m], self.mesh)
-              for m in self.modalities)
+      h = sum(
+        self.mix[m] * propagation.item_propagate(h, graph["mm"][m], self.mesh)
+        for m in self.modalities
+      )
     return h
 
   def propagate(self, graph, feats, masks, *, rng=None):
     ui = graph["ui"]
     if rng is not None and self.prune_ratio > 0:
-      ui = propagation.degree_sensitive_prune(ui, rng, 1.0 - self.prune_ratio,
-                                              self.user_embed.embedding.shape[0],
-                                              self.item_embed.embedding.shape[0])
-    u, i = propagation.lightgcn_propagate(self.user_embed(None), self.item_embed(None), ui,
-                                          self.num_layers, self.mesh)
+      ui = propagation.degree_sensitive_prune(
+        ui,
+        rng,
+        1.0 - self.prune_ratio,
+        self.user_embed.embedding.shape[0],
+        self.item_embed.embedding.shape[0],
+      )
+    u, i = propagation.lightgcn_propagate(
+      self.user_embed(None), self.item_embed(None), ui, self.num_layers, self.mesh
+    )
     return u, i + self.item_graph_embed(graph).astype(i.dtype)
 
   def aux_loss(self, users, items, user_ids, item_ids, graph, feats, masks, *, rng=None):
     if self.reg_weight == 0:
       return jnp.zeros((), jnp.float32)
-    u = jnp.take(users, user_ids, axis=0)                       # [B, D]
+    u = jnp.take(users, user_ids, axis=0)  # [B, D]
     total = jnp.zeros((), jnp.float32)
     for m in self.modalities:
-      f = self.proj[m](jnp.take(feats[m], item_ids, axis=0))   # [B, 1+N, D]
+      f = self.proj[m](jnp.take(feats[m], item_ids, axis=0))  # [B, 1+N, D]
       s = jnp.einsum("bd,bkd->bk", u, f, preferred_element_type=jnp.float32)
       total = total + bpr(s[:, 0], s[:, 1:])
     return self.reg_weight * total

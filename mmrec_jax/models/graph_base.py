@@ -52,27 +52,40 @@ class GraphRecommender(Recommender):
   """A recommender whose towers are computed over the whole graph (see module doc)."""
 
   uses_rank_loss = True
-  mesh: Mesh | None = None   # set by the Task (static): edges are sharded on its 'data'
+  mesh: Mesh | None = None  # set by the Task (static): edges are sharded on its 'data'
 
   @classmethod
-  def graph_data(cls, model_cfg: ml_collections.ConfigDict, info: Any, mesh: Mesh, *,
-                 num_users: int, num_items: int, feats: Mapping[str, jax.Array],
-                 masks: Mapping[str, jax.Array]) -> dict[str, Any]:
+  def graph_data(
+    cls,
+    model_cfg: ml_collections.ConfigDict,
+    info: Any,
+    mesh: Mesh,
+    *,
+    num_users: int,
+    num_items: int,
+    feats: Mapping[str, jax.Array],
+    masks: Mapping[str, jax.Array],
+  ) -> dict[str, Any]:
     """The normalised user-item training graph; subclasses add item-item graphs."""
     del model_cfg, feats, masks
-    if getattr(info, "train_users", None) is None or getattr(info, "train_items",
-                                                              None) is None:
-      raise DataError("DataInfo.train_users/train_items",
-                      "graph models need the train-split interactions (build_data_info "
-                      "fills them from ds.split('train'))")
-    return {"ui": propagation.user_item_graph(info.train_users, info.train_items,
-                                              num_users, num_items, mesh)}
+    if getattr(info, "train_users", None) is None or getattr(info, "train_items", None) is None:
+      raise DataError(
+        "DataInfo.train_users/train_items",
+        "graph models need the train-split interactions (build_data_info "
+        "fills them from ds.split('train'))",
+      )
+    return {
+      "ui": propagation.user_item_graph(
+        info.train_users, info.train_items, num_users, num_items, mesh
+      )
+    }
 
   def propagate(self, graph, feats, masks, *, rng=None) -> tuple[jax.Array, jax.Array]:
     raise NotImplementedError
 
-  def aux_loss(self, users, items, user_ids, item_ids, graph, feats, masks, *, rng=None
-               ) -> jax.Array:
+  def aux_loss(
+    self, users, items, user_ids, item_ids, graph, feats, masks, *, rng=None
+  ) -> jax.Array:
     del users, items, user_ids, item_ids, graph, feats, masks, rng
     return jnp.zeros((), jnp.float32)
 
@@ -82,12 +95,14 @@ class GraphRecommender(Recommender):
   # The per-batch towers of Recommender do not exist for graph models: a row's
   # representation depends on the whole graph. The Task never calls these.
   def user_repr(self, ids, *, rng=None):
-    raise NotImplementedError("graph models are scored through propagate(); see "
-                              "mmrec_jax/models/graph_base.py")
+    raise NotImplementedError(
+      "graph models are scored through propagate(); see mmrec_jax/models/graph_base.py"
+    )
 
   def item_repr(self, ids, feats, masks, *, rng=None):
-    raise NotImplementedError("graph models are scored through propagate(); see "
-                              "mmrec_jax/models/graph_base.py")
+    raise NotImplementedError(
+      "graph models are scored through propagate(); see mmrec_jax/models/graph_base.py"
+    )
 
 
 def bpr(pos: jax.Array, neg: jax.Array) -> jax.Array:

@@ -36,9 +36,15 @@ from mmrec_jax.models.graph_base import GraphRecommender, hparam
 
 
 class LATTICE(GraphRecommender):
-
-  def __init__(self, cfg: ml_collections.ConfigDict, *, num_users: int, num_items: int,
-               feature_dims: Mapping[str, int], rngs: nnx.Rngs):
+  def __init__(
+    self,
+    cfg: ml_collections.ConfigDict,
+    *,
+    num_users: int,
+    num_items: int,
+    feature_dims: Mapping[str, int],
+    rngs: nnx.Rngs,
+  ):
     if not 0.0 <= cfg.lambda_coeff <= 1.0:
       raise ConfigError(f"model.lambda_coeff={cfg.lambda_coeff} must be in [0, 1]")
     self.modalities = tuple(sorted(feature_dims))
@@ -50,34 +56,42 @@ class LATTICE(GraphRecommender):
     d = cfg.embed_dim
     self.user_embed = Embed(num_users, d, "users", rngs=rngs)
     self.item_embed = Embed(num_items, d, "items", rngs=rngs)
-    self.proj = nnx.Dict({m: dense(feature_dims[m], d, (None, "embed"), rngs=rngs)
-                          for m in self.modalities})
-    self.modal_weight = nnx.Param(jnp.zeros((len(self.modalities),), jnp.float32),
-                                  out_sharding=(None,))
+    self.proj = nnx.Dict(
+      {m: dense(feature_dims[m], d, (None, "embed"), rngs=rngs) for m in self.modalities}
+    )
+    self.modal_weight = nnx.Param(
+      jnp.zeros((len(self.modalities),), jnp.float32), out_sharding=(None,)
+    )
 
   @classmethod
   def graph_data(cls, model_cfg, info, mesh, *, num_users, num_items, feats, masks):
-    g = super().graph_data(model_cfg, info, mesh, num_users=num_users,
-                           num_items=num_items, feats=feats, masks=masks)
+    g = super().graph_data(
+      model_cfg, info, mesh, num_users=num_users, num_items=num_items, feats=feats, masks=masks
+    )
     g["mm"] = frozen_item_graph(feats, masks, int(model_cfg.knn_k), 0.0, mesh, weighted=True)
     return g
 
   def item_graph(self, graph, feats, masks) -> propagation.EdgeList:
     a = jax.nn.softmax(self.modal_weight[...].astype(jnp.float32))
-    learned = [knn.knn_graph(self.proj[m](feats[m]), self.k, masks[m], weighted=True)
-               for m in self.modalities]
+    learned = [
+      knn.knn_graph(self.proj[m](feats[m]), self.k, masks[m], weighted=True)
+      for m in self.modalities
+    ]
     frozen = [graph["mm"][m] for m in self.modalities]
-    return knn.combine(learned + frozen,
-                       [(1 - self.lam) * a[j] for j in range(len(self.modalities))]
-                       + [self.lam * a[j] for j in range(len(self.modalities))])
+    return knn.combine(
+      learned + frozen,
+      [(1 - self.lam) * a[j] for j in range(len(self.modalities))]
+      + [self.lam * a[j] for j in range(len(self.modalities))],
+    )
 
   def propagate(self, graph, feats, masks, *, rng=None):
     s = self.item_graph(graph, feats, masks)
     h = self.item_embed(None)
     for _ in range(self.num_mm_layers):
       h = propagation.item_propagate(h, s)
-    u, i = propagation.lightgcn_propagate(self.user_embed(None), self.item_embed(None),
-                                          graph["ui"], self.num_layers, self.mesh)
+    u, i = propagation.lightgcn_propagate(
+      self.user_embed(None), self.item_embed(None), graph["ui"], self.num_layers, self.mesh
+    )
     h = knn.l2_normalize(h)
     return u, i + h.astype(i.dtype)
 

@@ -22,10 +22,16 @@ from mmrec_jax.models.graph_base import GraphRecommender, hparam
 
 
 class LightGCN(GraphRecommender):
-
-  def __init__(self, cfg: ml_collections.ConfigDict, *, num_users: int, num_items: int,
-               feature_dims: Mapping[str, int], rngs: nnx.Rngs):
-    del feature_dims   # IDs only
+  def __init__(
+    self,
+    cfg: ml_collections.ConfigDict,
+    *,
+    num_users: int,
+    num_items: int,
+    feature_dims: Mapping[str, int],
+    rngs: nnx.Rngs,
+  ):
+    del feature_dims  # IDs only
     if cfg.num_layers < 0:
       raise ConfigError(f"model.num_layers={cfg.num_layers} must be >= 0")
     self.modalities = ()
@@ -35,8 +41,9 @@ class LightGCN(GraphRecommender):
     self.item_embed = Embed(num_items, cfg.embed_dim, "items", rngs=rngs)
 
   def propagate(self, graph, feats, masks, *, rng=None):
-    return propagation.lightgcn_propagate(self.user_embed(None), self.item_embed(None),
-                                          graph["ui"], self.num_layers, self.mesh)
+    return propagation.lightgcn_propagate(
+      self.user_embed(None), self.item_embed(None), graph["ui"], self.num_layers, self.mesh
+    )
 
   def aux_loss(self, users, items, user_ids, item_ids, graph, feats, masks, *, rng=None):
     if self.reg_weight == 0:

@@ -31,22 +31,26 @@ from mmrec_jax.models.graph_base import GraphRecommender, hparam
 
 
 class _ModalGCN(nnx.Module):
-  def __init__(self, feat_dim: int, d: int, num_users: int, num_layers: int, *,
-               rngs: nnx.Rngs):
+  def __init__(self, feat_dim: int, d: int, num_users: int, num_layers: int, *, rngs: nnx.Rngs):
     self.pref = Embed(num_users, d, "users", rngs=rngs)
     self.mlp = dense(feat_dim, d, (None, "embed"), rngs=rngs)
-    self.conv = nnx.List([dense(d, d, ("embed", "hidden"), rngs=rngs, use_bias=False)
-                          for _ in range(num_layers)])
-    self.lin = nnx.List([dense(d, d, ("embed", "hidden"), rngs=rngs)
-                         for _ in range(num_layers)])
-    self.g = nnx.List([dense(d, d, ("embed", "hidden"), rngs=rngs)
-                       for _ in range(num_layers)])
+    self.conv = nnx.List(
+      [dense(d, d, ("embed", "hidden"), rngs=rngs, use_bias=False) for _ in range(num_layers)]
+    )
+    self.lin = nnx.List([dense(d, d, ("embed", "hidden"), rngs=rngs) for _ in range(num_layers)])
+    self.g = nnx.List([dense(d, d, ("embed", "hidden"), rngs=rngs) for _ in range(num_layers)])
 
 
 class MMGCN(GraphRecommender):
-
-  def __init__(self, cfg: ml_collections.ConfigDict, *, num_users: int, num_items: int,
-               feature_dims: Mapping[str, int], rngs: nnx.Rngs):
+  def __init__(
+    self,
+    cfg: ml_collections.ConfigDict,
+    *,
+    num_users: int,
+    num_items: int,
+    feature_dims: Mapping[str, int],
+    rngs: nnx.Rngs,
+  ):
     if cfg.num_layers < 1:
       raise ConfigError(f"model.num_layers={cfg.num_layers} must be >= 1 for mmgcn")
     self.modalities = tuple(sorted(feature_dims))
@@ -55,13 +59,18 @@ class MMGCN(GraphRecommender):
     d = cfg.embed_dim
     self.user_embed = Embed(num_users, d, "users", rngs=rngs)
     self.item_embed = Embed(num_items, d, "items", rngs=rngs)
-    self.gcn = nnx.Dict({m: _ModalGCN(feature_dims[m], d, num_users, self.num_layers,
-                                      rngs=rngs) for m in self.modalities})
+    self.gcn = nnx.Dict(
+      {
+        m: _ModalGCN(feature_dims[m], d, num_users, self.num_layers, rngs=rngs)
+        for m in self.modalities
+      }
+    )
 
   @classmethod
   def graph_data(cls, model_cfg, info, mesh, *, num_users, num_items, feats, masks):
-    g = super().graph_data(model_cfg, info, mesh, num_users=num_users,
-                           num_items=num_items, feats=feats, masks=masks)
+    g = super().graph_data(
+      model_cfg, info, mesh, num_users=num_users, num_items=num_items, feats=feats, masks=masks
+    )
     src, dst = propagation.dedup_edges(info.train_users, info.train_items, num_items)
     du = np.bincount(src, minlength=num_users).astype(np.float32)
     di = np.bincount(dst, minlength=num_items).astype(np.float32)

@@ -16,18 +16,20 @@ Training regimes (``mmrec_jax/step/``):
     towers ``user_repr``/``item_repr`` of ``models/base.py``.
   * ``graph``: the model propagates whole tables over a graph built once from the train
     split (``models/graph_base.py``); the step takes whole-table gradients.
+  * ``rating``: pointwise regression on explicit ratings over gathered rows
+    (``step/rating.py``); the batch carries ``rating`` and no negatives.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from mmrec_jax.errors import ConfigError
 
-REGIMES = ("rows", "graph")
+REGIMES = ("rows", "graph", "rating")
 FEATURE_USE = ("none", "optional", "required")
 # Distributions of a search space entry: ("log_float", lo, hi), ("float", lo, hi),
 # ("int", lo, hi) or ("choice", (v1, v2, ...)); keys are dotted config paths.
@@ -50,7 +52,10 @@ class ModelSpec:
     search_space: dotted config key -> distribution tuple (``DISTRIBUTIONS``), the
       space hyperparameter search draws from for this model.
     reference: the paper, for humans.
+    foldin, new_items, constant_user_columns: what serving can do without retraining
+      (see the comment at the fields).
   """
+
   name: str
   target: str | type
   features: str = "none"
@@ -58,22 +63,38 @@ class ModelSpec:
   paper_defaults: Mapping[str, float] = dataclasses.field(default_factory=dict)
   search_space: Mapping[str, tuple] = dataclasses.field(default_factory=dict)
   reference: str = ""
+  # Serving (mmrec_jax/serving): how a new user is folded in ("" = unsupported), how a new
+  # item is embedded from its features ("" = unsupported; the model then implements
+  # ``content_item_repr``), and how many trailing user-vector columns are the constant 1
+  # (an int, or a function of the model config).
+  foldin: str = ""
+  new_items: str = ""
+  constant_user_columns: int | Callable[[Any], int] = 0
 
   def __post_init__(self):
     if self.features not in FEATURE_USE:
-      raise ConfigError(f"model {self.name!r}: features={self.features!r} is not one of "
-                        f"{list(FEATURE_USE)}")
+      raise ConfigError(
+        f"model {self.name!r}: features={self.features!r} is not one of {list(FEATURE_USE)}"
+      )
     if self.regime not in REGIMES:
-      raise ConfigError(f"model {self.name!r}: regime={self.regime!r} is not one of "
-                        f"{list(REGIMES)}")
+      raise ConfigError(
+        f"model {self.name!r}: regime={self.regime!r} is not one of {list(REGIMES)}"
+      )
     for key, dist in self.search_space.items():
       if not dist or dist[0] not in DISTRIBUTIONS:
-        raise ConfigError(f"model {self.name!r}: search_space[{key!r}]={dist!r} must start "
-                          f"with one of {list(DISTRIBUTIONS)}")
+        raise ConfigError(
+          f"model {self.name!r}: search_space[{key!r}]={dist!r} must start "
+          f"with one of {list(DISTRIBUTIONS)}"
+        )
 
   @property
   def uses_features(self) -> bool:
     return self.features != "none"
+
+  def user_constant_columns(self, model_cfg: Any) -> int:
+    """Trailing user-vector columns that are the constant 1 (not solved by fold-in)."""
+    c = self.constant_user_columns
+    return int(c(model_cfg) if callable(c) else c)
 
   def load(self) -> type:
     """The model class (imports its module on first use)."""
@@ -84,48 +105,147 @@ class ModelSpec:
 
 
 _COMMON_SPACE = {
-    "optimizer.learning_rate": ("log_float", 1e-4, 3e-2),
-    "optimizer.sparse_learning_rate": ("log_float", 1e-4, 3e-2),
-    "model.embed_dim": ("choice", (32, 64, 128)),
-    "loss.l2": ("log_float", 1e-6, 1e-2),
+  "optimizer.learning_rate": ("log_float", 1e-4, 3e-2),
+  "optimizer.sparse_learning_rate": ("log_float", 1e-4, 3e-2),
+  "model.embed_dim": ("choice", (32, 64, 128)),
+  "loss.l2": ("log_float", 1e-6, 1e-2),
 }
-_GRAPH_SPACE = {**_COMMON_SPACE, "model.num_layers": ("int", 1, 4),
-                "model.reg_weight": ("log_float", 1e-6, 1e-2)}
+_GRAPH_SPACE = {
+  **_COMMON_SPACE,
+  "model.num_layers": ("int", 1, 4),
+  "model.reg_weight": ("log_float", 1e-6, 1e-2),
+}
 _MM_GRAPH_SPACE = {**_GRAPH_SPACE, "model.knn_k": ("choice", (5, 10, 20))}
 
-MODELS: dict[str, ModelSpec] = {s.name: s for s in (
-    ModelSpec("bpr_mf", "mmrec_jax.models.bpr_mf:BPRMF", features="none",
-              search_space={**_COMMON_SPACE, "input.num_negatives": ("choice", (1, 2, 4, 8)),
-                            "model.item_bias": ("choice", (False, True))},
-              reference="Rendle et al., BPR, UAI 2009"),
-    ModelSpec("vbpr", "mmrec_jax.models.vbpr:VBPR", features="required",
-              search_space=_COMMON_SPACE, reference="He & McAuley, VBPR, AAAI 2016"),
-    ModelSpec("two_tower", "mmrec_jax.models.two_tower:TwoTower", features="optional",
-              search_space={**_COMMON_SPACE, "model.hidden_dim": ("choice", (64, 128, 256)),
-                            "model.fusion": ("choice", ("concat", "sum", "attention",
-                                                        "gating")),
-                            "model.modality_dropout": ("float", 0.0, 0.5)},
-              reference="Yi et al., sampling-bias-corrected two-tower, RecSys 2019"),
-    ModelSpec("lightgcn", "mmrec_jax.models.lightgcn:LightGCN", features="none",
-              regime="graph", paper_defaults={"reg_weight": 1e-4},
-              search_space=_GRAPH_SPACE, reference="He et al., LightGCN, SIGIR 2020"),
-    ModelSpec("freedom", "mmrec_jax.models.freedom:FREEDOM", features="required",
-              regime="graph", paper_defaults={"reg_weight": 1e-4, "graph_dropout": 0.8},
-              search_space={**_MM_GRAPH_SPACE, "model.graph_dropout": ("choice", (0.8, 0.9))},
-              reference="Zhou & Shen, FREEDOM, ACM MM 2023"),
-    ModelSpec("lattice", "mmrec_jax.models.lattice:LATTICE", features="required",
-              regime="graph", paper_defaults={"reg_weight": 1e-4},
-              search_space={**_MM_GRAPH_SPACE, "model.lambda_coeff": ("float", 0.5, 1.0)},
-              reference="Zhang et al., LATTICE, ACM MM 2021"),
-    ModelSpec("bm3", "mmrec_jax.models.bm3:BM3", features="required", regime="graph",
-              paper_defaults={"reg_weight": 0.1, "graph_dropout": 0.5},
-              search_space={**_GRAPH_SPACE, "model.reg_weight": ("choice", (0.1, 0.01)),
-                            "model.graph_dropout": ("choice", (0.3, 0.5))},
-              reference="Zhou et al., BM3, WWW 2023"),
-    ModelSpec("mmgcn", "mmrec_jax.models.mmgcn:MMGCN", features="required",
-              regime="graph", paper_defaults={"reg_weight": 1e-4},
-              search_space=_GRAPH_SPACE, reference="Wei et al., MMGCN, ACM MM 2019"),
-)}
+MODELS: dict[str, ModelSpec] = {
+  s.name: s
+  for s in (
+    ModelSpec(
+      "bpr_mf",
+      "mmrec_jax.models.bpr_mf:BPRMF",
+      features="none",
+      foldin="implicit-ALS solve against the item factors (item bias kept as an offset)",
+      constant_user_columns=lambda cfg: int(bool(cfg.item_bias)),
+      search_space={
+        **_COMMON_SPACE,
+        "input.num_negatives": ("choice", (1, 2, 4, 8)),
+        "model.item_bias": ("choice", (False, True)),
+      },
+      reference="Rendle et al., BPR, UAI 2009",
+    ),
+    ModelSpec(
+      "vbpr",
+      "mmrec_jax.models.vbpr:VBPR",
+      features="required",
+      foldin="implicit-ALS solve for [gamma_u, theta_u] (bias columns kept)",
+      new_items="content part of the item vector: [0, E f, beta' f, 0]",
+      constant_user_columns=2,
+      search_space=_COMMON_SPACE,
+      reference="He & McAuley, VBPR, AAAI 2016",
+    ),
+    ModelSpec(
+      "two_tower",
+      "mmrec_jax.models.two_tower:TwoTower",
+      features="optional",
+      foldin="implicit-ALS solve against the item-tower vectors",
+      new_items="item tower on the features, ID source absent",
+      search_space={
+        **_COMMON_SPACE,
+        "model.hidden_dim": ("choice", (64, 128, 256)),
+        "model.fusion": ("choice", ("concat", "sum", "attention", "gating")),
+        "model.modality_dropout": ("float", 0.0, 0.5),
+      },
+      reference="Yi et al., sampling-bias-corrected two-tower, RecSys 2019",
+    ),
+    ModelSpec(
+      "lightgcn",
+      "mmrec_jax.models.lightgcn:LightGCN",
+      foldin="implicit-ALS solve against the propagated item vectors (approximate: the "
+      "graph is not updated)",
+      features="none",
+      regime="graph",
+      paper_defaults={"reg_weight": 1e-4},
+      search_space=_GRAPH_SPACE,
+      reference="He et al., LightGCN, SIGIR 2020",
+    ),
+    ModelSpec(
+      "freedom",
+      "mmrec_jax.models.freedom:FREEDOM",
+      foldin="implicit-ALS solve against the propagated item vectors (approximate: the "
+      "graph is not updated)",
+      features="required",
+      regime="graph",
+      paper_defaults={"reg_weight": 1e-4, "graph_dropout": 0.8},
+      search_space={**_MM_GRAPH_SPACE, "model.graph_dropout": ("choice", (0.8, 0.9))},
+      reference="Zhou & Shen, FREEDOM, ACM MM 2023",
+    ),
+    ModelSpec(
+      "lattice",
+      "mmrec_jax.models.lattice:LATTICE",
+      foldin="implicit-ALS solve against the propagated item vectors (approximate: the "
+      "graph is not updated)",
+      features="required",
+      regime="graph",
+      paper_defaults={"reg_weight": 1e-4},
+      search_space={**_MM_GRAPH_SPACE, "model.lambda_coeff": ("float", 0.5, 1.0)},
+      reference="Zhang et al., LATTICE, ACM MM 2021",
+    ),
+    ModelSpec(
+      "bm3",
+      "mmrec_jax.models.bm3:BM3",
+      foldin="implicit-ALS solve against the propagated item vectors (approximate: the "
+      "graph is not updated)",
+      features="required",
+      regime="graph",
+      paper_defaults={"reg_weight": 0.1, "graph_dropout": 0.5},
+      search_space={
+        **_GRAPH_SPACE,
+        "model.reg_weight": ("choice", (0.1, 0.01)),
+        "model.graph_dropout": ("choice", (0.3, 0.5)),
+      },
+      reference="Zhou et al., BM3, WWW 2023",
+    ),
+    ModelSpec(
+      "mf",
+      "mmrec_jax.models.rating_mf:BiasedMF",
+      foldin="implicit-ALS solve against the item factors (bias columns kept)",
+      constant_user_columns=1,
+      features="none",
+      regime="rating",
+      search_space={
+        "optimizer.sparse_learning_rate": ("log_float", 1e-3, 1e-1),
+        "model.embed_dim": ("choice", (10, 32, 64)),
+        "loss.l2": ("log_float", 1e-4, 1e-1),
+      },
+      reference="Koren, Bell & Volinsky, Matrix factorization, Computer 2009",
+    ),
+    ModelSpec(
+      "pmf",
+      "mmrec_jax.models.rating_mf:PMF",
+      foldin="implicit-ALS solve against the item factors (bias columns kept)",
+      constant_user_columns=1,
+      features="none",
+      regime="rating",
+      search_space={
+        "optimizer.sparse_learning_rate": ("log_float", 1e-3, 1e-1),
+        "model.embed_dim": ("choice", (10, 32, 64)),
+        "loss.l2": ("log_float", 1e-4, 1e-1),
+      },
+      reference="Salakhutdinov & Mnih, Probabilistic matrix factorization, NIPS 2007",
+    ),
+    ModelSpec(
+      "mmgcn",
+      "mmrec_jax.models.mmgcn:MMGCN",
+      foldin="implicit-ALS solve against the propagated item vectors (approximate: the "
+      "graph is not updated)",
+      features="required",
+      regime="graph",
+      paper_defaults={"reg_weight": 1e-4},
+      search_space=_GRAPH_SPACE,
+      reference="Wei et al., MMGCN, ACM MM 2019",
+    ),
+  )
+}
 
 
 def get(name: str) -> ModelSpec:

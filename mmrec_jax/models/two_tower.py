@@ -27,9 +27,15 @@ from mmrec_jax.models.base import Recommender
 
 
 class TwoTower(Recommender):
-
-  def __init__(self, cfg: ml_collections.ConfigDict, *, num_users: int, num_items: int,
-               feature_dims: Mapping[str, int], rngs: nnx.Rngs):
+  def __init__(
+    self,
+    cfg: ml_collections.ConfigDict,
+    *,
+    num_users: int,
+    num_items: int,
+    feature_dims: Mapping[str, int],
+    rngs: nnx.Rngs,
+  ):
     self.modalities = tuple(sorted(feature_dims))
     self.use_ids = bool(cfg.use_ids)
     if not self.use_ids and not self.modalities:
@@ -41,20 +47,34 @@ class TwoTower(Recommender):
     self.user_embed = Embed(num_users, d, "users", rngs=rngs)
     if self.use_ids:
       self.item_embed = Embed(num_items, d, "items", rngs=rngs)
-    self.towers = nnx.Dict({m: ModalityMLP(feature_dims[m], cfg.hidden_dim, d, rngs=rngs,
-                                           dropout_rate=float(cfg.dropout))
-                            for m in self.modalities})
-    self.fusion = make_fusion(cfg.fusion, int(self.use_ids) + len(self.modalities), d,
-                              rngs=rngs)
+    self.towers = nnx.Dict(
+      {
+        m: ModalityMLP(
+          feature_dims[m], cfg.hidden_dim, d, rngs=rngs, dropout_rate=float(cfg.dropout)
+        )
+        for m in self.modalities
+      }
+    )
+    self.fusion = make_fusion(cfg.fusion, int(self.use_ids) + len(self.modalities), d, rngs=rngs)
 
   def user_repr(self, ids, *, rng=None) -> jax.Array:
     return self.user_embed(ids)
 
+  def content_item_repr(self, ids, feats, masks) -> jax.Array:
+    """The item tower from features alone (a new item): the ID source marked absent."""
+    embs, present = self.sources(ids, feats, masks)
+    if self.use_ids:
+      present = present.at[:, 0].set(False)
+    return self.fusion(embs, present)
+
   def sources(self, ids, feats, masks, *, rng=None) -> tuple[jax.Array, jax.Array]:
     """Per-source embeddings ``[..., K, D]`` and presence ``[..., K]`` (before fusion)."""
     embs, present = [], []
-    keys = (jax.random.split(rng, 2 * len(self.modalities)) if rng is not None
-            else [None] * (2 * len(self.modalities)))
+    keys = (
+      jax.random.split(rng, 2 * len(self.modalities))
+      if rng is not None
+      else [None] * (2 * len(self.modalities))
+    )
     if self.use_ids:
       e = self.item_embed(ids)
       embs.append(e)
@@ -63,8 +83,7 @@ class TwoTower(Recommender):
       embs.append(self.towers[m](feats[m], keys[2 * j]))
       keep = masks[m]
       if rng is not None and self.modality_dropout > 0:
-        keep = keep & jax.random.bernoulli(keys[2 * j + 1], 1.0 - self.modality_dropout,
-                                           keep.shape)
+        keep = keep & jax.random.bernoulli(keys[2 * j + 1], 1.0 - self.modality_dropout, keep.shape)
       present.append(keep)
     return jnp.stack(embs, axis=-2), jnp.stack(present, axis=-1)
 

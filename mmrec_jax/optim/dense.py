@@ -14,8 +14,9 @@ from mmrec_jax.errors import ConfigError
 DENSE_OPTIMIZERS = ("adam", "adamw", "sgd", "adagrad")
 
 
-def make_dense_optimizer(name: str, learning_rate: float, weight_decay: float = 0.0
-                         ) -> optax.GradientTransformation:
+def make_dense_optimizer(
+  name: str, learning_rate: float, weight_decay: float = 0.0
+) -> optax.GradientTransformation:
   """optax transformation for ``optimizer.name``; unknown names raise.
 
   ``weight_decay`` is decoupled for ``adamw`` and added to the gradient (L2) for the

@@ -61,6 +61,7 @@ class SparseOptimizer:
   row ids padded with an out-of-range id, ``rows = table[uniq]`` (already gathered for
   the forward pass) and ``grads`` [n, dim] their summed gradients.
   """
+
   name: str
   init: Callable[[tuple[int, ...], jnp.dtype], State]
   update: Callable[..., tuple[jax.Array, State]]
@@ -77,38 +78,41 @@ def _sgd(lr: float) -> SparseOptimizer:
   return SparseOptimizer("sgd", init, update)
 
 
-def _adam(lr: float, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8
-          ) -> SparseOptimizer:
+def _adam(lr: float, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> SparseOptimizer:
   def init(shape, dtype):
-    return {"mu": jnp.zeros(shape, dtype), "nu": jnp.zeros(shape, dtype),
-            "count": jnp.zeros(shape[:1], jnp.int32)}
+    return {
+      "mu": jnp.zeros(shape, dtype),
+      "nu": jnp.zeros(shape, dtype),
+      "count": jnp.zeros(shape[:1], jnp.int32),
+    }
 
   def update(table, state, uniq, rows, grads):
     mu = (1 - b1) * grads + b1 * gather_rows(state["mu"], uniq)
     nu = (1 - b2) * (grads * grads) + b2 * gather_rows(state["nu"], uniq)
     count = gather_rows(state["count"], uniq) + 1
     c = count.astype(grads.dtype)[:, None]
-    mu_hat = mu / (1 - b1 ** c)
-    nu_hat = nu / (1 - b2 ** c)
+    mu_hat = mu / (1 - b1**c)
+    nu_hat = nu / (1 - b2**c)
     new_rows = rows + (-lr) * (mu_hat / (jnp.sqrt(nu_hat) + eps))
     return scatter_rows(table, uniq, new_rows), {
-        "mu": scatter_rows(state["mu"], uniq, mu),
-        "nu": scatter_rows(state["nu"], uniq, nu),
-        "count": scatter_rows(state["count"], uniq, count)}
+      "mu": scatter_rows(state["mu"], uniq, mu),
+      "nu": scatter_rows(state["nu"], uniq, nu),
+      "count": scatter_rows(state["count"], uniq, count),
+    }
 
   return SparseOptimizer("adam", init, update)
 
 
-def _rowwise_adagrad(lr: float, initial_accumulator: float = 0.1, eps: float = 1e-7
-                     ) -> SparseOptimizer:
+def _rowwise_adagrad(
+  lr: float, initial_accumulator: float = 0.1, eps: float = 1e-7
+) -> SparseOptimizer:
   def init(shape, dtype):
     return {"acc": jnp.full(shape[:1], initial_accumulator, dtype)}
 
   def update(table, state, uniq, rows, grads):
     acc = gather_rows(state["acc"], uniq) + jnp.mean(grads * grads, axis=-1)
     new_rows = rows - lr * grads * jax.lax.rsqrt(acc + eps)[:, None]
-    return scatter_rows(table, uniq, new_rows), {
-        "acc": scatter_rows(state["acc"], uniq, acc)}
+    return scatter_rows(table, uniq, new_rows), {"acc": scatter_rows(state["acc"], uniq, acc)}
 
   return SparseOptimizer("rowwise_adagrad", init, update)
 
@@ -127,6 +131,5 @@ def unique_ids(ids: jax.Array, num_rows: int) -> tuple[jax.Array, jax.Array]:
   Returns ``(uniq [n], inverse with ids' shape)`` so that ``uniq[inverse] == ids``.
   """
   flat = ids.reshape(-1)
-  uniq, inv = jnp.unique(flat, size=flat.shape[0], fill_value=num_rows,
-                         return_inverse=True)
+  uniq, inv = jnp.unique(flat, size=flat.shape[0], fill_value=num_rows, return_inverse=True)
   return uniq, inv.reshape(ids.shape)

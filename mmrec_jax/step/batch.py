@@ -24,6 +24,7 @@ from mmrec_jax.errors import DataError
 @dataclasses.dataclass(frozen=True)
 class BatchContract:
   """What the step reads from a batch, given the sampler, loss and feature placement."""
+
   in_batch: bool
   use_logq: bool
   stream: bool
@@ -51,18 +52,28 @@ class BatchContract:
       raise DataError("train batch", f"missing keys {missing}; has {sorted(batch)}")
     return {k: batch[k] for k in keys}
 
-  def abstract(self, mesh: Mesh, batch_size: int, num_negatives: int = 1
-               ) -> dict[str, jax.ShapeDtypeStruct]:
+  def abstract(
+    self, mesh: Mesh, batch_size: int, num_negatives: int = 1
+  ) -> dict[str, jax.ShapeDtypeStruct]:
     """ShapeDtypeStructs of a global batch (for lowering and tests)."""
     sh = NamedSharding(mesh, P(sharding.DATA))
     b, n = batch_size, num_negatives
-    shapes = {"user": ((b,), jnp.int32), "pos": ((b,), jnp.int32),
-              "neg": ((b, n), jnp.int32), "pos_logq": ((b,), jnp.float32)}
+    shapes = {
+      "user": ((b,), jnp.int32),
+      "pos": ((b,), jnp.int32),
+      "neg": ((b, n), jnp.int32),
+      "pos_logq": ((b,), jnp.float32),
+    }
     for m in self.modalities:
       d = int(self.feature_dims[m])
-      shapes.update({f"feat_pos/{m}": ((b, d), jnp.float32), f"mask_pos/{m}": ((b,), bool),
-                     f"feat_neg/{m}": ((b, n, d), jnp.float32),
-                     f"mask_neg/{m}": ((b, n), bool)})
+      shapes.update(
+        {
+          f"feat_pos/{m}": ((b, d), jnp.float32),
+          f"mask_pos/{m}": ((b,), bool),
+          f"feat_neg/{m}": ((b, n, d), jnp.float32),
+          f"mask_neg/{m}": ((b, n), bool),
+        }
+      )
     return {k: jax.ShapeDtypeStruct(*shapes[k], sharding=sh) for k in self.keys()}
 
   def item_ids(self, batch: Mapping[str, jax.Array]) -> jax.Array:

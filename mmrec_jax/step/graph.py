@@ -25,9 +25,11 @@ class GraphRegime(Regime):
 
   def __init__(self, setup: Setup):
     if setup.contract.stream:
-      raise ConfigError(f"model.name={setup.config.model.name!r} propagates over the whole "
-                        "catalogue and needs the features on device; set "
-                        "input.stream_features=False")
+      raise ConfigError(
+        f"model.name={setup.config.model.name!r} propagates over the whole "
+        "catalogue and needs the features on device; set "
+        "input.stream_features=False"
+      )
     super().__init__(setup)
 
   @staticmethod
@@ -38,12 +40,19 @@ class GraphRegime(Regime):
   def frozen_data(self, frozen: Frozen) -> Frozen:
     s = self.s
     frozen["graph"] = s.model_class.graph_data(
-        s.config.model, s.info, s.mesh, num_users=s.padded_users,
-        num_items=s.padded_items, feats=frozen["feat"], masks=frozen["mask"])
+      s.config.model,
+      s.info,
+      s.mesh,
+      num_users=s.padded_users,
+      num_items=s.padded_items,
+      feats=frozen["feat"],
+      masks=frozen["mask"],
+    )
     return frozen
 
-  def train_fn(self, state: State, batch: dict[str, jax.Array], frozen: Frozen
-               ) -> tuple[State, dict[str, jax.Array]]:
+  def train_fn(
+    self, state: State, batch: dict[str, jax.Array], frozen: Frozen
+  ) -> tuple[State, dict[str, jax.Array]]:
     s = self.s
     cfg, cdt, layout = s.config, s.compute_dtype, s.layout
     user = batch["user"]
@@ -52,17 +61,20 @@ class GraphRegime(Regime):
     rng = jax.random.fold_in(jax.random.PRNGKey(cfg.seed), state["step"])
     rng_model, rng_aux = jax.random.split(rng)
     tables = traverse_util.flatten_dict(state["params"]["tables"])
-    counts = {"users": jax.ops.segment_sum(jnp.ones(b), user, num_segments=s.padded_users),
-              "items": jax.ops.segment_sum(jnp.ones(items.size), items.reshape(-1),
-                                           num_segments=s.padded_items)}
+    counts = {
+      "users": jax.ops.segment_sum(jnp.ones(b), user, num_segments=s.padded_users),
+      "items": jax.ops.segment_sum(
+        jnp.ones(items.size), items.reshape(-1), num_segments=s.padded_items
+      ),
+    }
     feats = {m: f.astype(cdt) for m, f in frozen["feat"].items()}
 
     def loss_fn(tables, dense):
       model = layout.merge(traverse_util.unflatten_dict(cast(tables, cdt)), cast(dense, cdt))
-      users_all, items_all = model.propagate(frozen["graph"], feats, frozen["mask"],
-                                             rng=rng_model)
-      aux_loss = model.aux_loss(users_all, items_all, user, items, frozen["graph"], feats,
-                                frozen["mask"], rng=rng_aux)
+      users_all, items_all = model.propagate(frozen["graph"], feats, frozen["mask"], rng=rng_model)
+      aux_loss = model.aux_loss(
+        users_all, items_all, user, items, frozen["graph"], feats, frozen["mask"], rng=rng_aux
+      )
       su, si = model.score_reprs(users_all, items_all)
       u = constrain_batch(s.mesh, jnp.take(su, user, axis=0))
       it = constrain_batch(s.mesh, jnp.take(si, items, axis=0))
@@ -71,21 +83,39 @@ class GraphRegime(Regime):
       else:
         sc = jnp.einsum("bd,bkd->bk", u, it, preferred_element_type=jnp.float32)
         rank_loss, pos_s, neg_s, neg_valid = jnp.zeros((), jnp.float32), sc[:, 0], sc[:, 1:], None
-      l2 = sum(jnp.sum(counts[layout.row_kind(k)][:, None] * jnp.square(t))
-               for k, t in tables.items()) / b
+      l2 = (
+        sum(jnp.sum(counts[layout.row_kind(k)][:, None] * jnp.square(t)) for k, t in tables.items())
+        / b
+      )
       loss = rank_loss + cfg.loss.l2 * l2 + aux_loss
-      return loss, {"rank_loss": rank_loss, "l2": l2, "aux_loss": aux_loss,
-                    **score_summary(pos_s, neg_s, neg_valid)}
+      return loss, {
+        "rank_loss": rank_loss,
+        "l2": l2,
+        "aux_loss": aux_loss,
+        **score_summary(pos_s, neg_s, neg_valid),
+      }
 
-    (loss, aux), (g_tables, g_dense) = jax.value_and_grad(
-        loss_fn, argnums=(0, 1), has_aux=True)(tables, state["params"]["dense"])
+    (loss, aux), (g_tables, g_dense) = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(
+      tables, state["params"]["dense"]
+    )
     every_row = {k: jnp.arange(t.shape[0], dtype=jnp.int32) for k, t in tables.items()}
-    return apply_gradients(layout, state, tables, every_row, tables, g_tables, g_dense,
-                           loss, aux, cfg.optimizer.grad_clip)
+    return apply_gradients(
+      layout,
+      state,
+      tables,
+      every_row,
+      tables,
+      g_tables,
+      g_dense,
+      loss,
+      aux,
+      cfg.optimizer.grad_clip,
+    )
 
   def eval_fn(self, params: State, frozen: Frozen) -> tuple[jax.Array, jax.Array]:
     model = self.s.layout.merge(params["tables"], params["dense"])
-    users, items = model.score_reprs(*model.propagate(frozen["graph"], frozen["feat"],
-                                                      frozen["mask"], rng=None))
+    users, items = model.score_reprs(
+      *model.propagate(frozen["graph"], frozen["feat"], frozen["mask"], rng=None)
+    )
     real = jnp.arange(items.shape[0]) < self.s.num_items
     return users.astype(jnp.float32), jnp.where(real[:, None], items, 0).astype(jnp.float32)

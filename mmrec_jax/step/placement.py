@@ -17,8 +17,9 @@ from jax.sharding import Mesh
 from mmrec_jax import sharding
 
 
-def host_rows(arr: np.ndarray, index: tuple[slice, ...], padded_shape: tuple[int, ...]
-              ) -> np.ndarray:
+def host_rows(
+  arr: np.ndarray, index: tuple[slice, ...], padded_shape: tuple[int, ...]
+) -> np.ndarray:
   """Rows ``index`` of ``arr`` zero-padded to ``padded_shape`` (no full host copy)."""
   rows = index[0]
   start, stop, _ = rows.indices(padded_shape[0])
@@ -33,26 +34,31 @@ def put_rows(mesh: Mesh, arr: np.ndarray, rows: int, axis: str) -> jax.Array:
   """Global device array of ``arr`` padded to ``rows``, row-sharded on ``axis``."""
   shape = (rows, *arr.shape[1:])
   spec = sharding.named_sharding(mesh, axis, *([None] * (arr.ndim - 1)))
-  return jax.make_array_from_callback(shape, spec,
-                                      lambda idx: host_rows(arr, idx, shape))
+  return jax.make_array_from_callback(shape, spec, lambda idx: host_rows(arr, idx, shape))
 
 
-def put_rows_replicated(mesh: Mesh, arr: np.ndarray, start: int, rows: int, dtype
-                        ) -> jax.Array:
+def put_rows_replicated(mesh: Mesh, arr: np.ndarray, start: int, rows: int, dtype) -> jax.Array:
   """Rows [start, start + rows) of ``arr`` (zero-padded past its end), replicated."""
   shape = (rows, *arr.shape[1:])
   host = host_rows(arr[start:], (slice(0, rows),), shape).astype(dtype)
   return jax.make_array_from_callback(shape, sharding.replicated(mesh), lambda idx: host[idx])
 
 
-def place_features(mesh: Mesh, features: Mapping[str, np.ndarray],
-                   masks: Mapping[str, np.ndarray], modalities: tuple[str, ...],
-                   padded_items: int, *, stream: bool) -> dict[str, dict[str, jax.Array]]:
+def place_features(
+  mesh: Mesh,
+  features: Mapping[str, np.ndarray],
+  masks: Mapping[str, np.ndarray],
+  modalities: tuple[str, ...],
+  padded_items: int,
+  *,
+  stream: bool,
+) -> dict[str, dict[str, jax.Array]]:
   """``{'feat': {m: [I, d]}, 'mask': {m: [I]}}`` on device (empty when streamed)."""
   if stream:
     return {"feat": {}, "mask": {}}
-  feat = {m: put_rows(mesh, np.asarray(features[m], np.float32), padded_items, "items")
-          for m in modalities}
-  mask = {m: put_rows(mesh, np.asarray(masks[m], bool), padded_items, "items")
-          for m in modalities}
+  feat = {
+    m: put_rows(mesh, np.asarray(features[m], np.float32), padded_items, "items")
+    for m in modalities
+  }
+  mask = {m: put_rows(mesh, np.asarray(masks[m], bool), padded_items, "items") for m in modalities}
   return {"feat": feat, "mask": mask}

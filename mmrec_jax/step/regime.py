@@ -1,8 +1,9 @@
-"""What a training regime is: the interface ``rows.py`` and ``graph.py`` implement.
+"""What a training regime is: the interface ``rows.py``, ``graph.py``, ``rating.py`` implement.
 
-A regime decides how a model's towers are obtained inside the step and which table rows
-are differentiated. The model's registry entry names its regime; ``Task`` looks it up
-in ``step.REGIMES`` once and never branches on it again.
+A regime decides how a model's towers are obtained inside the step, which table rows
+are differentiated and, for an objective other than ranking, which batch keys it reads.
+The model's registry entry names its regime; ``Task`` looks it up in ``step.REGIMES``
+once and never branches on it again.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from mmrec_jax.step.update import RankObjective
 @dataclasses.dataclass(frozen=True)
 class Setup:
   """Everything a regime needs, validated and built once by ``Task``."""
+
   config: ml_collections.ConfigDict
   info: DataInfo
   mesh: Mesh
@@ -45,6 +47,11 @@ class Regime:
     self.s = setup
 
   @staticmethod
+  def batch_contract(contract: BatchContract) -> BatchContract:
+    """The batch contract the regime's step reads (default: the ranking contract as is)."""
+    return contract
+
+  @staticmethod
   def prepare_abstract(abstract, mesh) -> None:
     """Sets static attributes on the abstract model before its graph is split (none)."""
     del abstract, mesh
@@ -53,8 +60,9 @@ class Regime:
     """Adds what the regime keeps on device beside the features (default: nothing)."""
     return frozen
 
-  def train_fn(self, state: State, batch: dict[str, jax.Array], frozen: Frozen
-               ) -> tuple[State, dict[str, jax.Array]]:
+  def train_fn(
+    self, state: State, batch: dict[str, jax.Array], frozen: Frozen
+  ) -> tuple[State, dict[str, jax.Array]]:
     raise NotImplementedError
 
   def eval_fn(self, params: State, frozen: Frozen) -> tuple[jax.Array, jax.Array]:

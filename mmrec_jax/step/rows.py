@@ -27,14 +27,15 @@ from mmrec_jax.step.regime import Regime
 from mmrec_jax.step.types import Frozen, State
 from mmrec_jax.step.update import apply_gradients, cast, constrain_batch, score_summary
 
-STREAM_EVAL_CHUNK = 65536   # item rows per host->device chunk in streamed evaluation
+STREAM_EVAL_CHUNK = 65536  # item rows per host->device chunk in streamed evaluation
 
 
 class RowsRegime(Regime):
   """Per-batch towers over gathered rows; sparse updates of the touched rows only."""
 
-  def train_fn(self, state: State, batch: dict[str, jax.Array], frozen: Frozen
-               ) -> tuple[State, dict[str, jax.Array]]:
+  def train_fn(
+    self, state: State, batch: dict[str, jax.Array], frozen: Frozen
+  ) -> tuple[State, dict[str, jax.Array]]:
     s = self.s
     cfg, cdt, layout = s.config, s.compute_dtype, s.layout
     constrain = lambda x: constrain_batch(s.mesh, x)
@@ -57,42 +58,59 @@ class RowsRegime(Regime):
     masks = {m: constrain(k.astype(bool)) for m, k in masks.items()}
 
     # Occurrences of each distinct row, for the per-batch L2 on the rows used.
-    counts = {"users": jax.ops.segment_sum(jnp.ones(u_inv.size), u_inv.reshape(-1),
-                                           num_segments=u_uniq.shape[0]),
-              "items": jax.ops.segment_sum(jnp.ones(i_inv.size), i_inv.reshape(-1),
-                                           num_segments=i_uniq.shape[0])}
+    counts = {
+      "users": jax.ops.segment_sum(
+        jnp.ones(u_inv.size), u_inv.reshape(-1), num_segments=u_uniq.shape[0]
+      ),
+      "items": jax.ops.segment_sum(
+        jnp.ones(i_inv.size), i_inv.reshape(-1), num_segments=i_uniq.shape[0]
+      ),
+    }
 
     def loss_fn(rows, dense):
       model = layout.merge(traverse_util.unflatten_dict(cast(rows, cdt)), cast(dense, cdt))
-      u = constrain(model.user_repr(u_inv, rng=rng_user))                    # [B, D]
-      it = constrain(model.item_repr(i_inv, feats, masks, rng=rng_item))     # [B, 1+N, D]
+      u = constrain(model.user_repr(u_inv, rng=rng_user))  # [B, D]
+      it = constrain(model.item_repr(i_inv, feats, masks, rng=rng_item))  # [B, 1+N, D]
       rank_loss, pos_s, neg_s, neg_valid = s.objective(u, it, batch)
-      l2 = sum(jnp.sum(counts[layout.row_kind(k)][:, None] * jnp.square(r))
-               for k, r in rows.items()) / b
+      l2 = (
+        sum(jnp.sum(counts[layout.row_kind(k)][:, None] * jnp.square(r)) for k, r in rows.items())
+        / b
+      )
       loss = rank_loss + cfg.loss.l2 * l2
-      return loss, {"rank_loss": rank_loss, "l2": l2,
-                    **score_summary(pos_s, neg_s, neg_valid)}
+      return loss, {"rank_loss": rank_loss, "l2": l2, **score_summary(pos_s, neg_s, neg_valid)}
 
     (loss, aux), (g_rows, g_dense) = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(
-        rows, state["params"]["dense"])
+      rows, state["params"]["dense"]
+    )
     ids = {k: uniq[layout.row_kind(k)] for k in tables}
-    return apply_gradients(layout, state, tables, ids, rows, g_rows, g_dense, loss, aux,
-                           cfg.optimizer.grad_clip)
+    return apply_gradients(
+      layout, state, tables, ids, rows, g_rows, g_dense, loss, aux, cfg.optimizer.grad_clip
+    )
 
   def _batch_features(self, batch, frozen, i_uniq, i_inv):
     """Features and masks of the batch items [B, 1+N, ...]: streamed or gathered."""
     s = self.s
     if s.contract.stream:
+
       def join(prefix):
-        return {m: (batch[f"{prefix}_pos/{m}"][:, None] if s.contract.in_batch
-                    else jnp.concatenate([batch[f"{prefix}_pos/{m}"][:, None],
-                                          batch[f"{prefix}_neg/{m}"]], 1))
-                for m in s.modalities}
+        return {
+          m: (
+            batch[f"{prefix}_pos/{m}"][:, None]
+            if s.contract.in_batch
+            else jnp.concatenate(
+              [batch[f"{prefix}_pos/{m}"][:, None], batch[f"{prefix}_neg/{m}"]], 1
+            )
+          )
+          for m in s.modalities
+        }
+
       return join("feat"), join("mask")
-    feats = {m: jnp.take(gather_rows(frozen["feat"][m], i_uniq), i_inv, axis=0)
-             for m in s.modalities}
-    masks = {m: jnp.take(gather_rows(frozen["mask"][m], i_uniq), i_inv, axis=0)
-             for m in s.modalities}
+    feats = {
+      m: jnp.take(gather_rows(frozen["feat"][m], i_uniq), i_inv, axis=0) for m in s.modalities
+    }
+    masks = {
+      m: jnp.take(gather_rows(frozen["mask"][m], i_uniq), i_inv, axis=0) for m in s.modalities
+    }
     return feats, masks
 
   def eval_fn(self, params: State, frozen: Frozen) -> tuple[jax.Array, jax.Array]:
@@ -115,6 +133,7 @@ class RowsRegime(Regime):
     rep = sharding.replicated(mesh)
     rows_sh = sharding.named_sharding(mesh, "items", "embed")
     if getattr(self, "_stream_eval_jits", (None, None, None))[2] != chunk:
+
       def users_fn(params):
         return s.layout.merge(params["tables"], params["dense"]).user_repr(None)
 
@@ -126,20 +145,27 @@ class RowsRegime(Regime):
         return jax.lax.dynamic_update_slice(out, items, (start, 0))
 
       self._stream_eval_jits = (
-          jax.jit(users_fn, out_shardings=sharding.named_sharding(mesh, "users", "embed")),
-          jax.jit(chunk_fn, donate_argnums=1, out_shardings=rows_sh), chunk)
+        jax.jit(users_fn, out_shardings=sharding.named_sharding(mesh, "users", "embed")),
+        jax.jit(chunk_fn, donate_argnums=1, out_shardings=rows_sh),
+        chunk,
+      )
     users_jit, chunk_jit, _ = self._stream_eval_jits
     users = users_jit(params)
     dim = users.shape[1]
-    out = jax.jit(lambda: jnp.zeros((total, dim), jnp.float32),
-                  out_shardings=rows_sh if total % mesh.size == 0 else rep)()
+    out = jax.jit(
+      lambda: jnp.zeros((total, dim), jnp.float32),
+      out_shardings=rows_sh if total % mesh.size == 0 else rep,
+    )()
     for start in range(0, s.padded_items, chunk):
-      feats = {m: placement.put_rows_replicated(mesh, s.info.features[m], start, chunk,
-                                                np.float32) for m in s.modalities}
-      masks = {m: placement.put_rows_replicated(mesh, s.info.feature_masks[m], start, chunk,
-                                                bool) for m in s.modalities}
+      feats = {
+        m: placement.put_rows_replicated(mesh, s.info.features[m], start, chunk, np.float32)
+        for m in s.modalities
+      }
+      masks = {
+        m: placement.put_rows_replicated(mesh, s.info.feature_masks[m], start, chunk, bool)
+        for m in s.modalities
+      }
       out = chunk_jit(params, out, feats, masks, jnp.int32(start))
     if total != s.padded_items:
       out = jax.jit(lambda x: x[: s.padded_items], out_shardings=rows_sh)(out)
     return users, out
-

@@ -30,8 +30,14 @@ from mmrec_jax.step.types import State
 class StateLayout:
   """Graph definition, logical axes, ``init`` and shardings of a model's train state."""
 
-  def __init__(self, build: Callable[..., nnx.Module], abstract: nnx.Module, mesh: Mesh,
-               sparse_opt: SparseOptimizer, dense_tx: optax.GradientTransformation):
+  def __init__(
+    self,
+    build: Callable[..., nnx.Module],
+    abstract: nnx.Module,
+    mesh: Mesh,
+    sparse_opt: SparseOptimizer,
+    dense_tx: optax.GradientTransformation,
+  ):
     self.build = build
     self.mesh = mesh
     self.sparse_opt = sparse_opt
@@ -55,7 +61,8 @@ class StateLayout:
   def flat_table_opt(self, opt_tables: State) -> dict[tuple, State]:
     """``opt_state['tables']`` flattened to one entry per table path."""
     return traverse_util.flatten_dict(
-        opt_tables, is_leaf=lambda k, v: isinstance(v, dict) and tuple(k) in self.table_axes)
+      opt_tables, is_leaf=lambda k, v: isinstance(v, dict) and tuple(k) in self.table_axes
+    )
 
   def init_fn(self, key: jax.Array) -> State:
     with nnx.use_eager_sharding(False):
@@ -64,10 +71,13 @@ class StateLayout:
     tables, dense = nnx.to_pure_dict(tables), nnx.to_pure_dict(dense)
     flat = traverse_util.flatten_dict(tables)
     table_opt = traverse_util.unflatten_dict(
-        {k: self.sparse_opt.init(v.shape, v.dtype) for k, v in flat.items()})
-    return {"step": jnp.zeros((), jnp.int32),
-            "params": {"tables": tables, "dense": dense},
-            "opt_state": {"tables": table_opt, "dense": self.dense_tx.init(dense)}}
+      {k: self.sparse_opt.init(v.shape, v.dtype) for k, v in flat.items()}
+    )
+    return {
+      "step": jnp.zeros((), jnp.int32),
+      "params": {"tables": tables, "dense": dense},
+      "opt_state": {"tables": table_opt, "dense": self.dense_tx.init(dense)},
+    }
 
   def _make_shardings(self) -> State:
     mesh = self.mesh
@@ -84,21 +94,34 @@ class StateLayout:
 
     ab = self.abstract
     tables = traverse_util.unflatten_dict(
-        {k: table_sh(k, v) for k, v in traverse_util.flatten_dict(ab["params"]["tables"]).items()})
+      {k: table_sh(k, v) for k, v in traverse_util.flatten_dict(ab["params"]["tables"]).items()}
+    )
     dense = traverse_util.unflatten_dict(
-        {k: dense_sh(k, v) for k, v in traverse_util.flatten_dict(ab["params"]["dense"]).items()})
+      {k: dense_sh(k, v) for k, v in traverse_util.flatten_dict(ab["params"]["dense"]).items()}
+    )
     table_opt = {}
     for path, st in self.flat_table_opt(ab["opt_state"]["tables"]).items():
       row_axis = self.table_axes[path][0]
-      table_opt[path] = {name: sharding.named_sharding(mesh, row_axis, *([None] * (a.ndim - 1)))
-                         for name, a in st.items()}
+      table_opt[path] = {
+        name: sharding.named_sharding(mesh, row_axis, *([None] * (a.ndim - 1)))
+        for name, a in st.items()
+      }
     table_opt = traverse_util.unflatten_dict(table_opt) if table_opt else {}
-    dense_opt = optax.tree_map_params(self.dense_tx, lambda _, s: s, ab["opt_state"]["dense"],
-                                      dense, transform_non_params=lambda _: rep)
-    return {"step": rep, "params": {"tables": tables, "dense": dense},
-            "opt_state": {"tables": table_opt, "dense": dense_opt}}
+    dense_opt = optax.tree_map_params(
+      self.dense_tx,
+      lambda _, s: s,
+      ab["opt_state"]["dense"],
+      dense,
+      transform_non_params=lambda _: rep,
+    )
+    return {
+      "step": rep,
+      "params": {"tables": tables, "dense": dense},
+      "opt_state": {"tables": table_opt, "dense": dense_opt},
+    }
 
   def abstract_state(self) -> State:
     """ShapeDtypeStructs of the state, each with its ``.sharding``."""
-    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                        self.abstract, self.shardings)
+    return jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), self.abstract, self.shardings
+    )

@@ -8,7 +8,8 @@ iteration, checkpoints and evaluation cadence.
 
 It only wires parts together: the state layout (``state.py``), frozen data
 (``placement.py``), the batch contract (``batch.py``) and the training regime the
-model's registry entry names (``rows.py`` or ``graph.py``), chosen once here.
+model's registry entry names (``rows.py``, ``graph.py`` or ``rating.py``), chosen once
+here.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from mmrec_jax.optim.sparse import make_sparse_optimizer
 from mmrec_jax.step import placement
 from mmrec_jax.step.batch import BatchContract
 from mmrec_jax.step.graph import GraphRegime
+from mmrec_jax.step.rating import RatingRegime
 from mmrec_jax.step.regime import Regime, Setup
 from mmrec_jax.step.rows import RowsRegime
 from mmrec_jax.step.state import StateLayout
@@ -39,7 +41,11 @@ from mmrec_jax.step.types import COMPUTE_DTYPES, DataInfo, State
 from mmrec_jax.step.update import RankObjective
 
 # Training regimes by the name a model's registry entry gives (models/registry.py).
-REGIMES: dict[str, type[Regime]] = {"rows": RowsRegime, "graph": GraphRegime}
+REGIMES: dict[str, type[Regime]] = {
+  "rows": RowsRegime,
+  "graph": GraphRegime,
+  "rating": RatingRegime,
+}
 
 
 def check_modalities(config: ml_collections.ConfigDict, info: DataInfo) -> tuple[str, ...]:
@@ -48,15 +54,18 @@ def check_modalities(config: ml_collections.ConfigDict, info: DataInfo) -> tuple
   mods = registry.model_modalities(config.model.name, tuple(sorted(wanted)))
   for m in mods:
     if m not in info.features or m not in info.feature_masks:
-      raise ConfigError(f"data.modalities has {m!r} but the dataset has features for "
-                        f"{sorted(info.features)}")
+      raise ConfigError(
+        f"data.modalities has {m!r} but the dataset has features for {sorted(info.features)}"
+      )
     f, k = info.features[m], info.feature_masks[m]
     if f.ndim != 2 or f.shape[0] != info.num_items:
-      raise DataError(f"DataInfo.features[{m!r}]",
-                      f"shape {f.shape}, expected [{info.num_items}, dim]")
+      raise DataError(
+        f"DataInfo.features[{m!r}]", f"shape {f.shape}, expected [{info.num_items}, dim]"
+      )
     if k.shape != (info.num_items,):
-      raise DataError(f"DataInfo.feature_masks[{m!r}]",
-                      f"shape {k.shape}, expected [{info.num_items}]")
+      raise DataError(
+        f"DataInfo.feature_masks[{m!r}]", f"shape {k.shape}, expected [{info.num_items}]"
+      )
   return mods
 
 
@@ -74,48 +83,88 @@ class Task:
     self.padded_items = padded_rows(self.num_items, mesh.size)
     losses.check_loss_name(config.loss.name)
     if config.train.compute_dtype not in COMPUTE_DTYPES:
-      raise ConfigError(f"train.compute_dtype={config.train.compute_dtype!r} is not one of "
-                        f"{list(COMPUTE_DTYPES)}")
+      raise ConfigError(
+        f"train.compute_dtype={config.train.compute_dtype!r} is not one of {list(COMPUTE_DTYPES)}"
+      )
     self.modalities = check_modalities(config, info)
     in_batch = config.input.negative_sampler == "in_batch"
     feature_dims = {m: int(info.features[m].shape[1]) for m in self.modalities}
-    self.contract = BatchContract(
-        in_batch=in_batch, stream=bool(config.input.stream_features),
-        use_logq=(config.loss.name == "sampled_softmax" and in_batch
-                  and bool(config.loss.logq_correction)),
-        modalities=self.modalities, feature_dims=feature_dims)
     regime_cls = REGIMES[self.spec.regime]
-    build = functools.partial(build_model, config.model, num_users=self.padded_users,
-                              num_items=self.padded_items, feature_dims=feature_dims)
+    self.contract = regime_cls.batch_contract(
+      BatchContract(
+        in_batch=in_batch,
+        stream=bool(config.input.stream_features),
+        use_logq=(
+          config.loss.name == "sampled_softmax" and in_batch and bool(config.loss.logq_correction)
+        ),
+        modalities=self.modalities,
+        feature_dims=feature_dims,
+      )
+    )
+    build = functools.partial(
+      build_model,
+      config.model,
+      num_users=self.padded_users,
+      num_items=self.padded_items,
+      feature_dims=feature_dims,
+    )
     with nnx.use_eager_sharding(False):
       abstract = nnx.eval_shape(lambda: build(rngs=nnx.Rngs(0)))
     regime_cls.prepare_abstract(abstract, mesh)
     self.layout = StateLayout(
-        build, abstract, mesh,
-        make_sparse_optimizer(config.optimizer.sparse, config.optimizer.sparse_learning_rate),
-        make_dense_optimizer(config.optimizer.name, config.optimizer.learning_rate,
-                             config.optimizer.weight_decay))
-    self.regime = regime_cls(Setup(
-        config=config, info=info, mesh=mesh, layout=self.layout, contract=self.contract,
-        objective=RankObjective(config.loss.name, in_batch, self.contract.use_logq,
-                                float(config.loss.temperature)),
-        modalities=self.modalities, num_users=self.num_users, num_items=self.num_items,
-        padded_users=self.padded_users, padded_items=self.padded_items,
+      build,
+      abstract,
+      mesh,
+      make_sparse_optimizer(config.optimizer.sparse, config.optimizer.sparse_learning_rate),
+      make_dense_optimizer(
+        config.optimizer.name, config.optimizer.learning_rate, config.optimizer.weight_decay
+      ),
+    )
+    self.regime = regime_cls(
+      Setup(
+        config=config,
+        info=info,
+        mesh=mesh,
+        layout=self.layout,
+        contract=self.contract,
+        objective=RankObjective(
+          config.loss.name, in_batch, self.contract.use_logq, float(config.loss.temperature)
+        ),
+        modalities=self.modalities,
+        num_users=self.num_users,
+        num_items=self.num_items,
+        padded_users=self.padded_users,
+        padded_items=self.padded_items,
         compute_dtype=COMPUTE_DTYPES[config.train.compute_dtype],
-        model_class=type(abstract)))
-    self._frozen = self.regime.frozen_data(placement.place_features(
-        mesh, info.features, info.feature_masks, self.modalities, self.padded_items,
-        stream=self.contract.stream))
+        model_class=type(abstract),
+      )
+    )
+    self._frozen = self.regime.frozen_data(
+      placement.place_features(
+        mesh,
+        info.features,
+        info.feature_masks,
+        self.modalities,
+        self.padded_items,
+        stream=self.contract.stream,
+      )
+    )
     frozen_shardings = jax.tree.map(lambda a: a.sharding, self._frozen)
     shardings = self.layout.shardings
-    self._train_jit = jax.jit(self.regime.train_fn, donate_argnums=0,
-                              in_shardings=(shardings, NamedSharding(mesh, P(sharding.DATA)),
-                                            frozen_shardings),
-                              out_shardings=(shardings, sharding.replicated(mesh)))
+    self._train_jit = jax.jit(
+      self.regime.train_fn,
+      donate_argnums=0,
+      in_shardings=(shardings, NamedSharding(mesh, P(sharding.DATA)), frozen_shardings),
+      out_shardings=(shardings, sharding.replicated(mesh)),
+    )
     self._eval_jit = jax.jit(
-        self.regime.eval_fn, in_shardings=(shardings["params"], frozen_shardings),
-        out_shardings=(sharding.named_sharding(mesh, "users", "embed"),
-                       sharding.named_sharding(mesh, "items", "embed")))
+      self.regime.eval_fn,
+      in_shardings=(shardings["params"], frozen_shardings),
+      out_shardings=(
+        sharding.named_sharding(mesh, "users", "embed"),
+        sharding.named_sharding(mesh, "items", "embed"),
+      ),
+    )
 
   @property
   def state_shardings(self) -> State:
@@ -135,8 +184,9 @@ class Task:
     """Keys ``train_step`` reads from a batch (others are ignored)."""
     return self.contract.keys()
 
-  def train_step(self, state: State, batch: Mapping[str, jax.Array]
-                 ) -> tuple[State, dict[str, jax.Array]]:
+  def train_step(
+    self, state: State, batch: Mapping[str, jax.Array]
+  ) -> tuple[State, dict[str, jax.Array]]:
     """One update. ``state`` is donated; metrics are device scalars (no host sync)."""
     return self._train_jit(state, self.contract.select(batch), self._frozen)
 
@@ -150,12 +200,13 @@ class Task:
 
   def lower_train_step(self, batch_size: int, num_negatives: int = 1):
     """``jax.jit(...).lower`` of the step on abstract inputs (compile-only checks)."""
-    return self._train_jit.lower(self.abstract_state(),
-                                 self.abstract_batch(batch_size, num_negatives),
-                                 self._frozen)
+    return self._train_jit.lower(
+      self.abstract_state(), self.abstract_batch(batch_size, num_negatives), self._frozen
+    )
 
-  def abstract_batch(self, batch_size: int, num_negatives: int = 1
-                     ) -> dict[str, jax.ShapeDtypeStruct]:
+  def abstract_batch(
+    self, batch_size: int, num_negatives: int = 1
+  ) -> dict[str, jax.ShapeDtypeStruct]:
     """ShapeDtypeStructs of a global batch (for lowering and tests)."""
     return self.contract.abstract(self.mesh, batch_size, num_negatives)
 

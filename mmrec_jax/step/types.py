@@ -27,6 +27,7 @@ class DataInfo:
     'text' to e.g. 'text_minilm' (``train.resolve_modalities``); None means
     ``config.data.modalities`` as written.
   """
+
   num_users: int
   num_items: int
   features: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)

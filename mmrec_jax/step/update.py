@@ -32,6 +32,7 @@ def constrain_batch(mesh: Mesh, x: jax.Array) -> jax.Array:
 @dataclasses.dataclass(frozen=True)
 class RankObjective:
   """The ranking loss of a batch from its user and item towers."""
+
   loss_name: str
   in_batch: bool
   use_logq: bool
@@ -48,30 +49,45 @@ class RankObjective:
       pos_s = jnp.diagonal(logits)
       neg_s, neg_valid = logits, pos[None, :] != pos[:, None]
       pos_logq = batch["pos_logq"] if self.use_logq else None
-      neg_logq = (jnp.broadcast_to(pos_logq[None, :], logits.shape)
-                  if self.use_logq else None)
+      neg_logq = jnp.broadcast_to(pos_logq[None, :], logits.shape) if self.use_logq else None
     else:
       s = jnp.einsum("bd,bkd->bk", u, it, preferred_element_type=jnp.float32)
       pos_s, neg_s, neg_valid, pos_logq, neg_logq = s[:, 0], s[:, 1:], None, None, None
-    rank_loss = losses.compute_loss(self.loss_name, pos_s, neg_s, neg_valid,
-                                    pos_logq=pos_logq, neg_logq=neg_logq,
-                                    temperature=self.temperature)
+    rank_loss = losses.compute_loss(
+      self.loss_name,
+      pos_s,
+      neg_s,
+      neg_valid,
+      pos_logq=pos_logq,
+      neg_logq=neg_logq,
+      temperature=self.temperature,
+    )
     return rank_loss, pos_s, neg_s, neg_valid
 
 
-def score_summary(pos_s: jax.Array, neg_s: jax.Array, neg_valid: jax.Array | None
-                  ) -> dict[str, jax.Array]:
+def score_summary(
+  pos_s: jax.Array, neg_s: jax.Array, neg_valid: jax.Array | None
+) -> dict[str, jax.Array]:
   """Mean positive and mean valid negative score (training diagnostics)."""
   valid = jnp.ones(neg_s.shape, bool) if neg_valid is None else neg_valid
-  return {"pos_score": jnp.mean(pos_s),
-          "neg_score": jnp.sum(jnp.where(valid, neg_s, 0)) / jnp.maximum(jnp.sum(valid), 1)}
+  return {
+    "pos_score": jnp.mean(pos_s),
+    "neg_score": jnp.sum(jnp.where(valid, neg_s, 0)) / jnp.maximum(jnp.sum(valid), 1),
+  }
 
 
-def apply_gradients(layout: StateLayout, state: State, tables: Mapping[tuple, jax.Array],
-                    ids: Mapping[tuple, jax.Array], rows: Mapping[tuple, jax.Array],
-                    g_rows: Mapping[tuple, jax.Array], g_dense, loss: jax.Array,
-                    aux: Mapping[str, jax.Array], grad_clip: float
-                    ) -> tuple[State, dict[str, jax.Array]]:
+def apply_gradients(
+  layout: StateLayout,
+  state: State,
+  tables: Mapping[tuple, jax.Array],
+  ids: Mapping[tuple, jax.Array],
+  rows: Mapping[tuple, jax.Array],
+  g_rows: Mapping[tuple, jax.Array],
+  g_dense,
+  loss: jax.Array,
+  aux: Mapping[str, jax.Array],
+  grad_clip: float,
+) -> tuple[State, dict[str, jax.Array]]:
   """Clips, updates tables row-wise and dense layers with optax; new state and metrics.
 
   Args:
@@ -94,15 +110,18 @@ def apply_gradients(layout: StateLayout, state: State, tables: Mapping[tuple, ja
   new_tables, new_opt_tables = {}, {}
   for k, t in tables.items():
     new_tables[k], new_opt_tables[k] = layout.sparse_opt.update(
-        t, opt_tables.get(k, {}), ids[k], rows[k], g_rows[k])
+      t, opt_tables.get(k, {}), ids[k], rows[k], g_rows[k]
+    )
   dense = state["params"]["dense"]
   updates, dense_opt = layout.dense_tx.update(g_dense, state["opt_state"]["dense"], dense)
   new_state = {
-      "step": state["step"] + 1,
-      "params": {"tables": traverse_util.unflatten_dict(new_tables),
-                 "dense": optax.apply_updates(dense, updates)},
-      "opt_state": {"tables": traverse_util.unflatten_dict(new_opt_tables),
-                    "dense": dense_opt}}
+    "step": state["step"] + 1,
+    "params": {
+      "tables": traverse_util.unflatten_dict(new_tables),
+      "dense": optax.apply_updates(dense, updates),
+    },
+    "opt_state": {"tables": traverse_util.unflatten_dict(new_opt_tables), "dense": dense_opt},
+  }
   metrics = {"loss": loss, "grad_norm": grad_norm, **aux}
   return new_state, jax.tree.map(lambda x: x.astype(jnp.float32), metrics)
 

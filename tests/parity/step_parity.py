@@ -36,31 +36,50 @@ def _cases():
     cases.append((f"{name}", name, {}))
     cases.append((f"{name}_l2clip", name, {"loss.l2": 1e-3, "optimizer.grad_clip": 0.5}))
   for name in ROW_MODELS:
-    cases.append((f"{name}_bce_adagrad", name, {"loss.name": "bce",
-                                                "optimizer.sparse": "rowwise_adagrad"}))
-    cases.append((f"{name}_inbatch", name, {"loss.name": "sampled_softmax",
-                                            "input.negative_sampler": "in_batch"}))
+    cases.append(
+      (f"{name}_bce_adagrad", name, {"loss.name": "bce", "optimizer.sparse": "rowwise_adagrad"})
+    )
+    cases.append(
+      (
+        f"{name}_inbatch",
+        name,
+        {"loss.name": "sampled_softmax", "input.negative_sampler": "in_batch"},
+      )
+    )
     cases.append((f"{name}_bf16", name, {"train.compute_dtype": "bfloat16"}))
   for name in ("vbpr", "two_tower"):
     cases.append((f"{name}_stream", name, {"input.stream_features": True}))
-  cases.append(("two_tower_attn_drop", "two_tower", {"model.fusion": "attention",
-                                                     "model.modality_dropout": 0.3,
-                                                     "model.dropout": 0.1}))
+  cases.append(
+    (
+      "two_tower_attn_drop",
+      "two_tower",
+      {"model.fusion": "attention", "model.modality_dropout": 0.3, "model.dropout": 0.1},
+    )
+  )
   cases.append(("bpr_mf_bias", "bpr_mf", {"model.item_bias": True}))
   return cases
 
 
 def _info():
   rng = np.random.default_rng(0)
-  feats = {"text": rng.normal(size=(NI, 6)).astype(np.float32),
-           "image": rng.normal(size=(NI, 5)).astype(np.float32)}
+  feats = {
+    "text": rng.normal(size=(NI, 6)).astype(np.float32),
+    "image": rng.normal(size=(NI, 5)).astype(np.float32),
+  }
   masks = {"text": rng.random(NI) > 0.2, "image": rng.random(NI) > 0.3}
   for m in feats:
     feats[m][~masks[m]] = 0
   users, items = rng.integers(0, NU, 120), rng.integers(0, NI, 120)
-  return DataInfo(NU, NI, feats, masks,
-                  np.bincount(items, minlength=NI).astype(np.int64),
-                  train_users=users, train_items=items, modalities=("image", "text"))
+  return DataInfo(
+    NU,
+    NI,
+    feats,
+    masks,
+    np.bincount(items, minlength=NI).astype(np.int64),
+    train_users=users,
+    train_items=items,
+    modalities=("image", "text"),
+  )
 
 
 def _config(name, over):
@@ -84,8 +103,12 @@ def _batch(task, info, rng):
   user = rng.integers(0, NU, B).astype(np.int32)
   pos = rng.integers(0, NI, B).astype(np.int32)
   neg = rng.integers(0, NI, (B, N)).astype(np.int32)
-  local = {"user": user, "pos": pos, "neg": neg,
-           "pos_logq": np.log(rng.uniform(0.01, 0.2, B)).astype(np.float32)}
+  local = {
+    "user": user,
+    "pos": pos,
+    "neg": neg,
+    "pos_logq": np.log(rng.uniform(0.01, 0.2, B)).astype(np.float32),
+  }
   for m, f in info.features.items():
     local[f"feat_pos/{m}"], local[f"mask_pos/{m}"] = f[pos], info.feature_masks[m][pos]
     local[f"feat_neg/{m}"], local[f"mask_neg/{m}"] = f[neg], info.feature_masks[m][neg]
