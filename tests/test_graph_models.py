@@ -9,6 +9,7 @@ on the pre-step parameters.
 import jax
 import numpy as np
 import pytest
+from toy import toy_info
 
 from mmrec_jax import config as config_lib
 from mmrec_jax import sharding
@@ -19,16 +20,11 @@ NU, NI, D, K, B = 12, 16, 4, 3, 16
 
 
 def _data(seed=0):
-  rng = np.random.default_rng(seed)
-  users, items = rng.integers(0, NU, 70), rng.integers(0, NI, 70)
-  feats = {
-    "text": rng.normal(size=(NI, 6)).astype(np.float32),
-    "image": rng.normal(size=(NI, 5)).astype(np.float32),
-  }
-  masks = {"text": rng.random(NI) > 0.2, "image": rng.random(NI) > 0.3}
-  for m in feats:
-    feats[m][~masks[m]] = 0
-  return users, items, feats, masks
+  """(train users, train items, features, masks) of the shared toy data (tests/toy.py)."""
+  info = toy_info(NU, NI, dims={"text": 6, "image": 5}, seed=seed, num_edges=70)
+  feats = {m: np.asarray(f) for m, f in info.features.items()}
+  masks = {m: np.asarray(k) for m, k in info.feature_masks.items()}
+  return info.train_users, info.train_items, feats, masks
 
 
 def _task(name, mods=("text", "image"), **model_over):

@@ -4,37 +4,26 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import toy
 from flax import nnx
+from toy import toy_config, toy_info
 
-from mmrec_jax import config as config_lib
 from mmrec_jax import sharding
 from mmrec_jax.errors import ConfigError
 from mmrec_jax.layers.fusion import make_fusion
 from mmrec_jax.models import MODELS, build_model
-from mmrec_jax.step import DataInfo, Task
+from mmrec_jax.step import Task
 
 NU, NI = 20, 30
-DIMS = {"image": 6, "text": 5}
+DIMS = toy.DIMS
 
 
 def _cfg(name, **model):
-  c = config_lib.base_config()
-  c.model.name = name
-  c.model.embed_dim = 8
-  c.model.hidden_dim = 16
-  c.data.modalities = ("image", "text")
-  for k, v in model.items():
-    setattr(c.model, k, v)
-  return c
+  return toy_config(name, **{f"model__{k}": v for k, v in model.items()})
 
 
 def _info(seed=0):
-  rng = np.random.default_rng(seed)
-  feats = {m: rng.normal(size=(NI, d)).astype(np.float32) for m, d in DIMS.items()}
-  masks = {m: rng.random(NI) > 0.3 for m in DIMS}
-  for m in DIMS:
-    feats[m][~masks[m]] = 0.0
-  return DataInfo(NU, NI, feats, masks, np.ones(NI, np.int64))
+  return toy_info(NU, NI, dims=DIMS, seed=seed)
 
 
 def _build(cfg, seed=0):
