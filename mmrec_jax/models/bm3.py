@@ -11,6 +11,10 @@ match dropout-perturbed, stop-gradient *targets* of the paired view:
       whole propagated tables, padding rows excluded),
 averaged over the batch's (user, positive item) pairs; ``model.graph_dropout`` is the target
 dropout ratio. Ranking: ``(P u) . (P i)``. The Task's sampled negatives are unused.
+
+Serving without retraining (``bm3``, declared in models/registry.py): a new user is
+folded in by implicit-ALS solve against the propagated item vectors (approximate: the
+graph is not updated); a new item cannot be embedded from features (one-line error).
 """
 
 from __future__ import annotations

@@ -5,6 +5,10 @@ and LibRec train: the bias carries item popularity, so the factors need not. It 
 in the one dot-product interface of :mod:`mmrec_jax.models.base` as an extra column:
 ``user = [p_u, 1]``, ``item = [q_i, b_i]`` (the bias is an ``items`` table of width 1,
 row-sharded and updated sparsely like the factors).
+
+Serving without retraining (``bpr_mf``, declared in models/registry.py): a new user is
+folded in by implicit-ALS solve against the item factors (item bias kept as an offset);
+a new item cannot be embedded from features (one-line error).
 """
 
 from __future__ import annotations

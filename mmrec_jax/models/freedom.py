@@ -14,6 +14,10 @@ Item tower: ``LightGCN(ui)_items + S^L e_items`` (``num_mm_layers`` item-graph l
 the ID embeddings); user tower: ``LightGCN(ui)_users`` (``num_layers`` layers).
 Loss: BPR on the towers + ``reg_weight * sum_m BPR(u, W_m f_pos, W_m f_neg)`` (each
 modality's projected features as an extra item tower), exactly as the paper's code.
+
+Serving without retraining (``freedom``, declared in models/registry.py): a new user is
+folded in by implicit-ALS solve against the propagated item vectors (approximate: the
+graph is not updated); a new item cannot be embedded from features (one-line error).
 """
 
 from __future__ import annotations

@@ -16,6 +16,10 @@ Cost note: the learned graph is rebuilt in every step here (the paper's code reb
 once per epoch and detaches it in between): chunked top-k over items x items similarities,
 O(items^2 x d) per step -- fine for MovieLens-sized catalogues, and the reason FREEDOM
 freezes the graph.
+
+Serving without retraining (``lattice``, declared in models/registry.py): a new user is
+folded in by implicit-ALS solve against the propagated item vectors (approximate: the
+graph is not updated); a new item cannot be embedded from features (one-line error).
 """
 
 from __future__ import annotations

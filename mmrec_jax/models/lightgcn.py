@@ -5,6 +5,10 @@ transforms, no non-linearities), final embeddings the mean of layers 0..L; score
 product. Trained with BPR plus the paper's L2 on the layer-0 (ego) rows of the batch,
 ``reg_weight * (|e_u|^2 + |e_i+|^2 + |e_i-|^2) / 2`` per example (``model.reg_weight``,
 paper 1e-4).
+
+Serving without retraining (``lightgcn``, declared in models/registry.py): a new user is
+folded in by implicit-ALS solve against the propagated item vectors (approximate: the
+graph is not updated); a new item cannot be embedded from features (one-line error).
 """
 
 from __future__ import annotations

@@ -10,6 +10,10 @@ Each of ``num_layers`` layers (``concate=False`` variant of the paper):
 Final towers: the mean over modalities of ``x``; score = dot product. Loss: BPR +
 ``reg_weight * mean(e_u^2 + e_i+^2 + e_i-^2)`` on the batch's ID rows (the paper's code).
 Latent width = ``embed_dim`` for every modality (the paper uses 256 for some).
+
+Serving without retraining (``mmgcn``, declared in models/registry.py): a new user is
+folded in by implicit-ALS solve against the propagated item vectors (approximate: the
+graph is not updated); a new item cannot be embedded from features (one-line error).
 """
 
 from __future__ import annotations

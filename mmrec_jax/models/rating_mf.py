@@ -15,6 +15,14 @@ serves rating prediction and top-K ranking unchanged. Both train in the ``rating
   as a constant column (``user = [p_u, 1]``, ``item = [q_i, offset]``). Cornac's default
   PMF instead squashes ``p_u . q_i`` through a logistic on ratings rescaled to [0, 1];
   that is a different likelihood, and a non-linear score would not be a dot product.
+
+Serving without retraining (``mf``, declared in models/registry.py): a new user is
+folded in by implicit-ALS solve against the item factors (bias columns kept); a new item
+cannot be embedded from features (one-line error).
+
+Serving without retraining (``pmf``, declared in models/registry.py): a new user is
+folded in by implicit-ALS solve against the item factors (bias columns kept); a new item
+cannot be embedded from features (one-line error).
 """
 
 from __future__ import annotations

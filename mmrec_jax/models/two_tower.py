@@ -8,6 +8,10 @@ Item tower: K sources, each an embedding of width ``model.embed_dim``:
     teaches the tower to cope with missing modalities (cold or partially described items);
 then ``model.fusion`` (``mmrec_jax.layers.fusion``) combines them. ``model.dropout``
 applies inside the MLPs. User tower: the user ID embedding.
+
+Serving without retraining (``two_tower``, declared in models/registry.py): a new user
+is folded in by implicit-ALS solve against the item-tower vectors; a new item is
+embedded as the item tower on the features, ID source absent.
 """
 
 from __future__ import annotations

@@ -7,6 +7,10 @@ feature; here any of text/image/graph) with missing ones zero-imputed. Written a
 dot product of
 ``user = [gamma_u, theta_u, 1, 1]`` and ``item = [gamma_i, E f_i, beta' f_i, beta_i]``.
 ``model.embed_dim`` is split between gamma (ceil half) and theta (floor half).
+
+Serving without retraining (``vbpr``, declared in models/registry.py): a new user is
+folded in by implicit-ALS solve for [gamma_u, theta_u] (bias columns kept); a new item
+is embedded as the content part of the item vector: [0, E f, beta' f, 0].
 """
 
 from __future__ import annotations
