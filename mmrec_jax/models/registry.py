@@ -117,6 +117,16 @@ _GRAPH_SPACE = {
 }
 _MM_GRAPH_SPACE = {**_GRAPH_SPACE, "model.knn_k": ("choice", (5, 10, 20))}
 
+# Shared by every graph model: fold-in against propagated vectors, graph left as trained.
+_GRAPH_FOLDIN = (
+  "implicit-ALS solve against the propagated item vectors (approximate: the graph is not updated)"
+)
+_RATING_SPACE = {
+  "optimizer.sparse_learning_rate": ("log_float", 1e-3, 1e-1),
+  "model.embed_dim": ("choice", (10, 32, 64)),
+  "loss.l2": ("log_float", 1e-4, 1e-1),
+}
+
 MODELS: dict[str, ModelSpec] = {
   s.name: s
   for s in (
@@ -160,8 +170,7 @@ MODELS: dict[str, ModelSpec] = {
     ModelSpec(
       "lightgcn",
       "mmrec_jax.models.lightgcn:LightGCN",
-      foldin="implicit-ALS solve against the propagated item vectors (approximate: the "
-      "graph is not updated)",
+      foldin=_GRAPH_FOLDIN,
       features="none",
       regime="graph",
       paper_defaults={"reg_weight": 1e-4},
@@ -171,8 +180,7 @@ MODELS: dict[str, ModelSpec] = {
     ModelSpec(
       "freedom",
       "mmrec_jax.models.freedom:FREEDOM",
-      foldin="implicit-ALS solve against the propagated item vectors (approximate: the "
-      "graph is not updated)",
+      foldin=_GRAPH_FOLDIN,
       features="required",
       regime="graph",
       paper_defaults={"reg_weight": 1e-4, "graph_dropout": 0.8},
@@ -182,8 +190,7 @@ MODELS: dict[str, ModelSpec] = {
     ModelSpec(
       "lattice",
       "mmrec_jax.models.lattice:LATTICE",
-      foldin="implicit-ALS solve against the propagated item vectors (approximate: the "
-      "graph is not updated)",
+      foldin=_GRAPH_FOLDIN,
       features="required",
       regime="graph",
       paper_defaults={"reg_weight": 1e-4},
@@ -193,8 +200,7 @@ MODELS: dict[str, ModelSpec] = {
     ModelSpec(
       "bm3",
       "mmrec_jax.models.bm3:BM3",
-      foldin="implicit-ALS solve against the propagated item vectors (approximate: the "
-      "graph is not updated)",
+      foldin=_GRAPH_FOLDIN,
       features="required",
       regime="graph",
       paper_defaults={"reg_weight": 0.1, "graph_dropout": 0.5},
@@ -212,11 +218,7 @@ MODELS: dict[str, ModelSpec] = {
       constant_user_columns=1,
       features="none",
       regime="rating",
-      search_space={
-        "optimizer.sparse_learning_rate": ("log_float", 1e-3, 1e-1),
-        "model.embed_dim": ("choice", (10, 32, 64)),
-        "loss.l2": ("log_float", 1e-4, 1e-1),
-      },
+      search_space=_RATING_SPACE,
       reference="Koren, Bell & Volinsky, Matrix factorization, Computer 2009",
     ),
     ModelSpec(
@@ -226,18 +228,13 @@ MODELS: dict[str, ModelSpec] = {
       constant_user_columns=1,
       features="none",
       regime="rating",
-      search_space={
-        "optimizer.sparse_learning_rate": ("log_float", 1e-3, 1e-1),
-        "model.embed_dim": ("choice", (10, 32, 64)),
-        "loss.l2": ("log_float", 1e-4, 1e-1),
-      },
+      search_space=_RATING_SPACE,
       reference="Salakhutdinov & Mnih, Probabilistic matrix factorization, NIPS 2007",
     ),
     ModelSpec(
       "mmgcn",
       "mmrec_jax.models.mmgcn:MMGCN",
-      foldin="implicit-ALS solve against the propagated item vectors (approximate: the "
-      "graph is not updated)",
+      foldin=_GRAPH_FOLDIN,
       features="required",
       regime="graph",
       paper_defaults={"reg_weight": 1e-4},
