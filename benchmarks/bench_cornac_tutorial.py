@@ -100,8 +100,17 @@ def cornac_rows(dataset) -> set[tuple[str, str, float]]:
   return {(str(uid[a]), str(iid[b]), float(c)) for a, b, c in zip(u, i, r)}
 
 
-def our_scorer(user_matrix: np.ndarray, item_matrix: np.ndarray, ds):
-  """A Cornac Recommender whose scores are our trained dot products."""
+def our_scorer(user_matrix: np.ndarray, item_matrix: np.ndarray, ds, eval_cfg):
+  """A Cornac Recommender whose scores are our trained dot products.
+
+  Ranking uses the dot products; a rating prediction (MAE/RMSE) maps the dot product
+  through our ``eval.rating_link`` (the identity, or Cornac PMF's logistic), as our
+  evaluator does.
+  """
+  from mmrec_jax.evaluation import rating as rating_lib
+
+  link = str(eval_cfg.rating_link)
+  lo, hi = rating_lib.check_link(link, eval_cfg.rating_range)
   import cornac
 
   class Ours(cornac.models.Recommender):
@@ -129,7 +138,9 @@ def our_scorer(user_matrix: np.ndarray, item_matrix: np.ndarray, ds):
       return self
 
     def score(self, user_idx, item_idx=None):
-      return self.scores[user_idx] if item_idx is None else self.scores[user_idx, item_idx]
+      if item_idx is None:
+        return self.scores[user_idx]
+      return rating_lib.apply_link(self.scores[user_idx, item_idx], link, lo, hi)
 
   return Ours()
 
@@ -202,7 +213,7 @@ def main() -> None:
     um = np.asarray(jax.device_get(users))[: run.task.num_users]
     im = np.asarray(jax.device_get(items))[: run.task.num_items]
     ckpt.close()
-    cross = rs.evaluate(our_scorer(um, im, run.ds), metrics, user_based=True)[0]
+    cross = rs.evaluate(our_scorer(um, im, run.ds, config.eval), metrics, user_based=True)[0]
     cross_res = dict(cross.metric_avg_results)
     rows[m] = {
       "cornac": cornac_res,

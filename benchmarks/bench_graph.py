@@ -9,6 +9,7 @@ extrapolated from the timed steps, never hard-coded).
 
   .venv/bin/python benchmarks/bench_graph.py                          # both datasets
   .venv/bin/python benchmarks/bench_graph.py --datasets ml100k --models lightgcn,freedom
+  .venv/bin/python benchmarks/bench_graph.py --propagation segment --batch 2048
 
 Prints Markdown table rows.
 """
@@ -16,6 +17,7 @@ Prints Markdown table rows.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -32,6 +34,8 @@ def _args():
   p.add_argument("--models", default="lightgcn,freedom")
   p.add_argument("--warmup", type=int, default=3)
   p.add_argument("--steps", type=int, default=10)
+  p.add_argument("--propagation", default="auto", help="model.propagation (see graph/propagation)")
+  p.add_argument("--batch", type=int, default=0, help="input.batch_size (0 = the config's)")
   return p.parse_args()
 
 
@@ -51,10 +55,10 @@ def main() -> int:
 
   print(f"devices: {jax.device_count()} x {jax.devices()[0].platform}")
   print(
-    "| dataset | model | users | items | train edges | batch | steps/epoch | setup_s "
-    "| ms/step | epoch_s |"
+    "| dataset | model | propagation | users | items | train edges | batch | steps/epoch "
+    "| setup_s | ms/step | epoch_s | load |"
   )
-  print("|---|---|---|---|---|---|---|---|---|---|")
+  print("|---|---|---|---|---|---|---|---|---|---|---|---|")
   for dname in a.datasets.split(","):
     path, variant, mods = DATASETS[dname]
     spec = importlib.util.spec_from_file_location("cfg", path)
@@ -65,6 +69,9 @@ def main() -> int:
       c.unlock()
       c.model.name = model
       c.data.modalities = registry.model_modalities(model, mods)
+      c.model.propagation = a.propagation
+      if a.batch:
+        c.input.batch_size = a.batch
       c.lock()
       ds = prepare_lib.prepare(c.data)
       ds, modalities = train.resolve_modalities(ds, c)
@@ -94,9 +101,10 @@ def main() -> int:
         ).size
       )
       print(
-        f"| {dname} | {model} | {ds.num_users} | {ds.num_items} | {n_edges} | "
-        f"{c.input.batch_size} | {pipe.steps_per_epoch} | {setup:.1f} | {ms:.0f} | "
-        f"{pipe.steps_per_epoch * ms / 1000:.1f} |",
+        f"| {dname} | {model} | {task.frozen['graph']['ui'].method} | {ds.num_users} | "
+        f"{ds.num_items} | {n_edges} | {c.input.batch_size} | {pipe.steps_per_epoch} | "
+        f"{setup:.1f} | {ms:.0f} | {pipe.steps_per_epoch * ms / 1000:.1f} | "
+        f"{os.getloadavg()[0]:.2f} |",
         flush=True,
       )
   return 0

@@ -7,6 +7,14 @@ The sizes of one model are measured interleaved (rounds of steps, alternating ta
 so load from other processes on a shared machine hits both alike; the first
 ``--warmup`` steps (compilation, first touch of freshly allocated pages) are not timed.
 
+Every step draws a fresh batch (built on the host before the timer starts): users and
+items from a power law over the WHOLE id space (log-uniform ranks, i.e. Zipf with
+exponent ~1, mapped through a fixed random permutation of the ids), so a big catalogue
+shows its real cost: the touched rows are spread over all of the table, never a handful
+of reused batches. ``--row-modes`` compares the sparse step's row addressing
+(``optimizer.sparse_rows``: ``unique`` sorts ids, ``dense`` updates the whole table where
+touched; see mmrec_jax/optim/sparse.py).
+
   .venv/bin/python benchmarks/bench_step.py                       # 1 CPU device
   .venv/bin/python benchmarks/bench_step.py --devices 8           # 8 fake CPU devices
   .venv/bin/python benchmarks/bench_step.py --items 100000,1000000 --models bpr_mf
@@ -37,6 +45,9 @@ def _args():
   p.add_argument("--steps", type=int, default=10, help="timed steps per round")
   p.add_argument("--devices", type=int, default=1)
   p.add_argument("--no-dense", action="store_true", help="skip the dense-optax contrast")
+  p.add_argument(
+    "--row-modes", default="auto", help="optimizer.sparse_rows values, e.g. unique,dense"
+  )
   return p.parse_args()
 
 
@@ -56,19 +67,34 @@ from mmrec_jax.models import registry  # noqa: E402
 from mmrec_jax.step import DataInfo, Task  # noqa: E402
 
 
-def _batches(mesh, num_items, n=8, seed=0):
-  rng = np.random.default_rng(seed)
-  return [
-    sharding.global_batch_from_local(
-      mesh,
+class _PowerLaw:
+  """Ids with a power-law (log-uniform rank) distribution over all of ``n`` ids."""
+
+  def __init__(self, n, rng):
+    self.n, self.rng = n, rng
+    self.perm = rng.permutation(n).astype(np.int32)
+
+  def draw(self, shape):
+    rank = np.floor(np.exp(self.rng.random(shape) * np.log(self.n + 1.0))).astype(np.int64) - 1
+    return self.perm[np.clip(rank, 0, self.n - 1)]
+
+
+class _Batches:
+  """A fresh global batch at every call (never reused)."""
+
+  def __init__(self, mesh, num_items, seed=0):
+    rng = np.random.default_rng(seed)
+    self.mesh, self.users, self.items = mesh, _PowerLaw(ARGS.users, rng), _PowerLaw(num_items, rng)
+
+  def __call__(self):
+    return sharding.global_batch_from_local(
+      self.mesh,
       {
-        "user": rng.integers(0, ARGS.users, ARGS.batch).astype(np.int32),
-        "pos": rng.integers(0, num_items, ARGS.batch).astype(np.int32),
-        "neg": rng.integers(0, num_items, (ARGS.batch, ARGS.negatives)).astype(np.int32),
+        "user": self.users.draw(ARGS.batch),
+        "pos": self.items.draw(ARGS.batch),
+        "neg": self.items.draw((ARGS.batch, ARGS.negatives)),
       },
     )
-    for _ in range(n)
-  ]
 
 
 class _Runner:
@@ -76,12 +102,11 @@ class _Runner:
 
   def __init__(self, label, step, state, batches):
     self.label, self.step, self.state, self.batches = label, step, state, batches
-    self.times, self.i = [], 0
+    self.times = []
 
   def run(self, k, record=True):
     for _ in range(k):
-      batch = self.batches[self.i % len(self.batches)]
-      self.i += 1
+      batch = jax.block_until_ready(self.batches())
       t0 = time.perf_counter()
       self.state, metrics = self.step(self.state, batch)
       jax.block_until_ready(metrics)
@@ -89,8 +114,9 @@ class _Runner:
         self.times.append(time.perf_counter() - t0)
 
 
-def _task_runner(model, num_items, mesh):
+def _task_runner(model, num_items, mesh, row_mode="auto"):
   cfg = config_lib.base_config()
+  cfg.optimizer.sparse_rows = row_mode
   cfg.model.name = model
   cfg.model.embed_dim = ARGS.dim
   cfg.model.hidden_dim = 128
@@ -106,8 +132,12 @@ def _task_runner(model, num_items, mesh):
     masks = {"text": np.ones(num_items, bool)}
   info = DataInfo(ARGS.users, num_items, feats, masks, np.ones(num_items, np.int64))
   task = Task(cfg, info, mesh)
+  modes = task.regime.row_modes(ARGS.batch, 1 + ARGS.negatives)
   return _Runner(
-    f"{model} sparse-{ARGS.sparse}", task.train_step, task.init(0), _batches(mesh, num_items)
+    f"{model} sparse-{ARGS.sparse} rows={modes['items']}",
+    task.train_step,
+    task.init(0),
+    _Batches(mesh, num_items),
   )
 
 
@@ -148,7 +178,7 @@ def _dense_runner(num_items, mesh):
     out_shardings=(shardings, sharding.replicated(mesh)),
   )
   state = jax.jit(init, out_shardings=shardings)(jax.random.PRNGKey(0))
-  return _Runner("bpr_mf dense optax-adam", step_jit, state, _batches(mesh, num_items))
+  return _Runner("bpr_mf dense optax-adam", step_jit, state, _Batches(mesh, num_items))
 
 
 def _ms(times):
@@ -159,6 +189,7 @@ def _ms(times):
 def main():
   mesh = sharding.make_mesh()
   sizes = [int(float(x)) for x in ARGS.items.split(",")]
+  print(f"# load average before: {os.getloadavg()}", file=sys.stderr)
   print(
     f"# jax {jax.__version__}, {len(jax.devices())} x {jax.devices()[0].platform}, "
     f"batch {ARGS.batch}, negatives {ARGS.negatives}, d={ARGS.dim}, "
@@ -168,7 +199,9 @@ def main():
   )
   rows = []
   for model in ARGS.models.split(","):
-    runners = [(n, _task_runner(model, n, mesh)) for n in sizes]
+    runners = [
+      (n, _task_runner(model, n, mesh, mode)) for mode in ARGS.row_modes.split(",") for n in sizes
+    ]
     for _, r in runners:
       r.run(ARGS.warmup, record=False)
     for _ in range(ARGS.rounds):
@@ -185,6 +218,7 @@ def main():
     r.run(ARGS.steps)
     med, p90 = _ms(r.times)
     rows.append((r.label, sizes[0], med, p90, float("nan")))
+  print(f"# load average after: {os.getloadavg()}", file=sys.stderr)
   print("| step | item rows | median ms | p90 ms | time / smallest table |")
   print("|---|---:|---:|---:|---:|")
   for label, n, med, p90, ratio in rows:

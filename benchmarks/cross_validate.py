@@ -20,9 +20,19 @@ from absl import app, flags
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
-flags.DEFINE_integer("folds", 5, "Number of folds.")
-flags.DEFINE_string("workdir", None, "Directory of the fold runs and the table.")
+
+
+def define_flags() -> None:
+  """Registers ``--config``, ``--folds``, ``--workdir``; only when run as the command.
+
+  absl has one process-wide flag registry: defining ``--config`` at import time made loading this
+  file in a process that had imported another command module defining ``--config``
+  (``mmrec_jax.compare``, ``mmrec_jax.main``) fail with ``DuplicateFlagError``.
+  """
+  config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
+  flags.DEFINE_integer("folds", 5, "Number of folds.")
+  flags.DEFINE_string("workdir", None, "Directory of the fold runs and the table.")
+  flags.mark_flags_as_required(["config", "workdir"])
 
 
 def cross_validate(config, workdir: str | pathlib.Path, folds: int) -> dict:
@@ -55,5 +65,5 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["config", "workdir"])
+  define_flags()
   sys.exit(app.run(main))

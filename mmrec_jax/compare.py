@@ -35,13 +35,23 @@ from mmrec_jax.evaluation.stats import paired_tests
 from mmrec_jax.models import registry
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Base experiment config file.", lock_config=True)
-flags.DEFINE_string("workdir", None, "Directory for the runs and the comparison table.")
-flags.DEFINE_list("runs", None, "Run specs: model[:mod+mod], e.g. bpr_mf,two_tower:text")
-flags.DEFINE_string(
-  "baseline", None, "Run name the significance tests compare against (default: the first run)."
-)
-flags.DEFINE_string("split", "test", "Split whose metrics the table reports.")
+
+
+def define_flags() -> None:
+  """Registers the command's flags in absl's global registry (``--config``, ``--runs``, ...).
+
+  Called only when the module runs as the command, never at import: absl keeps one process-wide
+  flag registry, so defining ``--config`` at import time made importing this module next to any
+  other command module that also defines ``--config`` (``benchmarks/cross_validate.py``,
+  ``mmrec_jax.main``) fail with ``DuplicateFlagError``.
+  """
+  config_flags.DEFINE_config_file("config", None, "Base experiment config file.", lock_config=True)
+  flags.DEFINE_string("workdir", None, "Directory for the runs and the comparison table.")
+  flags.DEFINE_list("runs", None, "Run specs: model[:mod+mod], e.g. bpr_mf,two_tower:text")
+  flags.DEFINE_string(
+    "baseline", None, "Run name the significance tests compare against (default: the first run)."
+  )
+  flags.DEFINE_string("split", "test", "Split whose metrics the table reports.")
 
 
 def _baseline_name(names: Sequence[str], baseline: str | None) -> str | None:
@@ -261,4 +271,5 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(lambda argv: sys.exit(main(argv)))

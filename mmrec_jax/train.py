@@ -20,6 +20,7 @@ from __future__ import annotations
 import errno
 import os
 import pathlib
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -75,11 +76,26 @@ def _check_workdir(workdir: pathlib.Path) -> None:
     ) from None
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
+def _next_event(step: int, run, config: ml_collections.ConfigDict) -> int:
+  """The first step after ``step`` at which the loop logs, validates, saves or ends."""
+  every = [config.train.log_every_steps, run.eval_every, config.train.checkpoint_every_steps]
+  armed = [s for s in signals.armed_steps() if s > step]  # test hooks (signals.py)
+  return min([run.total_steps, *armed] + [(step // e + 1) * e for e in every if e > 0])
+
+
+def train_and_evaluate(
+  config: ml_collections.ConfigDict,
+  workdir: str | pathlib.Path,
+  on_validation: Callable[[int, Mapping[str, float]], bool] | None = None,
+) -> dict:
   """Trains (or resumes) the configured model in ``workdir``; returns final metrics.
 
   Returns ``{"valid": {...}, "test": {...}, "status": "finished"|"preempted", ...}``; the
   same dict is written to ``workdir/results.json`` when the run finishes.
+
+  ``on_validation(step, valid_metrics)`` is called after every validation (and its
+  checkpoint); returning True ends training there like an early stop, and the results
+  carry ``"pruned": True`` (hyperparameter search prunes with it, ``mmrec_jax/tune.py``).
 
   Raises:
     ConfigError: a config value out of range, an unusable workdir, or a workdir whose
@@ -94,15 +110,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     raise ConfigError(str(e)) from None
   _check_workdir(workdir)
   with WorkdirLock(workdir, enabled=jax.process_index() == 0):
-    return _train_and_evaluate(config, workdir)
+    return _train_and_evaluate(config, workdir, on_validation)
 
 
-def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
+def _train_and_evaluate(
+  config: ml_collections.ConfigDict,
+  workdir: pathlib.Path,
+  on_validation: Callable[[int, Mapping[str, float]], bool] | None = None,
+) -> dict:
   """The run itself, with the workdir locked."""
   is_main = jax.process_index() == 0
   signals.fault_point("prepare", 0)
   run = set_up(config)
-  task, pipe, mesh = run.task, run.pipe, run.mesh
+  task, steps, mesh = run.task, run.steps, run.mesh
   metric_name = config.train.selection_metric
 
   abstract_state = task.abstract_state()
@@ -114,7 +134,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
   if ckpt.has_checkpoints():
     state, data_state, loop = ckpt.restore_latest(abstract_state)
     stopping = EarlyStopping.from_dict(loop, config.train.early_stopping_patience)
-    pipe.set_state(data_state)
+    steps.set_state(data_state)
     logging.info("resumed from step %d in %s", int(state["step"]), workdir)
   else:
     state = task.init(config.seed)
@@ -125,7 +145,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
     reporting.write_json_atomic(workdir / "config.json", config.to_dict())
 
   def save(step: int, best: bool = False) -> None:
-    if ckpt.save(step, state, pipe.get_state(), stopping.as_dict(), best=best):
+    if ckpt.save(step, state, steps.get_state(), stopping.as_dict(), best=best):
       signals.fault_point("save", step)
 
   def validate(step: int) -> bool:
@@ -149,7 +169,13 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
       stopping.best_metric,
       stopping.best_step,
     )
+    if on_validation is not None and on_validation(step, dict(result.metrics)):
+      pruned.append(step)
+      logging.info("step %d: on_validation asked to stop (pruned)", step)
+      return True
     return stopping.stopped_early
+
+  pruned: list[int] = []
 
   sync_every = 1 if jax.process_count() > 1 else max(1, config.train.log_every_steps)
   bar = None
@@ -166,21 +192,21 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
     start_step=start_step,
   )
   status = "finished"
-  it = iter(pipe)
   step = start_step
   with signals.Preemption() as preempt:
-    while step < run.total_steps and not stopping.stopped_early:
-      batch = sharding.global_batch_from_local(mesh, next(it))
-      state, metrics = task.train_step(state, batch)
-      step += 1
+    while step < run.total_steps and not stopping.stopped_early and not pruned:
+      # A chunked source runs every step up to the next event in one call.
+      state, metrics, n = steps.advance(task, state, _next_event(step, run, config))
+      step += n
       signals.fault_point("step", step)
-      flusher.add(metrics)
+      flusher.add(metrics, n if steps.chunked else None)
       ckpt_due = bool(config.train.checkpoint_every_steps) and (
         step % config.train.checkpoint_every_steps == 0
       )
       # Losses are checked before anything is saved, so no checkpoint holds NaNs.
       if (
-        step % sync_every == 0
+        steps.chunked
+        or step % sync_every == 0
         or step == run.total_steps
         or step % run.eval_every == 0
         or ckpt_due
@@ -203,6 +229,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
         break
   if bar is not None:
     bar.close()
+  steps.close()
   ckpt.wait()
   if status == "preempted":
     writer.close()
@@ -226,6 +253,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
     "model": config.model.name,
     "modalities": list(run.modalities),
   }
+  if pruned:
+    header["pruned"] = True
   results = report.final_report(
     task=task,
     state=state,

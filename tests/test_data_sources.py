@@ -36,7 +36,7 @@ def test_sources_registry_is_importable_without_jax():
     "['movielens', 'recbole', 'mmrec', 'presplit', 'synthetic'] prepared "
     "['temporal_ratio', 'random_ratio', 'leave_last_out', 'global_temporal', "
     "'global_random', 'kfold'] "
-    "['uniform', 'popularity', 'in_batch'] False"
+    "['uniform', 'popularity', 'trained_uniform', 'in_batch'] False"
   )
   from mmrec_jax.data import movielens, sources
 

@@ -184,10 +184,12 @@ def test_bad_names_fail_listing_valid_ones(tmp_path):
   ds = _make_dataset(tmp_path / "ds")
   with pytest.raises(ConfigError, match="valid: \\['text', 'image'\\]"):
     extract.extract_features(ds, "audio", "minilm")
-  with pytest.raises(ConfigError, match="valid for image: \\['clip', 'vit'\\]"):
+  with pytest.raises(ConfigError, match="valid for image: \\['clip', 'resnet50', 'vit'\\]"):
     extract.extract_features(ds, "image", "minilm")
   with pytest.raises(ConfigError, match="needs --model_dir"):
     extract.extract_features(ds, "image", "vit")
+  with pytest.raises(ConfigError, match="needs --model_dir \\(a torchvision state dict"):
+    extract.extract_features(ds, "image", "resnet50")
 
 
 def test_command_line_reports_one_line_error(tmp_path):
@@ -290,3 +292,82 @@ def test_command_line_needs_exactly_one_of_config_and_dataset(tmp_path):
       "error: features: give exactly one of --config=<experiment config file> and "
       "--dataset=<prepared dataset directory>"
     )
+
+
+def test_command_line_resnet50_on_image_files_matches_torchvision(tmp_path):
+  """The extraction command with a random-weight torchvision resnet50 safetensors file.
+
+  A folder of images of different sizes and formats (item 2 has none, item 3 a missing
+  file) -> 2048-d feature shards + mask, each row equal to torchvision's transform +
+  resnet50 on the same file.
+  """
+  import safetensors.torch
+  import torch
+  import torchvision_ref
+  from PIL import Image as image
+
+  ds = tmp_path / "ds"
+  ds.mkdir()
+  files = {
+    0: ("a.jpg", 320, 240),
+    1: ("b.png", 200, 260),
+    3: ("gone.png", 0, 0),
+    4: ("c.png", 259, 256),
+  }
+  (ds / "img").mkdir()
+  with open(ds / "items.jsonl", "w") as f:
+    for i in range(5):
+      name = files.get(i, (None,))[0]
+      f.write(json.dumps({"title": f"Movie {i}", "image": name and f"img/{name}"}) + "\n")
+  for i, (name, w, h) in files.items():
+    if i != 3:
+      arr = np.random.default_rng(i).integers(0, 256, (h, w, 3), dtype=np.uint8)
+      image.fromarray(arr).save(ds / "img" / name)
+  (ds / "manifest.json").write_text(
+    json.dumps({"format_version": 1, "num_users": 1, "num_items": 5, "modalities": {}})
+  )
+  model = torchvision_ref.random_resnet50(seed=3)
+  weights = tmp_path / "resnet50.safetensors"
+  safetensors.torch.save_file(model.state_dict(), weights)
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device
+  proc = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "mmrec_jax.features",
+      f"--dataset={ds}",
+      "--modality=image",
+      "--encoder=resnet50",
+      f"--model_dir={weights}",
+      "--batch_size=4",
+      "--rows_per_shard=4",
+      "--noprogress",
+    ],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  out = ds / "features" / "image_resnet50"
+  assert (
+    proc.stdout.strip().splitlines()[-1]
+    == f"image_resnet50: 3/5 items, dim 2048 -> {ds}/features/image_resnet50"
+  )
+  assert json.loads((ds / "manifest.json").read_text())["modalities"] == {
+    "image_resnet50": "features/image_resnet50"
+  }
+  from mmrec_jax.data import feature_store
+
+  shards = feature_store.FeatureShards.open(out, verify=True)
+  assert (shards.num_items, shards.dim) == (5, 2048)
+  assert sorted(p.name for p in out.glob("shard-*.npy")) == ["shard-00000.npy", "shard-00001.npy"]
+  np.testing.assert_array_equal(shards.mask, [True, True, False, False, True])
+  feats = shards.to_array()
+  assert not feats[[2, 3]].any()
+  tf = torchvision_ref.imagenet_transform()
+  x = torch.stack([tf(image.open(ds / "img" / files[i][0]).convert("RGB")) for i in (0, 1, 4)])
+  with torch.no_grad():
+    ref = model(x).numpy()
+  np.testing.assert_allclose(feats[[0, 1, 4]], ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())

@@ -45,6 +45,14 @@ def test_registry_and_unknown_names():
     "bm3",
     "mf",
     "pmf",
+    "mostpop",
+    "itemknn",
+    "ease",
+    "ials",
+    "mlp_ranker",
+    "dlrm",
+    "dcn_v2",
+    "deepfm",
   }
   with pytest.raises(ConfigError, match="two_tower"):
     _build(_cfg("ncf"))

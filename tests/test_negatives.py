@@ -126,7 +126,7 @@ def test_bad_sampler_settings():
 
 def test_samplers_registry_names_and_in_batch():
   """SAMPLERS (what config validation reads): name -> distribution; in_batch draws none."""
-  assert list(negatives.SAMPLERS) == ["uniform", "popularity", "in_batch"]
+  assert list(negatives.SAMPLERS) == ["uniform", "popularity", "trained_uniform", "in_batch"]
   assert negatives.SAMPLERS[negatives.IN_BATCH] is None
   assert negatives.SAMPLERS["uniform"](5, None, 0.75) is None
   np.testing.assert_allclose(
@@ -135,6 +135,6 @@ def test_samplers_registry_names_and_in_batch():
   with pytest.raises(
     ConfigError,
     match=r"'in_batch' is not one of \['uniform', "
-    r"'popularity', 'in_batch'\]",
+    r"'popularity', 'trained_uniform', 'in_batch'\]",
   ):
     negatives.NegativeSampler("in_batch", 10)

@@ -185,7 +185,7 @@ def test_resume_from_saved_state_is_exact(stop_at):
 
 def test_set_state_rejects_a_state_of_another_pipeline():
   state = build(seed=1).get_state()
-  with pytest.raises(DataError, match="seed=1 but this pipeline has seed=2"):
+  with pytest.raises(DataError, match="seed=1 but this run has seed=2"):
     build(seed=2).set_state(state)
   with pytest.raises(DataError, match="global_batch_size"):
     make_train_pipeline(
@@ -289,7 +289,7 @@ def test_two_workers_give_the_same_batches_as_none(feature_dirs):
       dict(negative_sampler="hard"),
       ConfigError,
       r"input.negative_sampler='hard' is not one "
-      r"of \['uniform', 'popularity', 'in_batch'\]",
+      r"of \['uniform', 'popularity', 'trained_uniform', 'in_batch'\]",
     ),
     (dict(stream_features=True), ConfigError, "needs feature shards"),
   ],

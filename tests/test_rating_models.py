@@ -209,9 +209,6 @@ def test_elliot_experiment_config():
   assert mod.get_config("smoke").data.modalities == ("text",)
 
 
-@pytest.mark.skip(
-  reason="failed in the full-suite run; eval.rating_link=sigmoid under investigation next session"
-)
 def test_sigmoid_link_trains_and_evaluates_on_the_same_scale():
   from mmrec_jax.errors import ConfigError
   from mmrec_jax.evaluation import rating
@@ -248,3 +245,54 @@ def test_sigmoid_link_trains_and_evaluates_on_the_same_scale():
   pred = rating.apply_link(np.sum(users[u] * items[i], 1), "sigmoid", 1.0, 5.0)
   assert float(np.sqrt(np.mean((pred - r) ** 2))) < 0.7 * float(np.std(r))
   assert float(m["mse"]) < 0.1  # on the [0, 1] scale
+
+
+def test_sigmoid_link_step_is_cornac_pmf_per_rating_step():
+  """One SGD step of ``pmf`` with ``eval.rating_link=sigmoid`` = Cornac's non-linear PMF step.
+
+  Cornac (``cornac/models/pmf/cython/pmf.pyx``, ``pmf_non_linear``) ascends, per rating,
+  ``we * V_i - lambda * U_u`` with ``we = (r01 - sg) * sg * (1 - sg)``, ``sg = sigmoid(U_u .
+  V_i)`` and ``r01`` the rating mapped to [0, 1]. Our batch loss is ``mean (r01 - sg)^2 +
+  l2 * sum count |row|^2 / B``: with distinct rows in the batch, SGD at ``lr * B / 2`` and
+  ``loss.l2 = lambda`` moves every row exactly by Cornac's step at ``lr``.
+  """
+  b, lr, lam = 8, 0.3, 0.05
+  info = toy_info(60, 50, dims={})
+  cfg = toy_config(
+    "pmf",
+    modalities=(),
+    embed_dim=4,
+    batch_size=b,
+    optimizer__sparse="sgd",
+    optimizer__sparse_learning_rate=lr * b / 2,
+    optimizer__learning_rate=0.0,
+    loss__l2=lam,
+    model__rating_offset=0.0,
+    eval__rating_link="sigmoid",
+    eval__rating_range=(1.0, 5.0),
+  )
+  task = Task(cfg, info, sharding.make_mesh())
+  state = task.init(3)
+  users0, items0 = (np.asarray(jax.device_get(x)) for x in task.eval_reprs(state))
+  for x, n in ((users0, info.num_users), (items0, info.num_items)):
+    assert 0.0005 < float(np.std(x[:n, :4])) < 0.002  # Cornac's N(0, 0.001^2) init
+  rng = np.random.default_rng(4)
+  u = rng.permutation(60)[:b].astype(np.int32)
+  i = rng.permutation(50)[:b].astype(np.int32)
+  r = rng.integers(1, 6, b).astype(np.float32)
+  for _ in range(40):  # move off the init (same batch), then compare one step
+    batch = sharding.global_batch_from_local(task.mesh, {"user": u, "pos": i, "rating": r})
+    state, _ = task.train_step(state, batch)
+  before_u, before_i = (np.asarray(jax.device_get(x), np.float64) for x in task.eval_reprs(state))
+  state, _ = task.train_step(state, batch)
+  after_u, after_i = (np.asarray(jax.device_get(x), np.float64) for x in task.eval_reprs(state))
+  p, q = before_u[u, :4], before_i[i, :4]
+  sg = 1 / (1 + np.exp(-np.sum(p * q, 1)))
+  we = ((r - 1.0) / 4.0 - sg) * sg * (1 - sg)
+  np.testing.assert_allclose(
+    after_u[u, :4], p + lr * (we[:, None] * q - lam * p), rtol=1e-4, atol=1e-7
+  )
+  np.testing.assert_allclose(
+    after_i[i, :4], q + lr * (we[:, None] * p - lam * q), rtol=1e-4, atol=1e-7
+  )
+  assert np.abs(after_u[u, :4] - p).max() > 1e-4  # the step is not trivially zero

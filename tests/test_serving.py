@@ -360,3 +360,17 @@ def test_serve_command_batch_mode_and_one_line_errors(bpr_run, tmp_path):
   assert bad.returncode == 2
   assert bad.stderr.strip().splitlines()[-1].startswith("error: ")
   assert "config.json: missing" in bad.stderr
+
+
+def test_pointwise_ranker_runs_are_refused_for_serving(tmp_path):
+  import json as json_lib
+
+  from mmrec_jax import config as config_lib
+  from mmrec_jax.errors import ConfigError
+  from mmrec_jax.serving.recommender import Recommender
+
+  c = config_lib.base_config()
+  c.model.name = "dlrm"
+  (tmp_path / "config.json").write_text(json_lib.dumps(c.to_dict()))
+  with pytest.raises(ConfigError, match="'dlrm' is a pointwise ranker"):
+    Recommender.load(tmp_path)

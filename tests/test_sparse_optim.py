@@ -8,7 +8,14 @@ import pytest
 
 from mmrec_jax import sharding
 from mmrec_jax.errors import ConfigError
-from mmrec_jax.optim.sparse import gather_rows, make_sparse_optimizer, unique_ids
+from mmrec_jax.optim.sparse import (
+  SPARSE_OPTIMIZERS,
+  gather_rows,
+  make_sparse_optimizer,
+  pick_row_mode,
+  row_index,
+  unique_ids,
+)
 
 R, D = 16, 4
 IDS = np.array([3, 7, 3, 0, 7, 7, 12, 3], np.int32)  # duplicates on purpose
@@ -137,3 +144,50 @@ def test_sharded_update_matches_single_device(data):
 def test_unknown_name_lists_valid():
   with pytest.raises(ConfigError, match="rowwise_adagrad"):
     make_sparse_optimizer("adamax", 0.1)
+
+
+def _dense_mode_step(opt, table, state, w, ids=IDS):
+  ix = row_index(jnp.asarray(ids), R, "dense")
+  g = jax.grad(lambda t: _loss(t[ix.inverse], w))(table)
+  return opt.update(table, state, None, table, g, touched=ix.touched)
+
+
+@pytest.mark.parametrize("name", SPARSE_OPTIMIZERS)
+def test_dense_row_mode_equals_unique_mode_bit_for_bit(data, name):
+  """Three steps on different id sets: same tables and optimizer state, exactly.
+
+  Exact because each touched row goes through the same element-wise formula on the same
+  gradient (duplicates summed by the gather's transpose in index order either way), and
+  untouched rows are selected, not recomputed.
+  """
+  table, w = data
+  opt = make_sparse_optimizer(name, 0.1)
+  a = b = table
+  sa = sb = opt.init(table.shape, table.dtype)
+  for shift in range(3):
+    ids = (IDS + shift * 5) % R
+    uniq, inv = unique_ids(jnp.asarray(ids), R)
+    rows = gather_rows(a, uniq)
+    g = jax.grad(lambda r, inv=inv: _loss(r[inv], w))(rows)
+    a, sa = opt.update(a, sa, uniq, rows, g)
+    b, sb = _dense_mode_step(opt, b, sb, w, ids)
+  np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  for k in sa:
+    np.testing.assert_array_equal(np.asarray(sa[k]), np.asarray(sb[k]), err_msg=k)
+
+
+def test_row_index_counts_and_mode_choice():
+  ids = jnp.asarray(IDS.reshape(2, 4))
+  dense, uniq = row_index(ids, R, "dense"), row_index(ids, R, "unique")
+  want = np.bincount(IDS, minlength=R)
+  np.testing.assert_array_equal(np.asarray(dense.counts), want)
+  np.testing.assert_array_equal(np.asarray(dense.touched), want > 0)
+  np.testing.assert_array_equal(np.asarray(uniq.counts)[: len(TOUCHED)], want[TOUCHED])
+  assert dense.uniq is None and np.array_equal(np.asarray(dense.inverse), IDS.reshape(2, 4))
+  assert pick_row_mode("auto", 1682, 2048) == "dense"  # ML-100K items, batch 1024 + 1 neg
+  assert pick_row_mode("auto", 6040, 1024) == "unique"  # ML-1M users
+  assert pick_row_mode("unique", 10, 4) == "unique"
+  assert pick_row_mode("auto", 1682, 2048, num_shards=8) == "unique"  # sharded: no all-gather
+  assert pick_row_mode("dense", 1682, 2048, num_shards=8) == "dense"  # asked for: honoured
+  with pytest.raises(ConfigError, match="sparse_rows"):
+    pick_row_mode("hash", 10, 4)

@@ -16,6 +16,8 @@ maps each name to the function giving its sampling distribution):
   * ``popularity`` -- item i with probability proportional to ``count_i ** alpha``
     (``count_i`` = train interactions of i; items never seen in train get 0 when
     alpha > 0), drawn in O(1) from a Walker alias table;
+  * ``trained_uniform`` -- uniform over the items with train interactions (item cold
+    start: items absent from train are never drawn), through the same alias table;
   * ``in_batch``   -- no sampled negatives (the loss uses the batch's other positives);
     handled by the pipeline, not here.
 
@@ -151,12 +153,30 @@ def popularity_distribution(
   return weights / total
 
 
+def trained_uniform_distribution(
+  num_items: int, item_counts: np.ndarray | None, alpha: float
+) -> np.ndarray:
+  """float64 [num_items]: uniform over the items WITH train interactions.
+
+  For item cold start: an item absent from the train log is unknown to training, and
+  drawing it as a negative would push exactly the items the content must rank up down.
+  """
+  del alpha
+  if item_counts is None or len(item_counts) != num_items:
+    raise DataError("item_counts", f"trained_uniform sampler needs {num_items} item counts")
+  weights = (np.asarray(item_counts) > 0).astype(np.float64)
+  if not weights.any():
+    raise DataError("train split", "trained_uniform sampler: no item has train interactions")
+  return weights / weights.sum()
+
+
 # input.negative_sampler -> (num_items, item_counts, alpha) -> the sampling probabilities
 # (None: uniform). 'in_batch' draws nothing: the loss uses the other positives of the
 # batch, so it has no distribution here (pipeline.py handles it).
 SAMPLERS: dict[str, Callable[[int, np.ndarray | None, float], np.ndarray | None] | None] = {
   "uniform": uniform_distribution,
   "popularity": popularity_distribution,
+  "trained_uniform": trained_uniform_distribution,
   "in_batch": None,
 }
 IN_BATCH = "in_batch"

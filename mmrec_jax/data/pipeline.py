@@ -60,6 +60,39 @@ _NEG_TAG = 0x4E454753  # 'NEGS'
 STATE_VERSION = 1
 
 
+def saved_position(
+  state: Mapping[str, Any],
+  version: int,
+  seed: int,
+  global_batch: int,
+  steps_per_epoch: int,
+  num_batches: int,
+) -> int:
+  """The ``next_batch`` of a saved input position, after checking it fits this run.
+
+  Shared by both input paths (this grain pipeline and ``device_epoch.DeviceEpochs``): a
+  position only means the same batches under the same seed, global batch size and epoch
+  length, so any difference is a one-line DataError instead of silently other batches.
+  """
+  if state.get("version") != version:
+    raise DataError("pipeline state", f"version {state.get('version')!r} != {version}")
+  for key, mine in (
+    ("seed", seed),
+    ("global_batch_size", global_batch),
+    ("steps_per_epoch", steps_per_epoch),
+  ):
+    if state.get(key) != mine:
+      raise DataError(
+        "pipeline state",
+        f"{key}={state.get(key)!r} but this run has {key}={mine} "
+        "(the saved position would point at different batches)",
+      )
+  nxt = int(state["next_batch"])
+  if not 0 <= nxt <= num_batches:
+    raise DataError("pipeline state", f"next_batch={nxt} outside [0, {num_batches}]")
+  return nxt
+
+
 class _Features:
   """A modality's FeatureShards plus its mask held in memory.
 
@@ -321,6 +354,21 @@ class TrainPipeline:
     except Exception:
       pass
 
+  def device_epoch_inputs(self) -> dict[str, Any]:
+    """The checked ids, sizes and sampler, for ``device_epoch.DeviceEpochs``."""
+    s = self._source
+    return {
+      "users": s.users,
+      "items": s.items,
+      "num_items": s.num_items,
+      "batch_size": s.global_batch,
+      "num_negatives": s.num_negatives,
+      "sampler": s.sampler,
+      "logq": s.logq,
+      "seed": s.seed,
+      "num_epochs": None if s.num_batches == sys.maxsize else s.num_batches // s.steps_per_epoch,
+    }
+
   # ------------------------------------------------------------------ state
   def get_state(self) -> dict[str, Any]:
     """JSON-able position; valid for any worker_count/prefetch, same seed and sizes."""
@@ -338,22 +386,15 @@ class TrainPipeline:
   def set_state(self, state: Mapping[str, Any]) -> None:
     """Restores a position saved by ``get_state`` (checks it belongs to this pipeline)."""
     s = self._source
-    if state.get("version") != STATE_VERSION:
-      raise DataError("pipeline state", f"version {state.get('version')!r} != {STATE_VERSION}")
-    for key, mine in (
-      ("seed", s.seed),
-      ("global_batch_size", s.global_batch),
-      ("steps_per_epoch", s.steps_per_epoch),
-    ):
-      if state.get(key) != mine:
-        raise DataError(
-          "pipeline state",
-          f"{key}={state.get(key)!r} but this pipeline has {key}={mine} "
-          "(the saved position would point at different batches)",
-        )
-    nxt = int(state["next_batch"])
-    if not 0 <= nxt <= self.num_batches:
-      raise DataError("pipeline state", f"next_batch={nxt} outside [0, {self.num_batches}]")
+    if state.get("kind", "grain") != "grain":
+      raise DataError(
+        "pipeline state",
+        f"the checkpoint was written by the {state.get('kind')!r} input path (input."
+        "device_epochs) but this run uses the grain pipeline; resume with the same setting",
+      )
+    nxt = saved_position(
+      state, STATE_VERSION, s.seed, s.global_batch, s.steps_per_epoch, self.num_batches
+    )
     self.close()
     self._next = nxt
 

@@ -84,7 +84,7 @@ _SOURCE_KEYS = {
 }
 _GIVEN_SPLIT = ("presplit", "mmrec")
 _SEEDED_SPLITS = ("random_ratio", "global_random", "kfold")
-_PROTOCOL_DEFAULTS = {"exclude_unknowns": False, "valid_of_train": 0.0}
+_PROTOCOL_DEFAULTS = {"exclude_unknowns": False, "valid_of_train": 0.0, "cold_items": 0.0}
 # Test hook: called with the temp dir after the split arrays are written (atomicity tests).
 _after_partial_write = None
 
@@ -155,6 +155,13 @@ def validate(data) -> None:
     splits.check_ratios(data.split_ratios)
   if not 0.0 <= float(data.valid_of_train) < 1.0:
     raise ConfigError(f"data.valid_of_train={data.valid_of_train!r}: must be in [0, 1)")
+  if not 0.0 <= float(data.cold_items) < 1.0:
+    raise ConfigError(f"data.cold_items={data.cold_items!r}: must be in [0, 1)")
+  if float(data.cold_items) > 0 and data.exclude_unknowns:
+    raise ConfigError(
+      "data.cold_items > 0 with data.exclude_unknowns=True would drop every cold item's "
+      "valid/test row: set one of them"
+    )
 
 
 def prep_config(data, seed: int) -> dict:
@@ -172,7 +179,12 @@ def prep_config(data, seed: int) -> dict:
       out[key] = data[key]
   if data.source not in _GIVEN_SPLIT and data.split == "kfold":
     out["num_folds"], out["fold"] = data.num_folds, data.fold
-  if data.source == "synthetic" or out.get("split") in _SEEDED_SPLITS or out.get("valid_of_train"):
+  if (
+    data.source == "synthetic"
+    or out.get("split") in _SEEDED_SPLITS
+    or out.get("valid_of_train")
+    or out.get("cold_items")
+  ):
     out["seed"] = seed
   return out
 
@@ -396,6 +408,7 @@ def build(
       folds=(data.num_folds, data.fold),
     )
     labels = splits.carve_valid(labels, data.valid_of_train, seed)
+    labels = splits.cold_items(labels, i, n_items, float(data.cold_items), seed)
     if data.exclude_unknowns:
       keep = ~splits.unknown_rows(labels, u, i, n_users, n_items)
       if not keep.all():

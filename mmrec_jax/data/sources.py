@@ -9,7 +9,8 @@ Each source has two steps, so preparation can fingerprint the inputs before pars
 
 Sources (:data:`SOURCES`, the registry ``data.source`` is checked against): ``movielens``
 (movielens.py), ``recbole`` (atomic .inter/.item files), ``mmrec`` (MMRec's x_label
-.inter + *_feat.npy), ``presplit`` (given train/valid/test files, kept exactly as given),
+.inter + *_feat.npy), ``presplit`` (given train/valid/test files -- TSV, RecBole .inter
+or Parquet -- kept exactly as given),
 ``synthetic`` (synthetic.py). ``data.source`` may also be :data:`PREPARED`: an already
 prepared directory, opened as it is (prepare.py). :class:`RawData` and the readers shared
 with movielens.py live in raw.py (re-exported here).
@@ -25,6 +26,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from mmrec_jax.data import movielens, synthetic, tables
+from mmrec_jax.data.labelled import read_parquet_interactions
 from mmrec_jax.data.raw import (
   RECBOLE_FIELDS,
   RECBOLE_TYPES,
@@ -138,8 +140,11 @@ def load_presplit(cfg, located, seed, cache_dir=None) -> RawData:
   paths = _presplit_paths(cfg)
   parts, openers, wheres = [], [], []
   for s in ("train", "valid", "test"):
-    opener = tables.opener_for_path(paths[s])
-    cols, _ = read_interaction_table(opener, str(paths[s]))
+    if paths[s].suffix.lower() == ".parquet":  # Parquet split files (data/labelled.py)
+      opener, cols = None, read_parquet_interactions(paths[s])
+    else:
+      opener = tables.opener_for_path(paths[s])
+      cols, _ = read_interaction_table(opener, str(paths[s]))
     parts.append(cols)
     openers.append(opener)
     wheres.append(str(paths[s]))
@@ -149,6 +154,8 @@ def load_presplit(cfg, located, seed, cache_dir=None) -> RawData:
   def where_row(r: int) -> str:
     k = int(np.searchsorted(bounds, r, side="right"))
     local = r - (bounds[k - 1] if k else 0)
+    if openers[k] is None:
+      return f"{wheres[k]}: row {int(local) + 1}"
     return f"{wheres[k]}:{tables.line_of_row(openers[k], int(local), 1)}"
 
   item_info = None

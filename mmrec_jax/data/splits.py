@@ -29,11 +29,14 @@ Methods (:data:`SPLITS`, the registry ``data.split`` is checked against):
   fold, shuffled with ``RandomState(seed)``, the remainder assigned to random folds; fold
   ``data.fold`` is test, the rest train (``data.valid_of_train`` carves a validation set).
 
-Two steps apply after any method (``prepare.py`` calls them in this order):
+Three steps apply after any method (``prepare.py`` calls them in this order):
 
 * :func:`carve_valid` (``data.valid_of_train = f > 0``): a seeded random fraction ``f`` of
   the TRAIN rows becomes valid (Elliot's "validation = 10% of train", global, not per
   user); ``ceil(f * n_train)`` rows, drawn with ``RandomState(seed + 1)``.
+* :func:`cold_items` (``data.cold_items = f > 0``): a seeded fraction ``f`` of the items
+  loses its train rows to valid (half of those items) and test (the other half): the
+  item cold-start protocol, for models that score new items from their content.
 * :func:`unknown_rows` (``data.exclude_unknowns``): valid/test rows whose user or item has
   no train row are dropped (Cornac's ``exclude_unknowns=True``); ids are then made dense
   over what remains.
@@ -280,6 +283,35 @@ def carve_valid(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
   take = math.ceil(fraction * train.shape[0])
   out = labels.copy()
   out[train[np.random.RandomState(seed + 1).permutation(train.shape[0])[:take]]] = VALID
+  return out
+
+
+def cold_items(
+  labels: np.ndarray, items: np.ndarray, num_items: int, fraction: float, seed: int
+) -> np.ndarray:
+  """Item cold start: a seeded ``fraction`` of the items loses every train row.
+
+  The chosen items (``round(fraction * items with rows)``, drawn with
+  ``RandomState(seed + 2)``) are split in two halves by the same draw: the train rows of
+  the first half become valid rows, those of the second half test rows. Valid and test
+  therefore both hold items no model saw in training, so model selection sees the
+  cold-start case the test measures (the protocol of DropoutNet / CLCRec evaluations).
+  Rows already valid/test stay where they are. ``fraction=0`` returns ``labels``.
+  """
+  if fraction <= 0:
+    return labels
+  present = np.unique(items)
+  n_cold = round(fraction * present.size)
+  if n_cold == 0:
+    return labels
+  chosen = np.random.RandomState(seed + 2).permutation(present)[:n_cold]
+  target = np.full(num_items, -1, np.int8)
+  target[chosen[: n_cold // 2]] = VALID
+  target[chosen[n_cold // 2 :]] = TEST
+  t = target[items]
+  out = labels.copy()
+  move = (labels == TRAIN) & (t >= 0)
+  out[move] = t[move]
   return out
 
 

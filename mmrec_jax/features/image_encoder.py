@@ -24,13 +24,11 @@ safetensors). Preprocessing follows the directory's ``preprocessor_config.json``
 center crop, rescale, normalise) with Pillow, or the family's defaults when it is absent.
 What is not supported, and why:
 
-  * torchvision state dicts (``torch.save(model.state_dict())``, ``*.pth``): they are
-    PyTorch pickles, and unpickling needs torch, which mmrec_jax never imports at run
-    time (loading.py reads safetensors only). Their architectures are not implemented
-    either: torchvision's ResNets are convolutional networks this ViT module does not
-    compute, and its ``vit_b_16`` fuses q/k/v in ``in_proj_weight`` under other names.
-    Convert such a model once, in an environment with torch, to a Hugging Face
-    ``ViTModel`` / ``CLIPVisionModel`` and ``save_pretrained(safe_serialization=True)``.
+  * torchvision's ``vit_b_16`` state dicts: it fuses q/k/v in ``in_proj_weight`` under
+    other names. Convert such a model once, in an environment with torch, to a Hugging
+    Face ``ViTModel`` and ``save_pretrained(safe_serialization=True)``. torchvision's
+    ResNet-50 *is* read, from safetensors or its ``.pth`` file: resnet.py (encoder
+    ``resnet50``), which reuses :class:`Preprocess` and :class:`ImageEncoder` below.
   * timm checkpoints in general: timm's many ViT variants (registers, LayerScale, QK
     norm, average pooling with ``fc_norm``, ``norm_pre`` CLIP towers) and its other
     families change the arithmetic, and its ``config.json`` holds no layer sizes.
@@ -365,6 +363,9 @@ class Preprocess:
   mean: tuple[float, float, float]
   std: tuple[float, float, float]
   rescale: float = 1 / 255
+  # Center-crop offset: Hugging Face floors (size - crop) / 2, torchvision rounds it
+  # half to even (int(round(...))); they differ by a pixel for odd margins.
+  round_crop: bool = False
 
   @classmethod
   def for_model(cls, model_dir: os.PathLike | str, cfg: ViTConfig) -> Preprocess:
@@ -413,18 +414,24 @@ class Preprocess:
         size = (self.size, self.size)
       img = img.resize(size, resample=self.resample)
       if self.crop != self.size or size[0] != size[1]:
-        left, top = (size[0] - self.crop) // 2, (size[1] - self.crop) // 2
+        offset = (lambda m: round(m / 2)) if self.round_crop else (lambda m: m // 2)
+        left, top = offset(size[0] - self.crop), offset(size[1] - self.crop)
         img = img.crop((left, top, left + self.crop, top + self.crop))
       arr = np.asarray(img, np.float32) * self.rescale
     return (arr - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
 
 
 class ImageEncoder:
-  """Image files or pixel arrays -> ``[n, dim]`` features, jit-compiled, data-parallel."""
+  """Image files or pixel arrays -> ``[n, dim]`` features, jit-compiled, data-parallel.
+
+  ``model`` is any image module with ``cfg.family`` and ``dim`` that maps preprocessed
+  pixels ``[b, H, W, 3]`` to ``[b, dim]``: :class:`VisionTransformer` here, the ResNet
+  of resnet.py.
+  """
 
   def __init__(
     self,
-    model: VisionTransformer,
+    model: nnx.Module,
     preprocess: Preprocess,
     *,
     normalize: bool = True,

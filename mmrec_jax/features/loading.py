@@ -5,8 +5,10 @@ by Hugging Face ``save_pretrained`` (or sentence-transformers), whose tensors ar
 and laid out for PyTorch (``Linear.weight`` is ``[out, in]``, conv kernels are
 ``[out, in, kh, kw]``). This file owns the file handling and the checks that make a
 wrong or truncated checkpoint fail with the tensor name, and the encoders own the name
-mapping. torch is never imported here: weights come from ``.safetensors`` files only
-(a ``pytorch_model.bin`` pickle needs torch; the error says how to convert it).
+mapping. torch is never imported here: Hugging Face directories are read from
+``.safetensors`` files only (for a ``pytorch_model.bin`` the error says how to convert
+it); the torchvision CNN weights may also be ``torch.save`` zip files, which
+torch_pickle.py reads without torch.
 """
 
 from __future__ import annotations
@@ -54,7 +56,9 @@ def weight_files(model_dir: os.PathLike | str) -> list[pathlib.Path]:
   raise DataError(str(model_dir), "no model.safetensors (or *.safetensors) file")
 
 
-def _load_file(path: pathlib.Path) -> dict[str, np.ndarray]:
+def load_safetensors(path: os.PathLike | str) -> dict[str, np.ndarray]:
+  """One ``.safetensors`` file -> numpy arrays (bfloat16 tensors widened to float32)."""
+  path = pathlib.Path(path)
   from safetensors import safe_open  # noqa: PLC0415
 
   out: dict[str, np.ndarray] = {}
@@ -79,7 +83,7 @@ def load_state_dict(model_dir: os.PathLike | str) -> dict[str, np.ndarray]:
   for path in weight_files(model_dir):
     if not path.exists():
       raise DataError(str(path), "weight file listed in the index is missing")
-    state.update(_load_file(path))
+    state.update(load_safetensors(path))
   return state
 
 

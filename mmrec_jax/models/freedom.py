@@ -15,6 +15,16 @@ the ID embeddings); user tower: ``LightGCN(ui)_users`` (``num_layers`` layers).
 Loss: BPR on the towers + ``reg_weight * sum_m BPR(u, W_m f_pos, W_m f_neg)`` (each
 modality's projected features as an extra item tower), exactly as the paper's code.
 
+Propagation with a pruned graph (``model.propagation``, graph/propagation.py): the pruned
+graph keeps the structure and the method of the user-item graph; only the edge weights
+change per step. 'host_csr' (auto on CPU) passes the new weights to each host CSR
+product (the CSR structure is built once); 'dense' rebuilds the [users, items] block from
+the weights once per step inside the jitted step (one scatter of the edge weights into a
+zeroed block); 'segment' uses the weights directly. Decided by measurement
+(benchmarks/RESULTS_graph_peers.md, FREEDOM rows): on this CPU host_csr is the fastest
+of the three for FREEDOM as for LightGCN, so no separate rule for pruned graphs.
+The item-item kNN graph always runs as segment sums (items x k edges, small).
+
 Serving without retraining (``freedom``, declared in models/registry.py): a new user is
 folded in by implicit-ALS solve against the propagated item vectors (approximate: the
 graph is not updated); a new item cannot be embedded from features (one-line error).

@@ -66,8 +66,12 @@ class GraphRecommender(Recommender):
     feats: Mapping[str, jax.Array],
     masks: Mapping[str, jax.Array],
   ) -> dict[str, Any]:
-    """The normalised user-item training graph; subclasses add item-item graphs."""
-    del model_cfg, feats, masks
+    """The normalised user-item training graph; subclasses add item-item graphs.
+
+    Built for ``model_cfg.propagation`` (``propagation.BipartiteGraph``): the models call
+    ``propagation.to_users/to_items/lightgcn_propagate`` and never see the method.
+    """
+    del feats, masks
     if getattr(info, "train_users", None) is None or getattr(info, "train_items", None) is None:
       raise DataError(
         "DataInfo.train_users/train_items",
@@ -76,7 +80,12 @@ class GraphRecommender(Recommender):
       )
     return {
       "ui": propagation.user_item_graph(
-        info.train_users, info.train_items, num_users, num_items, mesh
+        info.train_users,
+        info.train_items,
+        num_users,
+        num_items,
+        mesh,
+        method=model_cfg.propagation,
       )
     }
 

@@ -78,10 +78,11 @@ class MMGCN(GraphRecommender):
     src, dst = propagation.dedup_edges(info.train_users, info.train_items, num_items)
     du = np.bincount(src, minlength=num_users).astype(np.float32)
     di = np.bincount(dst, minlength=num_items).astype(np.float32)
-    # Mean aggregation: 1/deg of the receiving node, one weight array per direction.
-    to_u = propagation.place_edges(mesh, src, dst, 1.0 / du[src])
-    to_i = propagation.place_edges(mesh, src, dst, 1.0 / di[dst])
-    g["mean_to_users"], g["mean_to_items"] = to_u, to_i
+    # Mean aggregation: 1/deg of the receiving node, one weight array per direction,
+    # each a user-item graph of the configured propagation method.
+    method = model_cfg.propagation
+    for key, w in (("mean_to_users", 1.0 / du[src]), ("mean_to_items", 1.0 / di[dst])):
+      g[key] = propagation.bipartite_graph(src, dst, w, num_users, num_items, mesh, method)
     return g
 
   def propagate(self, graph, feats, masks, *, rng=None):
@@ -96,8 +97,8 @@ class MMGCN(GraphRecommender):
       xu, xi = l2_normalize(net.pref(None)), l2_normalize(net.mlp(feats[m]))
       for l in range(self.num_layers):
         cu, ci = net.conv[l](xu), net.conv[l](xi)
-        hu = lrelu(propagation.segment_propagate(ci, gu.dst, gu.src, gu.weight, nu, self.mesh))
-        hi = lrelu(propagation.segment_propagate(cu, gi.src, gi.dst, gi.weight, ni, self.mesh))
+        hu = lrelu(propagation.to_users(ci, gu, nu, self.mesh))
+        hi = lrelu(propagation.to_items(cu, gi, ni, self.mesh))
         xhu = lrelu(net.lin[l](xu)) + ids_u
         xhi = lrelu(net.lin[l](xi)) + ids_i
         xu, xi = lrelu(net.g[l](hu) + xhu), lrelu(net.g[l](hi) + xhi)

@@ -13,8 +13,11 @@ serves rating prediction and top-K ranking unchanged. Both train in the ``rating
 * :class:`PMF` (Salakhutdinov & Mnih, NIPS 2007, the linear-Gaussian model of its eq. 1):
   ``r_hat = p_u . q_i``, optionally around a fixed offset ``model.rating_offset`` carried
   as a constant column (``user = [p_u, 1]``, ``item = [q_i, offset]``). Cornac's default
-  PMF instead squashes ``p_u . q_i`` through a logistic on ratings rescaled to [0, 1];
-  that is a different likelihood, and a non-linear score would not be a dot product.
+  PMF (``variant='non_linear'``) squashes ``p_u . q_i`` through a logistic on ratings
+  rescaled to [0, 1]: that likelihood is ``eval.rating_link='sigmoid'``, applied by the
+  rating regime in training and by the evaluator for MAE/RMSE, so the score stays a dot
+  product (the logistic is monotone: the ranking is the dot product's). Factors start at
+  N(0, 0.001^2), Cornac's PMF initialisation (``cornac/models/pmf/cython/pmf.pyx``).
 
 Serving without retraining (``mf``, declared in models/registry.py): a new user is
 folded in by implicit-ALS solve against the item factors (bias columns kept); a new item
@@ -37,7 +40,8 @@ from flax import nnx
 from mmrec_jax.layers.embedding import Embed
 from mmrec_jax.models.base import Recommender
 
-INIT_STDDEV = 0.01  # Cornac's MF/PMF initialise factors with small normals
+INIT_STDDEV = 0.01  # Cornac's MF initialises factors with N(0, 0.01^2)
+PMF_INIT_STDDEV = 0.001  # Cornac's PMF: N(0, 0.001^2) (pmf.pyx, _init_factors)
 
 
 class BiasedMF(Recommender):
@@ -89,8 +93,8 @@ class PMF(Recommender):
     del feature_dims  # IDs only
     self.modalities = ()
     self.offset = float(cfg.rating_offset)
-    self.user_embed = Embed(num_users, cfg.embed_dim, "users", rngs=rngs, stddev=INIT_STDDEV)
-    self.item_embed = Embed(num_items, cfg.embed_dim, "items", rngs=rngs, stddev=INIT_STDDEV)
+    self.user_embed = Embed(num_users, cfg.embed_dim, "users", rngs=rngs, stddev=PMF_INIT_STDDEV)
+    self.item_embed = Embed(num_items, cfg.embed_dim, "items", rngs=rngs, stddev=PMF_INIT_STDDEV)
 
   def user_repr(self, ids, *, rng=None) -> jax.Array:
     p = self.user_embed(ids)

@@ -18,6 +18,13 @@ Training regimes (``mmrec_jax/step/``):
     split (``models/graph_base.py``); the step takes whole-table gradients.
   * ``rating``: pointwise regression on explicit ratings over gathered rows
     (``step/rating.py``); the batch carries ``rating`` and no negatives.
+  * ``pointwise``: binary cross-entropy on labelled (user, item) rows -- label = rating >
+    ``data.label_threshold``, or implicit positives plus the batch's sampled negatives --
+    for rankers that score a row through side features and an MLP/interaction instead of
+    a dot product (``step/pointwise.py``, ``models/ranker_base.py``).
+  * ``closed_form``: models fitted by sweeps over the whole train split instead of SGD
+    (EASE, ItemKNN, MostPop: one closed-form sweep; iALS: one ALS iteration per sweep);
+    one step = one sweep = one epoch (``step/closed_form.py``, ``models/fitted_base.py``).
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from typing import Any
 
 from mmrec_jax.errors import ConfigError
 
-REGIMES = ("rows", "graph", "rating")
+REGIMES = ("rows", "graph", "rating", "pointwise", "closed_form")
 FEATURE_USE = ("none", "optional", "required")
 # Distributions of a search space entry: ("log_float", lo, hi), ("float", lo, hi),
 # ("int", lo, hi) or ("choice", (v1, v2, ...)); keys are dotted config paths.
@@ -125,6 +132,15 @@ _RATING_SPACE = {
   "optimizer.sparse_learning_rate": ("log_float", 1e-3, 1e-1),
   "model.embed_dim": ("choice", (10, 32, 64)),
   "loss.l2": ("log_float", 1e-4, 1e-1),
+}
+
+# Pointwise rankers (regime "pointwise"): MLP width/depth, embedding width, both rates.
+_RANKER_SPACE = {
+  "optimizer.learning_rate": ("log_float", 1e-4, 1e-2),
+  "optimizer.sparse_learning_rate": ("log_float", 1e-4, 1e-2),
+  "model.embed_dim": ("choice", (8, 16, 32, 64)),
+  "model.hidden_dim": ("choice", (64, 128, 256)),
+  "model.num_layers": ("int", 1, 3),
 }
 
 MODELS: dict[str, ModelSpec] = {
@@ -240,6 +256,83 @@ MODELS: dict[str, ModelSpec] = {
       paper_defaults={"reg_weight": 1e-4},
       search_space=_GRAPH_SPACE,
       reference="Wei et al., MMGCN, ACM MM 2019",
+    ),
+    ModelSpec(
+      "mlp_ranker",
+      "mmrec_jax.models.mlp_ranker:MLPRanker",
+      features="optional",
+      regime="pointwise",
+      search_space=_RANKER_SPACE,
+      reference="NVIDIA Merlin ML-25M multi-modal ranking notebooks (MLP over concatenation)",
+    ),
+    ModelSpec(
+      "dlrm",
+      "mmrec_jax.models.dlrm:DLRM",
+      features="optional",
+      regime="pointwise",
+      search_space=_RANKER_SPACE,
+      reference="Naumov et al., DLRM, arXiv:1906.00091, 2019",
+    ),
+    ModelSpec(
+      "dcn_v2",
+      "mmrec_jax.models.dcn_v2:DCNv2",
+      features="optional",
+      regime="pointwise",
+      search_space={**_RANKER_SPACE, "model.cross_layers": ("int", 1, 4)},
+      reference="Wang et al., DCN V2, WWW 2021",
+    ),
+    ModelSpec(
+      "deepfm",
+      "mmrec_jax.models.deepfm:DeepFM",
+      features="optional",
+      regime="pointwise",
+      search_space=_RANKER_SPACE,
+      reference="Guo et al., DeepFM, IJCAI 2017",
+    ),
+    # Classic baselines fitted in closed form / by ALS (regime "closed_form").
+    ModelSpec(
+      "mostpop",
+      "mmrec_jax.models.most_pop:MostPop",
+      features="none",
+      regime="closed_form",
+      # No hyperparameters: a one-point space, so a search runs it once.
+      search_space={"train.num_epochs": ("choice", (1,))},
+      reference="popularity baseline (e.g. Cremonesi et al., RecSys 2010)",
+    ),
+    ModelSpec(
+      "itemknn",
+      "mmrec_jax.models.item_knn:ItemKNN",
+      features="none",
+      regime="closed_form",
+      search_space={
+        "model.num_neighbors": ("choice", (10, 20, 50, 100, 200, 400)),
+        "model.shrink": ("choice", (0.0, 10.0, 50.0, 100.0)),
+      },
+      reference="Deng & Karypis, Item-based top-N recommendation, TOIS 2004 (RecBole ItemKNN)",
+    ),
+    ModelSpec(
+      "ease",
+      "mmrec_jax.models.ease:EASE",
+      features="none",
+      regime="closed_form",
+      paper_defaults={"reg_weight": 500.0},
+      search_space={"model.reg_weight": ("log_float", 10.0, 5000.0)},
+      reference="Steck, Embarrassingly shallow autoencoders, WWW 2019",
+    ),
+    ModelSpec(
+      "ials",
+      "mmrec_jax.models.ials:IALS",
+      features="none",
+      regime="closed_form",
+      foldin="implicit-ALS solve against the item factors (iALS's own user step)",
+      paper_defaults={"reg_weight": 0.01, "confidence_alpha": 40.0},
+      search_space={
+        "model.embed_dim": ("choice", (32, 64, 128, 256)),
+        "model.reg_weight": ("log_float", 1e-3, 100.0),
+        "model.confidence_alpha": ("log_float", 0.5, 100.0),
+        "train.num_epochs": ("int", 5, 30),
+      },
+      reference="Hu, Koren & Volinsky, Collaborative filtering for implicit feedback, ICDM 2008",
     ),
   )
 }

@@ -9,6 +9,14 @@ Item tower: K sources, each an embedding of width ``model.embed_dim``:
 then ``model.fusion`` (``mmrec_jax.layers.fusion``) combines them. ``model.dropout``
 applies inside the MLPs. User tower: the user ID embedding.
 
+Items never seen in training (item cold start), ``model.id_dropout = p > 0``: as in
+DropoutNet (Volkovs et al., NeurIPS 2017), each training example drops the item's ID source
+with probability ``p``, so the content sources alone must rank well; at evaluation an item
+without train interactions (``masks[base.TRAINED_ITEMS]``, placed by the Task from the train
+counts) is scored without its ID source -- its ID row was only ever pushed down as a
+sampled negative, never up -- exactly as training's dropped examples and serving's new
+items are.
+
 Serving without retraining (``two_tower``, declared in models/registry.py): a new user
 is folded in by implicit-ALS solve against the item-tower vectors; a new item is
 embedded as the item tower on the features, ID source absent.
@@ -27,7 +35,7 @@ from mmrec_jax.errors import ConfigError
 from mmrec_jax.layers.embedding import Embed
 from mmrec_jax.layers.fusion import make_fusion
 from mmrec_jax.layers.projection import ModalityMLP
-from mmrec_jax.models.base import Recommender
+from mmrec_jax.models.base import TRAINED_ITEMS, Recommender
 
 
 class TwoTower(Recommender):
@@ -46,6 +54,13 @@ class TwoTower(Recommender):
       raise ConfigError("model.use_ids=False needs at least one modality in data.modalities")
     if not 0.0 <= cfg.modality_dropout < 1.0:
       raise ConfigError(f"model.modality_dropout={cfg.modality_dropout} must be in [0, 1)")
+    self.id_dropout = float(cfg.get("id_dropout", 0.0))
+    if not 0.0 <= self.id_dropout < 1.0:
+      raise ConfigError(f"model.id_dropout={self.id_dropout} must be in [0, 1)")
+    if self.id_dropout > 0 and not (self.use_ids and self.modalities):
+      raise ConfigError(
+        "model.id_dropout > 0 needs item IDs (model.use_ids) and at least one modality"
+      )
     d = cfg.embed_dim
     self.modality_dropout = float(cfg.modality_dropout)
     self.user_embed = Embed(num_users, d, "users", rngs=rngs)
@@ -75,14 +90,19 @@ class TwoTower(Recommender):
     """Per-source embeddings ``[..., K, D]`` and presence ``[..., K]`` (before fusion)."""
     embs, present = [], []
     keys = (
-      jax.random.split(rng, 2 * len(self.modalities))
+      jax.random.split(rng, 2 * len(self.modalities) + 1)
       if rng is not None
-      else [None] * (2 * len(self.modalities))
+      else [None] * (2 * len(self.modalities) + 1)
     )
     if self.use_ids:
       e = self.item_embed(ids)
       embs.append(e)
-      present.append(jnp.ones(e.shape[:-1], bool))
+      has_id = jnp.ones(e.shape[:-1], bool)
+      if self.id_dropout > 0 and rng is not None:
+        has_id = jax.random.bernoulli(keys[-1], 1.0 - self.id_dropout, has_id.shape)
+      elif self.id_dropout > 0 and ids is None and TRAINED_ITEMS in masks:
+        has_id = masks[TRAINED_ITEMS]  # evaluation: cold items go by content (module doc)
+      present.append(has_id)
     for j, m in enumerate(self.modalities):
       embs.append(self.towers[m](feats[m], keys[2 * j]))
       keep = masks[m]

@@ -24,6 +24,18 @@ Optimizers (``optimizer.sparse``):
     eps sits inside the square root, like ``optax.adagrad`` (so for dim=1 it equals
     ``optax.adagrad``); memory is one float per row instead of a second table.
   * ``sgd``: ``row -= lr * g``.
+
+Two ways to index a batch's rows (``optimizer.sparse_rows``, chosen per row kind by
+:func:`pick_row_mode`): ``unique`` sorts the batch ids (``jnp.unique``), gathers and
+scatters the distinct rows of the table and of every optimizer array; ``dense`` skips
+the sort, differentiates the whole (small) table -- the gather's transpose scatter-adds
+the batch gradients into a ``[rows, dim]`` buffer -- and updates every array with a
+``where(touched, new, old)`` over the table, ``touched`` being the rows the batch used.
+Untouched rows stay bit-for-bit unchanged and touched rows go through the same
+element-wise formula, so both modes give the same optimizer (tests/test_sparse_optim.py
+compares them). ``dense`` wins while the table is small enough that streaming it is
+cheaper than the sort plus row gathers/scatters: a table of at most a couple of rows per
+batch id (benchmarks/RESULTS_step.md).
 """
 
 from __future__ import annotations
@@ -41,14 +53,34 @@ SPARSE_OPTIMIZERS = ("adam", "rowwise_adagrad", "sgd")
 State = dict[str, jax.Array]
 
 
-def gather_rows(x: jax.Array, uniq: jax.Array) -> jax.Array:
-  """``x[uniq]`` where out-of-range (fill) ids read zeros."""
+ROW_MODES = ("auto", "unique", "dense")
+# ``auto`` picks ``dense`` for a row kind while its table has at most this many rows per
+# id of the batch (measured on CPU, batch 1024, d=64: 943 users / 1682 items 2x faster
+# dense; 6,040 users or 1e4+ items slower: benchmarks/RESULTS_step.md).
+DENSE_MAX_ROWS_PER_ID = 2
+
+
+def gather_rows(x: jax.Array, uniq: jax.Array | None) -> jax.Array:
+  """``x[uniq]`` where out-of-range (fill) ids read zeros; ``uniq=None``: all of ``x``."""
+  if uniq is None:
+    return x
   return x.at[uniq].get(mode="fill", fill_value=0)
 
 
-def scatter_rows(x: jax.Array, uniq: jax.Array, rows: jax.Array) -> jax.Array:
-  """``x.at[uniq].set(rows)``; writes of out-of-range (fill) ids are dropped."""
-  return x.at[uniq].set(rows.astype(x.dtype), mode="drop")
+def scatter_rows(
+  x: jax.Array, uniq: jax.Array | None, rows: jax.Array, touched: jax.Array | None = None
+) -> jax.Array:
+  """``x.at[uniq].set(rows)``; writes of out-of-range (fill) ids are dropped.
+
+  ``uniq=None`` (dense mode): ``rows`` covers every row of ``x`` and only the rows where
+  ``touched`` is True are written.
+  """
+  rows = rows.astype(x.dtype)
+  if uniq is None:
+    if touched is None:
+      return rows
+    return jnp.where(touched.reshape(touched.shape + (1,) * (x.ndim - 1)), rows, x)
+  return x.at[uniq].set(rows, mode="drop")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,9 +89,11 @@ class SparseOptimizer:
 
   ``init(table_shape: tuple, dtype) -> State``: arrays whose leading dim is the table's
   rows (so they are row-sharded like the table).
-  ``update(table, state, uniq, rows, grads) -> (table, state)``: ``uniq`` [n] distinct
-  row ids padded with an out-of-range id, ``rows = table[uniq]`` (already gathered for
-  the forward pass) and ``grads`` [n, dim] their summed gradients.
+  ``update(table, state, uniq, rows, grads, touched=None) -> (table, state)``: ``uniq``
+  [n] distinct row ids padded with an out-of-range id, ``rows = table[uniq]`` (already
+  gathered for the forward pass) and ``grads`` [n, dim] their summed gradients. Dense
+  mode: ``uniq=None``, ``rows`` is the whole table, ``grads`` its gradient and
+  ``touched`` [rows] bool the rows the batch used (the only ones written).
   """
 
   name: str
@@ -72,8 +106,8 @@ def _sgd(lr: float) -> SparseOptimizer:
     del shape, dtype
     return {}
 
-  def update(table, state, uniq, rows, grads):
-    return scatter_rows(table, uniq, rows - lr * grads), state
+  def update(table, state, uniq, rows, grads, touched=None):
+    return scatter_rows(table, uniq, rows - lr * grads, touched), state
 
   return SparseOptimizer("sgd", init, update)
 
@@ -86,7 +120,7 @@ def _adam(lr: float, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> S
       "count": jnp.zeros(shape[:1], jnp.int32),
     }
 
-  def update(table, state, uniq, rows, grads):
+  def update(table, state, uniq, rows, grads, touched=None):
     mu = (1 - b1) * grads + b1 * gather_rows(state["mu"], uniq)
     nu = (1 - b2) * (grads * grads) + b2 * gather_rows(state["nu"], uniq)
     count = gather_rows(state["count"], uniq) + 1
@@ -94,10 +128,10 @@ def _adam(lr: float, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> S
     mu_hat = mu / (1 - b1**c)
     nu_hat = nu / (1 - b2**c)
     new_rows = rows + (-lr) * (mu_hat / (jnp.sqrt(nu_hat) + eps))
-    return scatter_rows(table, uniq, new_rows), {
-      "mu": scatter_rows(state["mu"], uniq, mu),
-      "nu": scatter_rows(state["nu"], uniq, nu),
-      "count": scatter_rows(state["count"], uniq, count),
+    return scatter_rows(table, uniq, new_rows, touched), {
+      "mu": scatter_rows(state["mu"], uniq, mu, touched),
+      "nu": scatter_rows(state["nu"], uniq, nu, touched),
+      "count": scatter_rows(state["count"], uniq, count, touched),
     }
 
   return SparseOptimizer("adam", init, update)
@@ -109,10 +143,12 @@ def _rowwise_adagrad(
   def init(shape, dtype):
     return {"acc": jnp.full(shape[:1], initial_accumulator, dtype)}
 
-  def update(table, state, uniq, rows, grads):
+  def update(table, state, uniq, rows, grads, touched=None):
     acc = gather_rows(state["acc"], uniq) + jnp.mean(grads * grads, axis=-1)
     new_rows = rows - lr * grads * jax.lax.rsqrt(acc + eps)[:, None]
-    return scatter_rows(table, uniq, new_rows), {"acc": scatter_rows(state["acc"], uniq, acc)}
+    return scatter_rows(table, uniq, new_rows, touched), {
+      "acc": scatter_rows(state["acc"], uniq, acc, touched)
+    }
 
   return SparseOptimizer("rowwise_adagrad", init, update)
 
@@ -133,3 +169,45 @@ def unique_ids(ids: jax.Array, num_rows: int) -> tuple[jax.Array, jax.Array]:
   flat = ids.reshape(-1)
   uniq, inv = jnp.unique(flat, size=flat.shape[0], fill_value=num_rows, return_inverse=True)
   return uniq, inv.reshape(ids.shape)
+
+
+@dataclasses.dataclass(frozen=True)
+class RowIndex:
+  """How a batch's ids address one row kind: ``table[uniq][inverse] == table[ids]``.
+
+  ``uniq`` [n] distinct ids padded with an out-of-range id (``unique`` mode) or None
+  (``dense``: the whole table, ``inverse`` are the ids themselves); ``touched`` [rows]
+  bool marks the rows the batch used (dense mode only); ``counts`` [len(rows)] how often
+  each gathered row occurs in the batch.
+  """
+
+  uniq: jax.Array | None
+  inverse: jax.Array
+  touched: jax.Array | None
+  counts: jax.Array
+
+
+def pick_row_mode(mode: str, num_rows: int, num_ids: int, num_shards: int = 1) -> str:
+  """``unique`` or ``dense`` for a row kind of ``num_rows`` rows read by ``num_ids`` ids.
+
+  ``auto`` never picks ``dense`` for a table cut over ``num_shards > 1`` devices: indexing
+  a row-sharded table with global ids makes XLA all-gather the whole table on every
+  device, the very thing row sharding exists to avoid (tests/test_compile_64.py).
+  """
+  if mode not in ROW_MODES:
+    raise ConfigError(f"optimizer.sparse_rows={mode!r} is not one of {list(ROW_MODES)}")
+  if mode != "auto":
+    return mode
+  if num_shards > 1:
+    return "unique"
+  return "dense" if num_rows <= DENSE_MAX_ROWS_PER_ID * num_ids else "unique"
+
+
+def row_index(ids: jax.Array, num_rows: int, mode: str) -> RowIndex:
+  """The :class:`RowIndex` of ``ids`` (any shape) in a table of ``num_rows`` rows."""
+  if mode == "dense":
+    counts = jax.ops.segment_sum(jnp.ones(ids.size), ids.reshape(-1), num_segments=num_rows)
+    return RowIndex(None, ids, counts > 0, counts)
+  uniq, inv = unique_ids(ids, num_rows)
+  counts = jax.ops.segment_sum(jnp.ones(inv.size), inv.reshape(-1), num_segments=uniq.shape[0])
+  return RowIndex(uniq, inv, None, counts)

@@ -200,6 +200,15 @@ class Recommender:
     config = config_from_json(workdir / "config.json")
     if checkpoint not in ("best", "latest"):
       raise ConfigError(f"checkpoint={checkpoint!r} is not one of ['best', 'latest']")
+    from mmrec_jax.models import registry  # noqa: PLC0415
+
+    if registry.get(config.model.name).regime == "pointwise":
+      # A pointwise ranker scores (user, item, side features) with an MLP: its towers are
+      # not a dot-product retrieval model, so top-K over them would be silently wrong.
+      raise ConfigError(
+        f"{workdir}: model {config.model.name!r} is a pointwise ranker, not a retrieval "
+        "model; serve a retrieval run and re-rank its candidates (python -m mmrec_jax.two_stage)"
+      )
     # Whatever mesh the run trained on, restore onto this process's devices (Orbax
     # reshards to the target shardings).
     mesh = sharding.make_mesh(-1, 1)

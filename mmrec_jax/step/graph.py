@@ -98,12 +98,15 @@ class GraphRegime(Regime):
     (loss, aux), (g_tables, g_dense) = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(
       tables, state["params"]["dense"]
     )
-    every_row = {k: jnp.arange(t.shape[0], dtype=jnp.int32) for k, t in tables.items()}
+    # Whole tables (ids None, no mask): every row and its optimizer state updated
+    # elementwise, without gathering/scattering all rows by id (a per-element loop on
+    # XLA:CPU). Same arithmetic as passing every row id.
+    whole = {k: None for k in tables}
     return apply_gradients(
       layout,
       state,
       tables,
-      every_row,
+      whole,
       tables,
       g_tables,
       g_dense,

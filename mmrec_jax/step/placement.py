@@ -15,6 +15,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from mmrec_jax import sharding
+from mmrec_jax.models.base import TRAINED_ITEMS
 
 
 def host_rows(
@@ -52,8 +53,13 @@ def place_features(
   padded_items: int,
   *,
   stream: bool,
+  item_counts: np.ndarray | None = None,
 ) -> dict[str, dict[str, jax.Array]]:
-  """``{'feat': {m: [I, d]}, 'mask': {m: [I]}}`` on device (empty when streamed)."""
+  """``{'feat': {m: [I, d]}, 'mask': {m: [I]}}`` on device (empty when streamed).
+
+  With ``item_counts`` (train interactions per item) the masks also hold
+  ``models.base.TRAINED_ITEMS`` (``item_counts > 0``), read by cold-start aware models.
+  """
   if stream:
     return {"feat": {}, "mask": {}}
   feat = {
@@ -61,4 +67,7 @@ def place_features(
     for m in modalities
   }
   mask = {m: put_rows(mesh, np.asarray(masks[m], bool), padded_items, "items") for m in modalities}
+  if item_counts is not None:
+    trained = np.asarray(item_counts) > 0
+    mask[TRAINED_ITEMS] = put_rows(mesh, trained, padded_items, "items")
   return {"feat": feat, "mask": mask}

@@ -62,6 +62,10 @@ class RatingContract(BatchContract):
 class RatingRegime(RowsRegime):
   """Squared error on explicit ratings; evaluation towers as in the rows regime."""
 
+  # Whole epochs on device (data/device_epoch.py) feed user/pos/neg ids only, not the
+  # rating values this regime regresses on: batches come from the host pipeline.
+  device_epochs = False
+
   @staticmethod
   def batch_contract(contract: BatchContract) -> BatchContract:
     return RatingContract(

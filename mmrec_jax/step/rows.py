@@ -21,7 +21,7 @@ from flax import traverse_util
 
 from mmrec_jax import sharding
 from mmrec_jax.layers.embedding import padded_rows
-from mmrec_jax.optim.sparse import gather_rows, unique_ids
+from mmrec_jax.optim.sparse import gather_rows, pick_row_mode, row_index
 from mmrec_jax.step import placement
 from mmrec_jax.step.regime import Regime
 from mmrec_jax.step.types import Frozen, State
@@ -32,6 +32,18 @@ STREAM_EVAL_CHUNK = 65536  # item rows per host->device chunk in streamed evalua
 
 class RowsRegime(Regime):
   """Per-batch towers over gathered rows; sparse updates of the touched rows only."""
+
+  # Batches can be made on device (data/device_epoch.py): the step reads only ids.
+  device_epochs = True
+
+  def row_modes(self, batch_size: int = 1024, ids_per_row: int = 2) -> dict[str, str]:
+    """Row kind -> ``unique`` | ``dense`` (``optimizer.sparse_rows``, optim/sparse.py)."""
+    s = self.s
+    mode = s.config.optimizer.get("sparse_rows", "auto")
+    return {
+      "users": pick_row_mode(mode, s.padded_users, batch_size, s.mesh.size),
+      "items": pick_row_mode(mode, s.padded_items, batch_size * ids_per_row, s.mesh.size),
+    }
 
   def train_fn(
     self, state: State, batch: dict[str, jax.Array], frozen: Frozen
@@ -45,27 +57,23 @@ class RowsRegime(Regime):
     rng = jax.random.fold_in(jax.random.PRNGKey(cfg.seed), state["step"])
     rng_user, rng_item = jax.random.split(rng)
 
-    # Distinct ids per row kind; the model sees ids remapped into the gathered rows.
-    u_uniq, u_inv = unique_ids(user, s.padded_users)
-    i_uniq, i_inv = unique_ids(items, s.padded_items)
-    uniq = {"users": u_uniq, "items": i_uniq}
-    u_inv, i_inv = constrain(u_inv), constrain(i_inv)
+    # Rows per row kind (distinct ids, or the whole small table); the model sees ids
+    # remapped into the gathered rows.
+    modes = self.row_modes(b, items.shape[1])
+    index = {
+      "users": row_index(user, s.padded_users, modes["users"]),
+      "items": row_index(items, s.padded_items, modes["items"]),
+    }
+    uniq = {kind: ix.uniq for kind, ix in index.items()}
+    # Occurrences of each gathered row, for the per-batch L2 on the rows used.
+    counts = {kind: ix.counts for kind, ix in index.items()}
+    u_inv, i_inv = constrain(index["users"].inverse), constrain(index["items"].inverse)
 
     tables = traverse_util.flatten_dict(state["params"]["tables"])
     rows = {k: gather_rows(t, uniq[layout.row_kind(k)]) for k, t in tables.items()}
-    feats, masks = self._batch_features(batch, frozen, i_uniq, i_inv)
+    feats, masks = self._batch_features(batch, frozen, uniq["items"], i_inv)
     feats = {m: constrain(f.astype(cdt)) for m, f in feats.items()}
     masks = {m: constrain(k.astype(bool)) for m, k in masks.items()}
-
-    # Occurrences of each distinct row, for the per-batch L2 on the rows used.
-    counts = {
-      "users": jax.ops.segment_sum(
-        jnp.ones(u_inv.size), u_inv.reshape(-1), num_segments=u_uniq.shape[0]
-      ),
-      "items": jax.ops.segment_sum(
-        jnp.ones(i_inv.size), i_inv.reshape(-1), num_segments=i_uniq.shape[0]
-      ),
-    }
 
     def loss_fn(rows, dense):
       model = layout.merge(traverse_util.unflatten_dict(cast(rows, cdt)), cast(dense, cdt))
@@ -83,8 +91,19 @@ class RowsRegime(Regime):
       rows, state["params"]["dense"]
     )
     ids = {k: uniq[layout.row_kind(k)] for k in tables}
+    touched = {k: index[layout.row_kind(k)].touched for k in tables}
     return apply_gradients(
-      layout, state, tables, ids, rows, g_rows, g_dense, loss, aux, cfg.optimizer.grad_clip
+      layout,
+      state,
+      tables,
+      ids,
+      rows,
+      g_rows,
+      g_dense,
+      loss,
+      aux,
+      cfg.optimizer.grad_clip,
+      touched=touched,
     )
 
   def _batch_features(self, batch, frozen, i_uniq, i_inv):

@@ -32,7 +32,9 @@ from mmrec_jax.optim.dense import make_dense_optimizer
 from mmrec_jax.optim.sparse import make_sparse_optimizer
 from mmrec_jax.step import placement
 from mmrec_jax.step.batch import BatchContract
+from mmrec_jax.step.closed_form import ClosedFormRegime
 from mmrec_jax.step.graph import GraphRegime
+from mmrec_jax.step.pointwise import PointwiseRegime
 from mmrec_jax.step.rating import RatingRegime
 from mmrec_jax.step.regime import Regime, Setup
 from mmrec_jax.step.rows import RowsRegime
@@ -45,6 +47,8 @@ REGIMES: dict[str, type[Regime]] = {
   "rows": RowsRegime,
   "graph": GraphRegime,
   "rating": RatingRegime,
+  "pointwise": PointwiseRegime,
+  "closed_form": ClosedFormRegime,
 }
 
 
@@ -107,6 +111,8 @@ class Task:
       num_users=self.padded_users,
       num_items=self.padded_items,
       feature_dims=feature_dims,
+      # Extra model arguments a regime derives from the data (pointwise: side vocabularies).
+      **getattr(regime_cls, "model_kwargs", lambda info: {})(info),
     )
     with nnx.use_eager_sharding(False):
       abstract = nnx.eval_shape(lambda: build(rngs=nnx.Rngs(0)))
@@ -147,6 +153,7 @@ class Task:
         self.modalities,
         self.padded_items,
         stream=self.contract.stream,
+        item_counts=info.item_counts,
       )
     )
     frozen_shardings = jax.tree.map(lambda a: a.sharding, self._frozen)
@@ -189,6 +196,20 @@ class Task:
   ) -> tuple[State, dict[str, jax.Array]]:
     """One update. ``state`` is donated; metrics are device scalars (no host sync)."""
     return self._train_jit(state, self.contract.select(batch), self._frozen)
+
+  @property
+  def supports_device_epochs(self) -> bool:
+    """True when the regime's step reads only ids (``data/device_epoch.py`` may feed it)."""
+    return bool(getattr(self.regime, "device_epochs", False))
+
+  @property
+  def frozen(self):
+    """The frozen on-device data the step reads (features, graph), placed once."""
+    return self._frozen
+
+  def step_fn(self, state: State, batch: Mapping[str, jax.Array], frozen):
+    """The un-jitted step, for loops compiled around it (``data/device_epoch.py``)."""
+    return self.regime.train_fn(state, self.contract.select(batch), frozen)
 
   def eval_reprs(self, state: State) -> tuple[jax.Array, jax.Array]:
     """(users [padded_users, D], items [padded_items, D]), row-sharded, deterministic.

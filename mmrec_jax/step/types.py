@@ -26,6 +26,7 @@ class DataInfo:
   modalities: the modality names the model uses, after ``data.text_features`` mapped
     'text' to e.g. 'text_minilm' (``train.resolve_modalities``); None means
     ``config.data.modalities`` as written.
+  side: categorical side features (``data/side_features.py``) for the pointwise regime.
   """
 
   num_users: int
@@ -36,3 +37,6 @@ class DataInfo:
   train_users: np.ndarray | None = None
   train_items: np.ndarray | None = None
   modalities: tuple[str, ...] | None = None
+  # Categorical side features of the pointwise rankers (data/side_features.SideFeatures:
+  # per-field id bags of users/items and vocabulary sizes); None = none.
+  side: Any = None

@@ -87,6 +87,7 @@ def apply_gradients(
   loss: jax.Array,
   aux: Mapping[str, jax.Array],
   grad_clip: float,
+  touched: Mapping[tuple, jax.Array | None] | None = None,
 ) -> tuple[State, dict[str, jax.Array]]:
   """Clips, updates tables row-wise and dense layers with optax; new state and metrics.
 
@@ -95,12 +96,14 @@ def apply_gradients(
     state: the state before the step.
     tables: flat path -> whole table.
     ids: flat path -> the row ids whose gradients ``g_rows`` holds (the batch's distinct
-      rows, or every row for whole-table gradients).
+      rows, or every row for whole-table gradients), or None: the whole table, of
+      which only the ``touched`` rows are written (``optim.sparse`` dense row mode).
     rows: flat path -> the current values of those rows.
     g_rows: flat path -> gradients w.r.t. those rows.
     g_dense: gradients of the dense parameters.
     loss, aux: the loss and its parts (metrics).
     grad_clip: global-norm clipping threshold (0 = off).
+    touched: flat path -> [rows] bool rows the batch used, where ``ids`` is None.
   """
   grad_norm = optax.tree.norm((g_rows, g_dense))
   if grad_clip > 0:
@@ -109,8 +112,9 @@ def apply_gradients(
   opt_tables = layout.flat_table_opt(state["opt_state"]["tables"])
   new_tables, new_opt_tables = {}, {}
   for k, t in tables.items():
+    mask = None if touched is None else touched.get(k)
     new_tables[k], new_opt_tables[k] = layout.sparse_opt.update(
-      t, opt_tables.get(k, {}), ids[k], rows[k], g_rows[k]
+      t, opt_tables.get(k, {}), ids[k], rows[k], g_rows[k], touched=mask
     )
   dense = state["params"]["dense"]
   updates, dense_opt = layout.dense_tx.update(g_dense, state["opt_state"]["dense"], dense)

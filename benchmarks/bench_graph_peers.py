@@ -1,0 +1,409 @@
+r"""LightGCN per-epoch time, ours vs RecBole 1.2.1, in one script, alternating (issue #12).
+
+Workloads (the same interactions for both sides, read from RecBole atomic files):
+  * ``ml100k``: the real MovieLens-100K shipped inside the RecBole wheel
+    (``recbole/dataset_example/ml-100k/ml-100k.inter``; ours reads it with
+    ``data.source=recbole``), copied under another dataset name (RecBole special-cases
+    ``ml-100k``);
+  * ``ml1m-shaped``: a synthetic set of ML-1M's shape (6,040 users x 3,706 items x 1M
+    distinct interactions, log-normal user activity, Zipf-like item popularity, random
+    timestamps), written to an .inter file by this script (seeded).
+Both sides: per-user temporal 80/10/10 split (RecBole ``RS`` + ``TO`` + ``group_by
+user``), LightGCN d=64, 2 layers, reg_weight 1e-4, BPR with 1 uniform negative, batch 2048,
+Adam lr 1e-3, CPU. Ours trains through the grain pipeline and ``Task.train_step`` (the
+trainer's step); RecBole through its own dataloader, ``calculate_loss``, backward and
+Adam step (the body of ``Trainer._train_epoch``), in a subprocess of its own venv.
+
+Timing: rounds alternate ours / RecBole. ``ml100k`` times whole epochs. ``ml1m-shaped``
+times ``--ml1m-steps`` steps per round after warm-up steps and extrapolates to an epoch
+(steps per epoch x median step time; an ML-1M-sized epoch of the baseline is ~2 min on
+this 2-core CPU); the table says which. Medians and 25th percentiles over all timed
+epochs (or extrapolations); the 1-minute load average is printed with every round.
+FREEDOM (text features; on ``ml1m-shaped`` the synthetic source of
+``experiments/synthetic.py`` at the same shape, text+image, since the .inter file has no
+item features) is timed beside ours the same way.
+
+Setup (RecBole needs its own venv; see benchmarks/RESULTS_graph_peers.md):
+
+    python3 -m venv /work/recbole_venv
+    /work/recbole_venv/bin/pip install numpy==1.23.5 pandas==2.0.3 scipy==1.10.1 \
+        scikit-learn==1.3.2 'setuptools<81' torch==2.13.0   # the CPU build of torch
+    pip download --no-deps recbole==1.2.1 -d /tmp/recbole_dl
+    /work/recbole_venv/bin/pip install --no-deps /tmp/recbole_dl/recbole-1.2.1-*.whl \
+        pyyaml colorlog colorama texttable tqdm tabulate thop tensorboard
+    .venv/bin/python benchmarks/bench_graph_peers.py \
+        --recbole-wheel /tmp/recbole_dl/recbole-1.2.1-py3-none-any.whl
+
+Options: ``--workloads ml100k``, ``--ours-methods host_csr,segment,dense`` (model.propagation
+values timed for LightGCN), ``--freedom-methods``, ``--rounds``, ``--no-recbole``,
+``--no-freedom``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+EMBED, LAYERS, BATCH, LR, REG = 64, 2, 2048, 1e-3, 1e-4
+
+RECBOLE_DRIVER = r"""
+import json, sys, time, logging
+args = json.loads(sys.argv[1])
+import torch
+if args["threads"] > 0:
+  torch.set_num_threads(args["threads"])
+from recbole.config import Config
+from recbole.data import create_dataset, data_preparation
+from recbole.model.general_recommender import LightGCN
+from recbole.utils import init_seed
+cfg = {
+  "data_path": args["data_path"], "dataset": args["dataset"], "use_gpu": False,
+  "embedding_size": args["embed"], "n_layers": args["layers"], "reg_weight": args["reg"],
+  "train_batch_size": args["batch"], "learner": "adam", "learning_rate": args["lr"],
+  "train_neg_sample_args": {"distribution": "uniform", "sample_num": 1},
+  "eval_args": {"split": {"RS": [0.8, 0.1, 0.1]}, "order": "TO", "group_by": "user",
+                "mode": "full"},
+  "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
+  "epochs": 1, "show_progress": False, "seed": 0, "reproducibility": True,
+  "checkpoint_dir": args["tmp"], "log_wandb": False, "worker": 0,
+}
+config = Config(model="LightGCN", dataset=args["dataset"], config_dict=cfg)
+logging.getLogger().setLevel(logging.ERROR)
+init_seed(config["seed"], config["reproducibility"])
+dataset = create_dataset(config)
+train_data, _, _ = data_preparation(config, dataset)
+model = LightGCN(config, train_data.dataset).to(config["device"])
+opt = torch.optim.Adam(model.parameters(), lr=args["lr"])
+steps_per_epoch = len(train_data)
+print(json.dumps({"threads": torch.get_num_threads(), "steps_per_epoch": steps_per_epoch,
+                  "train_rows": len(train_data.dataset)}), flush=True)
+
+def step(inter):
+  opt.zero_grad()
+  loss = model.calculate_loss(inter)
+  loss.backward()
+  opt.step()
+
+model.train()
+if args["mode"] == "epochs":
+  for ep in range(args["epochs"] + 1):  # the first epoch warms up
+    t = time.perf_counter()
+    for inter in train_data:
+      step(inter)
+    dt = time.perf_counter() - t
+    if ep:
+      print(json.dumps({"epoch_s": dt}), flush=True)
+else:
+  times, it = [], iter(train_data)
+  for k in range(args["warmup"] + args["steps"]):
+    t = time.perf_counter()
+    step(next(it))
+    if k >= args["warmup"]:
+      times.append(time.perf_counter() - t)
+  print(json.dumps({"step_s": times}), flush=True)
+"""
+
+
+def _args():
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--workloads", default="ml100k,ml1m-shaped")
+  p.add_argument("--recbole-python", default="/work/recbole_venv/bin/python")
+  p.add_argument("--recbole-wheel", default="", help="recbole-1.2.1 wheel (for ml-100k.inter)")
+  p.add_argument("--ml100k-inter", default="", help="or the ml-100k.inter file itself")
+  p.add_argument("--ours-methods", default="host_csr,segment,dense")
+  p.add_argument("--freedom-methods", default="auto", help="model.propagation values for FREEDOM")
+  p.add_argument("--rounds", type=int, default=3)
+  p.add_argument("--ml100k-epochs", type=int, default=2, help="timed epochs per round")
+  p.add_argument("--ml1m-steps", type=int, default=8, help="timed steps per round")
+  p.add_argument("--warmup", type=int, default=2)
+  p.add_argument("--recbole-threads", type=int, default=0, help="torch threads (0 = default)")
+  p.add_argument("--no-recbole", action="store_true")
+  p.add_argument("--no-freedom", action="store_true")
+  p.add_argument("--workdir", default="")
+  return p.parse_args()
+
+
+def load() -> float:
+  return os.getloadavg()[0]
+
+
+def stats(xs: list[float]) -> tuple[float, float]:
+  return float(np.median(xs)), float(np.percentile(xs, 25))
+
+
+# ------------------------------------------------------------------------------ data
+def ml100k_files(a, work: pathlib.Path) -> pathlib.Path:
+  """<work>/ml100k_bench/ml100k_bench.{inter,item}: RecBole's ML-100K, renamed."""
+  out = work / "ml100k_bench"
+  out.mkdir(parents=True, exist_ok=True)
+  if a.ml100k_inter:
+    src = pathlib.Path(a.ml100k_inter)
+    for suffix in (".inter", ".item"):
+      if src.with_suffix(suffix).is_file():
+        (out / f"ml100k_bench{suffix}").write_bytes(src.with_suffix(suffix).read_bytes())
+  elif a.recbole_wheel:
+    with zipfile.ZipFile(a.recbole_wheel) as z:
+      for suffix in (".inter", ".item"):
+        data = z.read(f"recbole/dataset_example/ml-100k/ml-100k{suffix}")
+        (out / f"ml100k_bench{suffix}").write_bytes(data)
+  else:
+    sys.exit("give --recbole-wheel or --ml100k-inter (see the module doc)")
+  return out
+
+
+def synthetic_files(work: pathlib.Path, seed: int = 0) -> pathlib.Path:
+  """An ML-1M-shaped .inter: 6,040 x 3,706, 1,000,000 distinct (user, item) pairs."""
+  out = work / "synth1m_bench"
+  inter = out / "synth1m_bench.inter"
+  if inter.is_file():
+    return out
+  out.mkdir(parents=True, exist_ok=True)
+  nu, ni, n = 6040, 3706, 1_000_000
+  rng = np.random.default_rng(seed)
+  pu = rng.lognormal(0.0, 1.0, nu)
+  pi = 1.0 / np.arange(1, ni + 1) ** 0.9
+  pu, pi = pu / pu.sum(), rng.permutation(pi / pi.sum())
+  keys = np.zeros(0, np.int64)
+  while keys.size < n:
+    u = rng.choice(nu, 2 * n, p=pu)
+    i = rng.choice(ni, 2 * n, p=pi)
+    keys = np.unique(np.concatenate([keys, u.astype(np.int64) * ni + i]))
+  keys = rng.permutation(keys)[:n]
+  ts = rng.integers(9.5e8, 1.0e9, n)
+  with open(inter, "w") as f:
+    f.write("user_id:token\titem_id:token\trating:float\ttimestamp:float\n")
+    for u, i, t in zip(keys // ni, keys % ni, ts):
+      f.write(f"u{u}\ti{i}\t1\t{t}\n")
+  return out
+
+
+# ------------------------------------------------------------------------------ ours
+class Ours:
+  """A compiled Task + pipeline, timed by whole epochs or by steps."""
+
+  def __init__(self, config):
+    import jax
+
+    from mmrec_jax import sharding, train
+    from mmrec_jax.data import pipeline as pipeline_lib
+    from mmrec_jax.data import prepare as prepare_lib
+    from mmrec_jax.step import Task
+
+    self.jax, self.sharding = jax, sharding
+    ds = prepare_lib.prepare(config.data)
+    ds, modalities = train.resolve_modalities(ds, config)
+    self.mesh = sharding.make_mesh(config.mesh.data, config.mesh.model)
+    info = train.build_data_info(ds, config, modalities)
+    self.task = Task(config, info, self.mesh)
+    self.method = self.task.frozen["graph"]["ui"].method
+    self.state = self.task.init(0)
+    pipe = pipeline_lib.make_train_pipeline(
+      ds.split("train"), ds.num_users, ds.num_items, config.input, seed=0
+    )
+    self.steps_per_epoch = pipe.steps_per_epoch
+    self.train_rows = len(info.train_users)
+    self.it = iter(pipe)
+    self.sizes = (ds.num_users, ds.num_items)
+
+  def step(self) -> float:
+    t = time.perf_counter()
+    batch = self.sharding.global_batch_from_local(self.mesh, next(self.it))
+    self.state, metrics = self.task.train_step(self.state, batch)
+    self.jax.block_until_ready(metrics)
+    return time.perf_counter() - t
+
+  def epoch(self) -> float:
+    t = time.perf_counter()
+    for _ in range(self.steps_per_epoch):
+      self.step()
+    return time.perf_counter() - t
+
+
+def our_config(
+  model: str,
+  data_dir: pathlib.Path | None,
+  method: str,
+  cache: str,
+  reg_weight: float | None = None,
+):
+  """``reg_weight``: the LightGCN runs pass RecBole's value; others keep their paper's."""
+  from mmrec_jax import config as config_lib
+  from mmrec_jax.models import registry
+
+  if data_dir is None:  # FREEDOM on ml1m-shaped: the synthetic source, same shape
+    spec = __import__("importlib.util").util.spec_from_file_location(
+      "syn", ROOT / "experiments" / "synthetic.py"
+    )
+    mod = __import__("importlib.util").util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    c = mod.get_config(model)
+    c.unlock()
+  else:
+    c = config_lib.base_config()
+    c.data.source = "recbole"
+    c.data.path = str(data_dir)
+    c.data.split = "temporal_ratio"
+    c.data.split_ratios = (0.8, 0.1, 0.1)
+    c.data.modalities = ("text",) if registry.get(model).uses_features else ()
+    c.data.text_features = "handcrafted"
+  c.data.cache_dir = cache
+  c.model.name = model
+  c.model.embed_dim = EMBED
+  c.model.num_layers = LAYERS
+  c.model.propagation = method
+  if reg_weight is not None:
+    c.model.reg_weight = reg_weight
+  c.input.batch_size = BATCH
+  c.input.num_negatives = 1
+  c.loss.name = "bpr"
+  c.optimizer.name = c.optimizer.sparse = "adam"
+  c.optimizer.learning_rate = c.optimizer.sparse_learning_rate = LR
+  c.train.progress_bar = False
+  c.mesh.min_sharded_bytes = 1 << 16
+  return config_lib.finalize(c)
+
+
+# ------------------------------------------------------------------------------ RecBole
+def recbole_run(a, data_dir: pathlib.Path, mode: str, work: pathlib.Path, **kw) -> dict:
+  driver = work / "recbole_driver.py"
+  driver.write_text(RECBOLE_DRIVER)
+  args = dict(
+    data_path=str(data_dir.parent),
+    dataset=data_dir.name,
+    embed=EMBED,
+    layers=LAYERS,
+    reg=REG,
+    batch=BATCH,
+    lr=LR,
+    tmp=str(work / "recbole_ckpt"),
+    mode=mode,
+    threads=a.recbole_threads,
+    **kw,
+  )
+  env = dict(os.environ, TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1")
+  env.pop("XLA_FLAGS", None)
+  r = subprocess.run(
+    [a.recbole_python, str(driver), json.dumps(args)],
+    check=False,
+    capture_output=True,
+    text=True,
+    cwd=work,
+    env=env,
+    timeout=3600,
+  )
+  out = {}
+  for line in r.stdout.splitlines():
+    if line.startswith("{"):
+      d = json.loads(line)
+      for k, v in d.items():
+        if k in ("epoch_s",):
+          out.setdefault(k, []).append(v)
+        else:
+          out[k] = v
+  if r.returncode or not out:
+    sys.exit(f"RecBole failed (rc {r.returncode}):\n{r.stderr[-3000:]}")
+  return out
+
+
+# ------------------------------------------------------------------------------ main
+def main() -> int:
+  a = _args()
+  work = pathlib.Path(a.workdir or tempfile.mkdtemp(prefix="bench_graph_peers_"))
+  work.mkdir(parents=True, exist_ok=True)
+  cache = str(work / "cache")
+  methods = [m for m in a.ours_methods.split(",") if m]
+  import jax
+
+  print(
+    f"jax {jax.__version__}, {jax.device_count()} x {jax.devices()[0].platform}, "
+    f"{os.cpu_count()} cores; workdir {work}",
+    flush=True,
+  )
+  rows = []
+  for wl in a.workloads.split(","):
+    data_dir = ml100k_files(a, work) if wl == "ml100k" else synthetic_files(work)
+    by_epoch = wl == "ml100k"
+    contenders: dict[str, Ours] = {}
+    for m in methods:
+      contenders[f"ours lightgcn ({m})"] = Ours(
+        our_config("lightgcn", data_dir, m, cache, reg_weight=REG)
+      )
+    if not a.no_freedom:
+      fdir = data_dir if wl == "ml100k" else None
+      for m in a.freedom_methods.split(","):
+        contenders[f"ours freedom ({m})"] = Ours(our_config("freedom", fdir, m, cache))
+    times: dict[str, list[float]] = {k: [] for k in contenders}
+    times["recbole lightgcn"] = []
+    info: dict[str, str] = {}
+    for name, o in contenders.items():
+      for _ in range(a.warmup):  # compilation
+        o.step()
+      info[name] = (
+        f"{o.sizes[0]} x {o.sizes[1]}, {o.train_rows} train rows, "
+        f"{o.steps_per_epoch} steps/epoch, propagation {o.method}"
+      )
+    for r in range(a.rounds):
+      for name, o in contenders.items():
+        if by_epoch:
+          times[name] += [o.epoch() for _ in range(a.ml100k_epochs)]
+        else:
+          st = [o.step() for _ in range(a.ml1m_steps)]
+          times[name].append(o.steps_per_epoch * float(np.median(st)))
+        print(
+          f"  [{wl} round {r}] {name}: {times[name][-1]:.2f} s/epoch (load {load():.2f})",
+          flush=True,
+        )
+      if not a.no_recbole:
+        if by_epoch:
+          out = recbole_run(a, data_dir, "epochs", work, epochs=a.ml100k_epochs)
+          times["recbole lightgcn"] += out["epoch_s"]
+        else:
+          out = recbole_run(a, data_dir, "steps", work, steps=a.ml1m_steps, warmup=a.warmup)
+          times["recbole lightgcn"].append(out["steps_per_epoch"] * float(np.median(out["step_s"])))
+        info["recbole lightgcn"] = (
+          f"{out['train_rows']} train rows, {out['steps_per_epoch']} steps/epoch, "
+          f"torch threads {out['threads']}"
+        )
+        print(
+          f"  [{wl} round {r}] recbole lightgcn: {times['recbole lightgcn'][-1]:.2f} "
+          f"s/epoch (load {load():.2f})",
+          flush=True,
+        )
+    ref = times["recbole lightgcn"]
+    for name, ts in times.items():
+      if not ts:
+        continue
+      med, p25 = stats(ts)
+      ratio = f"{np.median(ref) / med:.2f}" if ref and not name.startswith("recbole") else "-"
+      rows.append(
+        (
+          wl,
+          name,
+          "whole epochs" if by_epoch else "steps, extrapolated",
+          len(ts),
+          med,
+          p25,
+          ratio,
+          info.get(name, ""),
+        )
+      )
+  print(f"\nload average at the end: {os.getloadavg()}")
+  print("| workload | run | timed | n | s/epoch median | p25 | RecBole / this | notes |")
+  print("|---|---|---|---|---|---|---|---|")
+  for wl, name, how, n, med, p25, ratio, note in rows:
+    print(f"| {wl} | {name} | {how} | {n} | {med:.2f} | {p25:.2f} | {ratio} | {note} |")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

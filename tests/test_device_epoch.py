@@ -1,0 +1,233 @@
+"""Epochs made on device (data/device_epoch.py): batches, sampling, chunking, resume.
+
+The properties the grain pipeline guarantees are checked here for the device path: an
+epoch visits distinct train rows, batches are a pure function of (seed, batch index) and
+do not depend on the mesh, negatives follow the configured distribution, running the
+steps in chunks of any size (or resuming from a saved position) gives the state the
+one-step-at-a-time loop gives, and the choice of path follows ``input.device_epochs``.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mmrec_jax import config as config_lib
+from mmrec_jax import sharding
+from mmrec_jax.data import device_epoch
+from mmrec_jax.data import negatives as negatives_lib
+from mmrec_jax.data.pipeline import make_train_pipeline
+from mmrec_jax.errors import ConfigError, DataError
+from mmrec_jax.loop.steps import DeviceSteps, GrainSteps, make_step_source
+from mmrec_jax.step import DataInfo, Task
+
+NU, NI, N = 40, 50, 1000
+
+
+class _Split:
+  def __init__(self, seed=0):
+    rng = np.random.default_rng(seed)
+    self.users = rng.integers(0, NU, N).astype(np.int32)
+    self.items = rng.integers(0, NI, N).astype(np.int32)
+
+
+def _cfg(**over):
+  c = config_lib.base_config()
+  c.model.name = "bpr_mf"
+  c.model.embed_dim = 8
+  c.data.modalities = ()
+  c.input.batch_size = 64
+  c.input.num_negatives = 2
+  c.optimizer.sparse_learning_rate = 0.05
+  c.train.log_every_steps = 4
+  for key, v in over.items():
+    sec, field = key.split("__")
+    setattr(getattr(c, sec), field, v)
+  return c
+
+
+def _epochs(cfg, mesh, split=None, max_chunk=4):
+  pipe = make_train_pipeline(
+    split or _Split(), NU, NI, cfg.input, seed=7, process_index=0, process_count=1
+  )
+  return device_epoch.DeviceEpochs.from_pipeline(pipe, mesh, max_chunk=max_chunk), pipe
+
+
+def test_an_epoch_visits_distinct_train_rows_and_epochs_differ():
+  split = _Split()
+  epochs, _ = _epochs(_cfg(), sharding.make_mesh(), split)
+  spe = epochs.steps_per_epoch
+  assert spe == N // 64
+  keys = split.users.astype(np.int64) * NI + split.items
+  for e in range(2):
+    ids = np.asarray(epochs.epoch_ids(e))  # [2, spe, B]
+    got = ids[0].reshape(-1).astype(np.int64) * NI + ids[1].reshape(-1)
+    # Every batch row is a train pair, and the epoch never repeats a train row: the
+    # multiset of pairs is a sub-multiset of the split's.
+    uk, uc = np.unique(keys, return_counts=True)
+    gk, gc = np.unique(got, return_counts=True)
+    pos = np.searchsorted(uk, gk)
+    assert (uk[pos] == gk).all() and (gc <= uc[pos]).all()
+  e0, e1 = np.asarray(epochs.epoch_ids(0)), np.asarray(epochs.epoch_ids(1))
+  assert not np.array_equal(e0, e1)
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 1000, (1 << 16) + 3])
+def test_feistel_order_is_a_permutation_that_changes_with_the_key(n):
+  keys = jnp.arange(6, dtype=jnp.uint32) * 977
+  j = jnp.arange(n, dtype=jnp.int32)
+  perm = np.asarray(device_epoch.feistel_permute(j, n, keys))
+  np.testing.assert_array_equal(np.sort(perm), np.arange(n))
+  if n >= 1000:
+    other = np.asarray(device_epoch.feistel_permute(j, n, keys + 1))
+    assert (perm != other).mean() > 0.9
+    # Shuffled, not a shifted run: neighbours land far apart on average.
+    assert np.abs(np.diff(perm)).mean() > n / 10
+
+
+def test_batches_are_a_function_of_seed_and_index_not_of_the_mesh():
+  cfg = _cfg()
+  a, _ = _epochs(cfg, sharding.make_mesh(8, 1))
+  b, _ = _epochs(cfg, sharding.make_mesh(2, 4))
+  c, _ = _epochs(cfg, sharding.make_mesh(1, 1, devices=jax.devices()[:1]))
+  for g in (0, 5, a.steps_per_epoch + 3):
+    ba, bb, bc = a.batch_at(g), b.batch_at(g), c.batch_at(g)
+    for k in ("user", "pos", "neg"):
+      np.testing.assert_array_equal(ba[k], bb[k], err_msg=k)
+      np.testing.assert_array_equal(ba[k], bc[k], err_msg=k)
+  assert not np.array_equal(a.batch_at(0)["neg"], a.batch_at(1)["neg"])
+
+
+@pytest.mark.parametrize("sampler", ["uniform", "popularity"])
+def test_negatives_follow_the_samplers_distribution(sampler):
+  split = _Split()
+  cfg = _cfg(input__negative_sampler=sampler, input__num_negatives=50)
+  epochs, _ = _epochs(cfg, sharding.make_mesh(), split)
+  draws = np.concatenate([epochs.batch_at(g)["neg"].ravel() for g in range(40)])
+  assert draws.min() >= 0 and draws.max() < NI
+  counts = np.bincount(split.items, minlength=NI)
+  want = negatives_lib.NegativeSampler(sampler, NI, counts).probabilities
+  freq = np.bincount(draws, minlength=NI) / draws.size
+  # 128,000 draws over 50 items: the total variation distance of the empirical
+  # distribution is ~0.01; a wrong distribution (e.g. uniform for popularity) is > 0.05.
+  assert 0.5 * np.abs(freq - want).sum() < 0.025
+  if sampler == "popularity":
+    uniform = np.full(NI, 1 / NI)
+    assert 0.5 * np.abs(uniform - want).sum() > 0.05
+
+
+def test_in_batch_adds_the_log_frequency_of_the_positives():
+  split = _Split()
+  epochs, _ = _epochs(_cfg(input__negative_sampler="in_batch"), sharding.make_mesh(), split)
+  batch = epochs.batch_at(3)
+  assert "neg" not in batch
+  counts = np.bincount(split.items, minlength=NI)
+  np.testing.assert_allclose(batch["pos_logq"], np.log(counts[batch["pos"]] / N), rtol=1e-6)
+
+
+def _task(cfg, mesh):
+  info = DataInfo(NU, NI, {}, {}, np.ones(NI, np.int64))
+  return Task(cfg, info, mesh)
+
+
+def test_chunks_of_any_size_equal_one_step_at_a_time_and_resume_mid_epoch():
+  mesh = sharding.make_mesh()
+  cfg = _cfg()
+  task = _task(cfg, mesh)
+  total = 18  # 1000 // 64 = 15 steps per epoch: the run crosses an epoch boundary
+
+  # Reference: the plain jitted step on batches fetched to the host one at a time.
+  ref_epochs, _ = _epochs(cfg, mesh)
+  state = task.init(0)
+  losses = []
+  for g in range(total):
+    batch = sharding.global_batch_from_local(mesh, ref_epochs.batch_at(g))
+    state, m = task.train_step(state, batch)
+    losses.append(float(m["loss"]))
+  ref = jax.tree.map(np.asarray, state)
+
+  for chunk in (4, 15):
+    epochs, _ = _epochs(cfg, mesh, max_chunk=chunk)
+    st = task.init(0)
+    seen = []
+    while epochs.step < total:
+      st, metrics, n = epochs.advance(task, st, total)
+      at_end = epochs.step % epochs.steps_per_epoch == 0 or epochs.step == total
+      assert n == chunk or (n < chunk and at_end)
+      seen += list(np.asarray(metrics["loss"])[:n])
+    np.testing.assert_allclose(seen, losses, rtol=1e-6)
+    jax.tree.map(
+      lambda a, b: np.testing.assert_allclose(np.asarray(a), b, rtol=1e-6, atol=1e-7), st, ref
+    )
+
+  # Resume: stop at step 7 (mid-epoch), save the position, continue in a new object.
+  epochs, _ = _epochs(cfg, mesh)
+  st = task.init(0)
+  while epochs.step < 7:
+    st, _, _ = epochs.advance(task, st, 7)
+  saved = epochs.get_state()
+  assert saved["batch_in_epoch"] == 7 and saved["kind"] == "device"
+  resumed, _ = _epochs(cfg, mesh, max_chunk=5)
+  resumed.set_state(saved)
+  while resumed.step < total:
+    st, _, _ = resumed.advance(task, st, total)
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(np.asarray(a), b, rtol=1e-6, atol=1e-7), st, ref
+  )
+
+
+def test_a_position_from_the_other_path_is_refused():
+  cfg = _cfg()
+  epochs, pipe = _epochs(cfg, sharding.make_mesh())
+  with pytest.raises(DataError, match="grain"):
+    epochs.set_state(pipe.get_state())
+  with pytest.raises(DataError, match="device"):
+    pipe.set_state(epochs.get_state())
+  bad = dict(epochs.get_state(), seed=8)
+  with pytest.raises(DataError, match="seed"):
+    epochs.set_state(bad)
+
+
+def test_the_path_follows_the_config_and_the_regime():
+  mesh = sharding.make_mesh(1, 1, devices=jax.devices()[:1])
+  cfg = _cfg()
+  task = _task(cfg, mesh)
+  _, pipe = _epochs(cfg, mesh)
+  assert isinstance(make_step_source(cfg, task, pipe, mesh), DeviceSteps)
+  # Several CPU devices: 'auto' keeps the grain path (see device_epoch.choose), 'on' not.
+  mesh8 = sharding.make_mesh()
+  task8 = _task(cfg, mesh8)
+  assert isinstance(make_step_source(cfg, task8, pipe, mesh8), GrainSteps)
+  cfg.input.device_epochs = "on"
+  assert isinstance(make_step_source(cfg, task8, pipe, mesh8), DeviceSteps)
+  cfg.input.device_epochs = "auto"
+  cfg.input.device_epochs = "off"
+  assert isinstance(make_step_source(cfg, task, pipe, mesh), GrainSteps)
+  cfg.input.device_epochs = "auto"
+  cfg.input.exclude_positives = True
+  assert isinstance(make_step_source(cfg, task, pipe, mesh), GrainSteps)
+  cfg.input.device_epochs = "on"
+  with pytest.raises(ConfigError, match="exclude_positives"):
+    make_step_source(cfg, task, pipe, mesh)
+  cfg.input.device_epochs = "sometimes"
+  with pytest.raises(ConfigError, match="device_epochs"):
+    make_step_source(cfg, task, pipe, mesh)
+  # A regime that does not declare device_epochs keeps the grain path under 'auto'.
+  use, why = device_epoch.choose(_cfg(), False, N, 1, "cpu")
+  assert not use and "regime" in why
+  # Too big for the device: the grain path, with the sizes in the reason.
+  use, why = device_epoch.choose(_cfg(), True, 1 << 50, 1, "cpu")
+  assert not use and "GiB" in why
+
+
+def test_metrics_buffer_holds_each_steps_values():
+  mesh = sharding.make_mesh()
+  cfg = _cfg()
+  task = _task(cfg, mesh)
+  epochs, _ = _epochs(cfg, mesh, max_chunk=6)
+  st = task.init(0)
+  st, metrics, n = epochs.advance(task, st, 3)
+  assert n == 3 and int(st["step"]) == 3
+  loss = np.asarray(metrics["loss"])
+  assert loss.shape == (6,) and np.isfinite(loss[:3]).all() and (loss[3:] == 0).all()
+  assert jnp.all(jnp.asarray(loss[:3]) > 0)
