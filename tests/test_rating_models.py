@@ -231,7 +231,10 @@ def test_sigmoid_link_trains_and_evaluates_on_the_same_scale():
     optimizer__sparse_learning_rate=0.05,
     eval__rating_link="sigmoid",
   )
-  task = Task(cfg, info, sharding.make_mesh())
+  # One device: 300 steps of the 8-fake-device program under a loaded CI machine aborted
+  # the worker in XLA:CPU's collective rendezvous (a thread starved past its timeout);
+  # sharding is not what this test checks (test_step.py and test_registry.py do).
+  task = Task(cfg, info, sharding.make_mesh(devices=jax.devices()[:1]))
   state = task.init(0)
   rng = np.random.default_rng(2)
   for _ in range(300):
