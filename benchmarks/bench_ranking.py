@@ -354,15 +354,48 @@ def speed(args) -> None:
 
   score = lambda u, i: task.regime.score_rows(state["params"], u, i)
   curve = [{"step": 0, "auc": pointwise_metrics(score, hu, hi, hy, mesh, chunk=1 << 16)["auc"]}]
-  for k in range(5):  # warm-up / compile (not timed)
-    state, m = task.train_step(state, batch(k))
+  if args.input == "device":
+    # What the trainer runs on one device (loop/steps.py): the train rows on device, a
+    # keyed shuffle per epoch, ``eval_every`` steps per jitted call.
+    from mmrec_jax.data.device_epoch import DeviceEpochs
+    from mmrec_jax.data.negatives import NegativeSampler
+
+    epochs = DeviceEpochs(
+      users=tu,
+      items=ti,
+      ratings=ty,
+      num_items=ML25M_ITEMS,
+      batch_size=b,
+      num_negatives=1,
+      sampler=NegativeSampler("uniform", ML25M_ITEMS),
+      logq=None,
+      seed=0,
+      mesh=mesh,
+      max_chunk=args.eval_every,
+    )
+
+    def run(state, limit):
+      while epochs.step < limit:
+        state, metrics, n = epochs.advance(task, state, limit)
+      return state, jax.tree.map(lambda x: x[n - 1], metrics)
+
+  else:
+
+    def run(state, limit):
+      for k in range(epochs_step[0], limit):  # host numpy batches, one dispatch a step
+        state, m = task.train_step(state, batch(k))
+      epochs_step[0] = limit
+      return state, m
+
+    epochs_step = [0]
+  state, m = run(state, 5)  # warm-up / compile (not timed)
   jax.block_until_ready(m)
   t0, step, timed = time.perf_counter(), 5, 0.0
   while step < args.steps:
     t = time.perf_counter()
-    for _ in range(min(args.eval_every, args.steps - step)):
-      state, m = task.train_step(state, batch(step))
-      step += 1
+    limit = min(args.steps, (step // args.eval_every + 1) * args.eval_every + 5)
+    state, m = run(state, limit)
+    step = limit
     jax.block_until_ready(m)
     timed += time.perf_counter() - t
     res = pointwise_metrics(score, hu, hi, hy, mesh, chunk=1 << 16)
@@ -376,6 +409,7 @@ def speed(args) -> None:
       "model": args.model,
       "batch": b,
       "dtype": args.dtype,
+      "input": args.input,
       "devices": jax.device_count(),
       "cpu_count": os.cpu_count(),
       "train_steps_timed": step - 5,
@@ -550,6 +584,12 @@ def main() -> None:
   p.add_argument("--devices", default="1,2,4,8,16,32,64")
   p.add_argument("--model", default="dlrm")
   p.add_argument("--dtype", default="float32")
+  p.add_argument(
+    "--input",
+    default="device",
+    choices=("device", "host"),
+    help="speed: epochs on device (the trainer's path on one device) or host batches",
+  )
   p.add_argument("--png", type=pathlib.Path, default=ROOT / "benchmarks" / "ranking_auc_curve.png")
   args = p.parse_args()
   commands = {"quality": quality, "torch": torch_only, "report": report, "speed": speed}

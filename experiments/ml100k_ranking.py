@@ -1,8 +1,9 @@
 r"""MovieLens-100K / 1M pointwise ranking: the Merlin ML-25M notebooks' workflow, small.
 
   python -m mmrec_jax.main --config=experiments/ml100k_ranking.py --workdir=runs/rank100k
-  python -m mmrec_jax.two_stage --config=experiments/ml100k_ranking.py --workdir=runs/2stage
-      (BPR-MF retrieves the top 100, the ranker re-orders them: mmrec_jax/two_stage.py)
+  python -m mmrec_jax.main --config=experiments/ml100k_ranking.py:two_stage --workdir=runs/2stage
+      (two stages in one run: BPR-MF retrieves the top 100, the ranker re-orders them;
+      mmrec_jax/two_stage.py, which also has its own command with retrieval overrides)
 
 Every rating is kept; label = rating > 3 (the lower ratings are the negatives); a seeded
 global random 80/20 split (``data.seed=42``; Cornac's RatioSplit permutation), with 10%
@@ -18,7 +19,8 @@ content features; MLP 128-ReLU-128-ReLU-1, BCE, Adam 1e-3.
 Variants (comma-separated after ':'): ``smoke``; a ranker (``mlp_ranker`` default,
 ``dlrm``, ``dcn_v2``, ``deepfm``); ``ids`` (no content features); ``1m`` (MovieLens-1M:
 needs ml-1m.zip in the cache or ``data.path``); ``implicit`` (every rating a positive,
-one sampled negative per positive).
+one sampled negative per positive); ``two_stage`` (``two_stage.candidates=100``: retrieval
+then ranking in one run).
 """
 
 from mmrec_jax import config as config_lib
@@ -56,7 +58,9 @@ def base(c, variants: set[str]) -> None:
 
 
 def get_config(arg: str | None = None):
-  variants = config_lib.parse_variants(arg, ("smoke", "ids", "1m", "implicit") + RANKERS)
+  variants = config_lib.parse_variants(
+    arg, ("smoke", "ids", "1m", "implicit", "two_stage") + RANKERS
+  )
   c = config_lib.base_config()
   c.data.source = "movielens"
   c.data.variant = "1m" if "1m" in variants else "100k"
@@ -72,6 +76,10 @@ def get_config(arg: str | None = None):
   c.mesh.min_sharded_bytes = 1 << 16
   if "1m" in variants:
     c.input.batch_size = 2048
+  if "two_stage" in variants:
+    c.two_stage.candidates = 100
   if "smoke" in variants:
     config_lib.apply_smoke(c)
+    c.two_stage.retrieval_batch_size = c.input.batch_size
+    c.two_stage.candidates = min(c.two_stage.candidates, 20)
   return config_lib.finalize(c)

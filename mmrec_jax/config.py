@@ -193,6 +193,9 @@ def base_config() -> ml_collections.ConfigDict:
   t.num_epochs = 20
   t.max_steps = -1  # > 0 caps the total steps (smoke runs)
   t.eval_every_epochs = 1
+  # > 0: validate every this many steps instead (the Merlin notebooks' AUC every 200
+  # iterations); 0: every ``eval_every_epochs`` epochs.
+  t.eval_every_steps = 0
   t.early_stopping_patience = 5
   t.selection_metric = "ndcg@10"
   t.log_every_steps = 50
@@ -245,6 +248,15 @@ def base_config() -> ml_collections.ConfigDict:
   me.data = -1
   me.model = 1
   me.min_sharded_bytes = 1 << 20
+
+  # ---------------------------------------------------------------- two stages
+  # > 0 (pointwise rankers only): the main command first trains a retrieval model
+  # (``retrieval_model``) on the same split, then the ranker, and reports retrieval alone
+  # against its top-``candidates`` re-ordered by the ranker (mmrec_jax/two_stage.py).
+  ts = c.two_stage = ml_collections.ConfigDict()
+  ts.candidates = 0
+  ts.retrieval_model = "bpr_mf"
+  ts.retrieval_batch_size = 1024
   return c
 
 
@@ -276,6 +288,9 @@ _MINIMUMS: tuple[tuple[str, float, str], ...] = (
   ("input.worker_count", 0, "input workers"),
   ("train.num_epochs", 1, "epochs"),
   ("train.eval_every_epochs", 1, "epochs between validations"),
+  ("train.eval_every_steps", 0, "0 = every train.eval_every_epochs epochs"),
+  ("two_stage.candidates", 0, "0 = one stage"),
+  ("two_stage.retrieval_batch_size", 1, "the retrieval run's global batch size"),
   ("train.log_every_steps", 1, "steps between log rows"),
   ("train.checkpoint_every_steps", 0, "0 = at every evaluation"),
   ("train.max_checkpoints", 1, "latest checkpoints kept; 0 would leave nothing to resume"),

@@ -165,6 +165,10 @@ def run(argv) -> int:
     # Imported after flag parsing: --help and flag errors stay fast (no jax import).
     from mmrec_jax import reporting, train  # noqa: PLC0415
 
+    if config.two_stage.candidates > 0:
+      from mmrec_jax import two_stage  # noqa: PLC0415
+
+      return two_stage.run_from_main(config, FLAGS.workdir)
     results = train.train_and_evaluate(config, FLAGS.workdir)
     if results.get("status") == "finished":
       print(

@@ -1,7 +1,10 @@
 r"""Two stages in one run: a retrieval model proposes top-K, a pointwise ranker re-orders.
 
+  python -m mmrec_jax.main --config=experiments/ml100k_ranking.py:two_stage --workdir=runs/2stage
+      (``config.two_stage.candidates`` > 0; ``config.two_stage.retrieval_model``)
   python -m mmrec_jax.two_stage --config=experiments/ml100k_ranking.py --workdir=runs/2stage \
       [--candidates=100] [--retrieval_model=bpr_mf] [--retrieval=train.num_epochs=30 ...]
+      (the same, with overrides of the retrieval run's settings)
 
 Why: a ranker that reads side features and an MLP cannot score a whole catalogue per user
 at scale, so production systems (Merlin, TorchRec, RecML) retrieve candidates with a
@@ -94,6 +97,7 @@ def retrieval_config(
   c.data.modalities = registry.model_modalities(c.model.name, c.data.modalities)
   c.eval.relevance_threshold = relevance_threshold(float(ranker.data.label_threshold))
   c.eval.slices = False
+  c.two_stage.candidates = 0  # the retrieval run is one stage
   c.lock()
   return c
 
@@ -231,13 +235,52 @@ def run(
   if registry.get(ranker.model.name).regime != "pointwise":
     raise ConfigError(f"model.name={ranker.model.name!r} is not a pointwise ranker")
   retrieval = retrieval_config(ranker, retrieval_overrides)
-  train_and_evaluate(retrieval, workdir / "retrieval")
-  train_and_evaluate(ranker, workdir / "ranker")
+  ranker = copy.deepcopy(ranker)
+  ranker.unlock()
+  ranker.two_stage.candidates = 0  # the ranker's own run is one stage
+  ranker.lock()
+  for name, cfg in (("retrieval", retrieval), ("ranker", ranker)):
+    result = train_and_evaluate(cfg, workdir / name)
+    if result.get("status") != "finished":  # preempted: the same command resumes
+      return {"status": result.get("status"), "stage": name, "steps": result.get("steps")}
   out = evaluate_two_stage(
     workdir / "retrieval", workdir / "ranker", candidates, tuple(int(k) for k in ranker.eval.ks)
   )
   reporting.write_json_atomic(workdir / "two_stage.json", out)
-  return out
+  return {"status": "finished", **out}
+
+
+def summary(out: dict[str, Any]) -> str:
+  """The table the commands print: retrieval alone vs re-ranked, per metric."""
+  names = list(out["retrieval"])
+  rows = [f"{'ordering':<34}" + "".join(f"{n:>11}" for n in names)]
+  for key, label in (
+    ("retrieval", f"retrieval alone ({out['retrieval_model']})"),
+    ("two_stage", f"re-ranked by {out['ranker_model']}"),
+    ("two_stage_product", "re-ranked by p(interaction) x p(like)"),
+  ):
+    rows.append(f"{label:<34}" + "".join(f"{out[key][n]:>11.4f}" for n in names))
+  rows.append(f"recall@{out['candidates']} of the candidates: {out['candidate_recall']:.4f}")
+  return "\n".join(rows)
+
+
+def run_from_main(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> int:
+  """``python -m mmrec_jax.main`` with ``two_stage.candidates > 0``: both stages, a table."""
+  out = run(
+    config,
+    workdir,
+    candidates=int(config.two_stage.candidates),
+    retrieval_overrides={
+      "model.name": config.two_stage.retrieval_model,
+      "input.batch_size": int(config.two_stage.retrieval_batch_size),
+    },
+  )
+  if out["status"] != "finished":
+    print(f"run {out['status']} in the {out['stage']} stage; rerun the same command to resume")
+    return 0
+  print(f"\ntwo stages, test split, {out['users']} users:\n{summary(out)}")
+  print(f"results: {workdir}/two_stage.json")
+  return 0
 
 
 def _load_config(spec: str) -> ml_collections.ConfigDict:
@@ -274,7 +317,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     candidates=a.candidates,
     retrieval_overrides=overrides,
   )
-  print(json.dumps({k: out[k] for k in ("retrieval", "candidate_recall", "two_stage")}, indent=1))
+  if out["status"] == "finished":
+    print(summary(out))
   return out
 
 

@@ -231,3 +231,40 @@ def test_metrics_buffer_holds_each_steps_values():
   loss = np.asarray(metrics["loss"])
   assert loss.shape == (6,) and np.isfinite(loss[:3]).all() and (loss[3:] == 0).all()
   assert jnp.all(jnp.asarray(loss[:3]) > 0)
+
+
+def test_ranker_batches_carry_each_rows_rating_and_chunks_equal_single_steps():
+  """Pointwise rankers read ``rating``: it travels with its (user, item) row."""
+  mesh = sharding.make_mesh(devices=jax.devices()[:1])
+  split = _Split(3)
+  split.ratings = np.arange(N, dtype=np.float32) % 5 + 1  # rating identifies nothing alone
+  key = {(int(u), int(i)): [] for u, i in zip(split.users, split.items)}
+  for r, (u, i) in enumerate(zip(split.users, split.items)):
+    key[(int(u), int(i))].append(float(split.ratings[r]))
+  cfg = _cfg(model__name="mlp_ranker", data__label_threshold=3.0, optimizer__sparse="adam")
+  cfg.model.hidden_dim = 8
+  pipe = make_train_pipeline(split, NU, NI, cfg.input, seed=7, process_index=0, process_count=1)
+  epochs = device_epoch.DeviceEpochs.from_pipeline(pipe, mesh, max_chunk=4, with_ratings=True)
+  for g in (0, 5, 16):
+    b = epochs.batch_at(g)
+    for u, i, r in zip(b["user"], b["pos"], b["rating"]):
+      assert float(r) in key[(int(u), int(i))]
+  assert "rating" not in device_epoch.DeviceEpochs.from_pipeline(pipe, mesh, 4).batch_at(0)
+  task = _task(cfg, mesh)
+  assert task.supports_device_epochs
+  state = task.init(0)
+  ref = []
+  for g in range(6):
+    state, m = task.train_step(state, sharding.global_batch_from_local(mesh, epochs.batch_at(g)))
+    ref.append(float(m["loss"]))
+  st = task.init(0)
+  seen = []
+  while epochs.step < 6:
+    st, metrics, n = epochs.advance(task, st, 6)
+    seen += list(np.asarray(metrics["loss"])[:n])
+  np.testing.assert_allclose(seen, ref, rtol=1e-6)
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7),
+    st,
+    state,
+  )

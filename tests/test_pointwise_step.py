@@ -146,3 +146,22 @@ def test_bfloat16_compute_matches_float32_loosely():
     assert state["params"]["tables"]["user_embed"]["embedding"].dtype == np.float32
   assert np.isfinite(losses["bfloat16"])
   assert losses["bfloat16"] == pytest.approx(losses["float32"], rel=2e-2)
+
+
+def test_whole_table_and_distinct_row_updates_agree():
+  """``optimizer.sparse_rows``: dense (whole small tables) and unique give one update."""
+  one = sharding.make_mesh(devices=jax.devices()[:1])
+  states, losses = {}, {}
+  for mode in ("unique", "dense"):
+    task, info = _task("dlrm", 3.0, mesh=one, optimizer__sparse_rows=mode, loss__l2=1e-2)
+    state = task.init(0)
+    rng = np.random.default_rng(5)
+    for _ in range(3):
+      state, metrics = task.train_step(state, toy_batch(task, info, rng))
+    states[mode], losses[mode] = jax.device_get(state["params"]), float(metrics["loss"])
+  assert losses["dense"] == pytest.approx(losses["unique"], rel=1e-5)
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+    states["dense"],
+    states["unique"],
+  )

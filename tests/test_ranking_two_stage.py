@@ -16,7 +16,7 @@ import json
 import numpy as np
 import pytest
 from test_pointwise_step import _write_ml1m
-from test_train import load_config
+from test_train import load_config, run_main
 
 from mmrec_jax import two_stage
 from mmrec_jax.data import labelled, prepare
@@ -89,6 +89,38 @@ def test_two_stage_run_on_the_full_ranking_protocol(tmp_path):
       zip(d.user_raw_ids()[x.users], d.item_raw_ids()[x.items], np.asarray(x.ratings))
     )
     assert rows(ds, sp) == rows(again, sp2), name
+
+
+def test_two_stages_in_the_main_command(tmp_path):
+  """``python -m mmrec_jax.main --config=...:two_stage`` as a user types it."""
+  _write_ml1m(tmp_path / "raw")
+  args = (
+    f"--config.data.path={tmp_path / 'raw'}",
+    f"--config.data.cache_dir={tmp_path / 'cache'}",
+  )
+  r = run_main(tmp_path / "run", "experiments/ml100k_ranking.py:smoke,1m,two_stage", *args)
+  assert r.returncode == 0, r.stderr[-3000:]
+  saved = json.loads((tmp_path / "run" / "two_stage.json").read_text())
+  assert saved["retrieval_model"] == "bpr_mf" and saved["ranker_model"] == "mlp_ranker"
+  assert saved["candidates"] == 20
+  assert "re-ranked by mlp_ranker" in r.stdout and "two_stage.json" in r.stdout
+  for name, v in saved["retrieval"].items():
+    assert v == pytest.approx(saved["retrieval_run_test"][name], abs=1e-6)
+  assert (tmp_path / "run" / "retrieval" / "results.json").is_file()
+  # A finished run: the same command redoes nothing but the report.
+  again = run_main(tmp_path / "run", "experiments/ml100k_ranking.py:smoke,1m,two_stage", *args)
+  assert again.returncode == 0 and json.loads((tmp_path / "run" / "two_stage.json").read_text())[
+    "retrieval"
+  ] == pytest.approx(saved["retrieval"])
+  # A dot-product model cannot be the second stage.
+  bad = run_main(
+    tmp_path / "bad",
+    "experiments/ml100k_ranking.py:smoke,1m",
+    *args,
+    "--config.two_stage.candidates=20",
+    "--config.model.name=bpr_mf",
+  )
+  assert bad.returncode != 0 and "not a pointwise ranker" in bad.stderr
 
 
 def test_relevance_threshold_matches_the_label_rule_and_bad_models_fail():

@@ -90,6 +90,26 @@ def test_synthetic_smoke_end_to_end(tmp_path):
   assert (tmp_path / "run" / "learning_curve.png").stat().st_size > 1000
 
 
+def test_eval_every_steps_validates_at_those_steps(tmp_path):
+  """``--config.train.eval_every_steps=3`` (through the flag parser): 3, 6, and the end."""
+  r = run_main(
+    tmp_path / "run",
+    "experiments/synthetic.py:smoke",
+    f"--config.data.cache_dir={tmp_path / 'cache'}",
+    "--config.train.max_steps=7",
+    "--config.train.num_epochs=5",
+    "--config.train.eval_every_steps=3",
+    "--config.train.early_stopping_patience=0",
+  )
+  assert r.returncode == 0, r.stderr[-2000:]
+  rows = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in rows if r["kind"] == "valid"] == [3, 6, 7]
+  bad = run_main(
+    tmp_path / "bad", "experiments/synthetic.py:smoke", "--config.train.eval_every_steps=-2"
+  )
+  assert bad.returncode != 0 and "train.eval_every_steps" in bad.stderr
+
+
 @pytest.mark.parametrize("model", ["bpr_mf", "vbpr", "two_tower"])
 def test_every_model_trains_one_step(tmp_path, model):
   from mmrec_jax.train import train_and_evaluate

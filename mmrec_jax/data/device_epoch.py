@@ -58,7 +58,7 @@ STATE_KIND = "device"
 STATE_VERSION = 1
 _PERM_TAG = 0x5045524D  # 'PERM'
 _NEG_TAG = 0x4E454753  # 'NEGS'
-# Device bytes per train interaction: the ids (2 x int32), with room to spare.
+# Device bytes per train interaction: the ids (2 x int32) and a rating, with room to spare.
 BYTES_PER_INTERACTION = 16
 _FEISTEL_ROUNDS = 6
 # 'auto' uses at most this fraction of a device's memory for the ids.
@@ -176,6 +176,7 @@ class DeviceEpochs:
     mesh: Mesh,
     max_chunk: int,
     num_epochs: int | None = None,
+    ratings: np.ndarray | None = None,
   ):
     n = len(users)
     self.num_train = n
@@ -197,6 +198,10 @@ class DeviceEpochs:
     self._ids = _put_sharded(mesh, ids, P(None, None))
     rep = sharding.replicated(mesh)
     self._tables: dict[str, jax.Array] = {}
+    if ratings is not None:
+      # Labelled rows (the pointwise rankers' batches carry ``rating``), replicated as
+      # the ids are; 4 more bytes per interaction.
+      self._tables["rating"] = _put_sharded(mesh, np.asarray(ratings, np.float32), P(None))
     self.kind = "in_batch" if sampler is None else sampler.name
     if sampler is None:
       if logq is None:
@@ -214,9 +219,18 @@ class DeviceEpochs:
     self._batch_jit = None
 
   @classmethod
-  def from_pipeline(cls, pipe: Any, mesh: Mesh, max_chunk: int) -> DeviceEpochs:
-    """The device twin of a grain ``TrainPipeline`` (its checked ids and sampler)."""
-    src = pipe.device_epoch_inputs()
+  def from_pipeline(
+    cls, pipe: Any, mesh: Mesh, max_chunk: int, with_ratings: bool = False
+  ) -> DeviceEpochs:
+    """The device twin of a grain ``TrainPipeline`` (its checked ids and sampler).
+
+    ``with_ratings``: batches carry ``rating`` (the step reads it: pointwise rankers).
+    """
+    src = dict(pipe.device_epoch_inputs())
+    if not with_ratings:
+      src["ratings"] = None
+    elif src.get("ratings") is None:
+      raise DataError("train split", "the model reads ratings but the train split has none")
     return cls(mesh=mesh, max_chunk=max_chunk, **src)
 
   # ------------------------------------------------------------------ position
@@ -290,6 +304,8 @@ class DeviceEpochs:
     user = data(jnp.take(ids[0], rows, mode="clip"))
     pos = data(jnp.take(ids[1], rows, mode="clip"))
     out = {"user": user, "pos": pos}
+    if "rating" in tables:
+      out["rating"] = data(jnp.take(tables["rating"], rows, mode="clip"))
     if self.kind == "in_batch":
       out["pos_logq"] = data(tables["logq"][pos])
       return out

@@ -360,6 +360,7 @@ class TrainPipeline:
     return {
       "users": s.users,
       "items": s.items,
+      "ratings": s.ratings,
       "num_items": s.num_items,
       "batch_size": s.global_batch,
       "num_negatives": s.num_negatives,

@@ -186,6 +186,8 @@ def set_up(config: ml_collections.ConfigDict) -> RunSetup:
     total_steps = min(total_steps, steps_per_epoch * max_epochs)
   if config.train.max_steps > 0:
     total_steps = min(total_steps, config.train.max_steps)
-  eval_every = max(1, steps_per_epoch * config.train.eval_every_epochs)
+  eval_every = int(config.train.get("eval_every_steps", 0)) or max(
+    1, steps_per_epoch * config.train.eval_every_epochs
+  )
   steps = make_step_source(config, task, pipe, mesh)
   return RunSetup(mesh, ds, modalities, task, pipe, steps_per_epoch, total_steps, eval_every, steps)

@@ -96,7 +96,10 @@ def make_step_source(
   if use:
     logging.info("training input: epochs on device (%s)", why)
     epochs = device_epoch.DeviceEpochs.from_pipeline(
-      pipe, mesh, max_chunk=int(config.train.log_every_steps)
+      pipe,
+      mesh,
+      max_chunk=int(config.train.log_every_steps),
+      with_ratings="rating" in task.batch_keys(),
     )
     return DeviceSteps(epochs)
   logging.info("training input: grain pipeline (%s)", why)

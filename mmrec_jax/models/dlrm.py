@@ -17,6 +17,21 @@ import numpy as np
 from mmrec_jax.models.ranker_base import MLP, PointwiseRanker
 
 
+def pairwise_dots(e: jax.Array, pairs: tuple[tuple[int, int], ...]) -> jax.Array:
+  """``[..., P]``: ``<e_i, e_j>`` of the field embeddings ``e [..., F, D]`` for each pair.
+
+  Computed with the rows on the minor axis (``[D, F, rows]``): the per-row ``F x F`` Gram
+  as a batched matmul over rows (``...fd,...gd->...fg``) took 6.9 ms forward + backward
+  for 8,192 rows x 4 fields on XLA:CPU, this layout 1.9 ms (12.9 vs 7.6 ms at 9 fields).
+  """
+  lead = e.shape[:-2]
+  flat = e.reshape((-1,) + e.shape[-2:])
+  et = jnp.transpose(flat, (2, 1, 0))  # [D, F, rows]
+  gram = jnp.einsum("dfn,dgn->fgn", et, et)
+  iu, ju = np.asarray(pairs).T
+  return gram[iu, ju].T.reshape(lead + (len(pairs),))
+
+
 class DLRM(PointwiseRanker):
   def __init__(self, cfg, *, num_users, num_items, feature_dims, rngs, side_vocab=None):
     super().__init__(
@@ -42,7 +57,5 @@ class DLRM(PointwiseRanker):
       z = self.bottom(self.dense_features(feats, masks).astype(e.dtype))  # [n, D]
       e = jnp.concatenate([z[..., None, :], e], axis=-2)
       parts.append(z)
-    gram = jnp.einsum("...fd,...gd->...fg", e, e)
-    iu, ju = np.asarray(self.pairs).T
-    parts.append(gram[..., iu, ju])
+    parts.append(pairwise_dots(e, self.pairs))
     return self.top(jnp.concatenate(parts, axis=-1))[..., 0]

@@ -67,6 +67,15 @@ def gather_rows(x: jax.Array, uniq: jax.Array | None) -> jax.Array:
   return x.at[uniq].get(mode="fill", fill_value=0)
 
 
+def take_valid_rows(x: jax.Array, ids: jax.Array) -> jax.Array:
+  """``x[ids]`` for ids known to be in range (batch ids, never a fill id).
+
+  ``promise_in_bounds`` drops the per-element bounds check and select that ``fill`` mode
+  adds (XLA:CPU; the frozen feature and side-bag lookups of a ranker step).
+  """
+  return x.at[ids].get(mode="promise_in_bounds")
+
+
 def scatter_rows(
   x: jax.Array, uniq: jax.Array | None, rows: jax.Array, touched: jax.Array | None = None
 ) -> jax.Array:
