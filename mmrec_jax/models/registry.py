@@ -320,6 +320,19 @@ MODELS: dict[str, ModelSpec] = {
       reference="Steck, Embarrassingly shallow autoencoders, WWW 2019",
     ),
     ModelSpec(
+      "cease",
+      "mmrec_jax.models.cease:CEASE",
+      features="optional",
+      regime="closed_form",
+      paper_defaults={"reg_weight": 500.0, "content_weight": 30.0},
+      search_space={
+        "model.reg_weight": ("log_float", 10.0, 5000.0),
+        "model.content_weight": ("log_float", 1.0, 1000.0),
+      },
+      reference="Jeunen, Van Balen & Goethals, Closed-form models for collaborative "
+      "filtering with side-information, RecSys 2020 (EASE with content rows)",
+    ),
+    ModelSpec(
       "ials",
       "mmrec_jax.models.ials:IALS",
       features="none",
