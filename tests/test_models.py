@@ -48,6 +48,7 @@ def test_registry_and_unknown_names():
     "mostpop",
     "itemknn",
     "ease",
+    "cease",
     "ials",
     "mlp_ranker",
     "dlrm",

@@ -55,7 +55,8 @@ from mmrec_jax.errors import ConfigError, DataError
 
 MODES = ("auto", "on", "off")
 STATE_KIND = "device"
-STATE_VERSION = 1
+# 2: the unbalanced Feistel domain (batch orders differ from version 1's).
+STATE_VERSION = 2
 _PERM_TAG = 0x5045524D  # 'PERM'
 _NEG_TAG = 0x4E454753  # 'NEGS'
 # Device bytes per train interaction: the ids (2 x int32) and a rating, with room to spare.
@@ -129,19 +130,32 @@ def _mix32(x: jax.Array, k: jax.Array) -> jax.Array:
 def feistel_permute(j: jax.Array, n: int, keys: jax.Array) -> jax.Array:
   """A keyed pseudo-random permutation of ``[0, n)`` applied to ``j`` (int32, < n).
 
-  A balanced Feistel network over ``2**(2h) >= n`` ids (``len(keys)`` rounds of
-  :func:`_mix32`) is a bijection of that domain; cycle-walking (re-encrypting values
-  >= n until they fall below n) restricts it to a bijection of ``[0, n)``. O(1) per
-  element and no sort: XLA:CPU sorted 20M keys in 11-24 s, this takes milliseconds.
+  A Feistel network over the ``2**k >= n`` ids of ``k = bit_length(n - 1)`` bits, split
+  into a left half of ``k // 2`` and a right half of ``k - k // 2`` bits; round ``r`` XORs
+  one half with :func:`_mix32` of the other (left on even rounds, right on odd ones), so
+  each round, and the network, is a bijection of that domain even when ``k`` is odd.
+  Cycle-walking (re-encrypting values >= n until they fall below n) restricts it to a
+  bijection of ``[0, n)``. O(1) per element and no sort: XLA:CPU sorted 20M keys in
+  11-24 s, this takes milliseconds.
+
+  The domain is less than ``2 n``, so a batch's lockstep cycle-walk ends after a few
+  re-encryptions (a balanced network, rounding ``k`` up to even, made the domain up to
+  ``4 n``: ~20 re-encryptions per 1,024-id batch on ML-100K, ~15% of a BPR step).
   """
-  half = max(1, (int(n - 1).bit_length() + 1) // 2)
-  mask = jnp.uint32((1 << half) - 1)
+  bits = max(2, int(n - 1).bit_length())
+  left_bits = bits // 2
+  right_bits = bits - left_bits
+  mask_l = jnp.uint32((1 << left_bits) - 1)
+  mask_r = jnp.uint32((1 << right_bits) - 1)
 
   def encrypt(x):
-    left, right = x >> half, x & mask
+    left, right = x >> right_bits, x & mask_r
     for r in range(keys.shape[0]):
-      left, right = right, left ^ (_mix32(right, keys[r]) & mask)
-    return (left << half) | right
+      if r % 2 == 0:
+        left = left ^ (_mix32(right, keys[r]) & mask_l)
+      else:
+        right = right ^ (_mix32(left, keys[r]) & mask_r)
+    return (left << right_bits) | right
 
   y = encrypt(j.astype(jnp.uint32))
   y = jax.lax.while_loop(lambda y: jnp.any(y >= n), lambda y: jnp.where(y >= n, encrypt(y), y), y)

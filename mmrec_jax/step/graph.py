@@ -17,7 +17,13 @@ from flax import traverse_util
 from mmrec_jax.errors import ConfigError
 from mmrec_jax.step.regime import Regime, Setup
 from mmrec_jax.step.types import Frozen, State
-from mmrec_jax.step.update import apply_gradients, cast, constrain_batch, score_summary
+from mmrec_jax.step.update import (
+  apply_gradients,
+  cast,
+  constrain_batch,
+  score_summary,
+  weighted_sq_sum,
+)
 
 
 class GraphRegime(Regime):
@@ -83,10 +89,7 @@ class GraphRegime(Regime):
       else:
         sc = jnp.einsum("bd,bkd->bk", u, it, preferred_element_type=jnp.float32)
         rank_loss, pos_s, neg_s, neg_valid = jnp.zeros((), jnp.float32), sc[:, 0], sc[:, 1:], None
-      l2 = (
-        sum(jnp.sum(counts[layout.row_kind(k)][:, None] * jnp.square(t)) for k, t in tables.items())
-        / b
-      )
+      l2 = sum(weighted_sq_sum(counts[layout.row_kind(k)], t) for k, t in tables.items()) / b
       loss = rank_loss + cfg.loss.l2 * l2 + aux_loss
       return loss, {
         "rank_loss": rank_loss,

@@ -50,7 +50,7 @@ from mmrec_jax.step import placement
 from mmrec_jax.step.batch import BatchContract
 from mmrec_jax.step.regime import Regime
 from mmrec_jax.step.types import DataInfo, Frozen, State
-from mmrec_jax.step.update import apply_gradients, cast, constrain_batch
+from mmrec_jax.step.update import apply_gradients, cast, constrain_batch, weighted_sq_sum
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,7 +80,7 @@ def _sq(rows: jax.Array, touched: jax.Array | None) -> jax.Array:
   """``sum |row|^2`` over gathered rows, or over the touched rows of a whole table."""
   if touched is None:
     return jnp.sum(jnp.square(rows))
-  return jnp.sum(jnp.where(touched[:, None], jnp.square(rows), 0))
+  return weighted_sq_sum(touched, rows)
 
 
 def side_field(path: tuple) -> str:

@@ -25,7 +25,13 @@ from mmrec_jax.optim.sparse import gather_rows, pick_row_mode, row_index
 from mmrec_jax.step import placement
 from mmrec_jax.step.regime import Regime
 from mmrec_jax.step.types import Frozen, State
-from mmrec_jax.step.update import apply_gradients, cast, constrain_batch, score_summary
+from mmrec_jax.step.update import (
+  apply_gradients,
+  cast,
+  constrain_batch,
+  score_summary,
+  weighted_sq_sum,
+)
 
 STREAM_EVAL_CHUNK = 65536  # item rows per host->device chunk in streamed evaluation
 
@@ -80,10 +86,7 @@ class RowsRegime(Regime):
       u = constrain(model.user_repr(u_inv, rng=rng_user))  # [B, D]
       it = constrain(model.item_repr(i_inv, feats, masks, rng=rng_item))  # [B, 1+N, D]
       rank_loss, pos_s, neg_s, neg_valid = s.objective(u, it, batch)
-      l2 = (
-        sum(jnp.sum(counts[layout.row_kind(k)][:, None] * jnp.square(r)) for k, r in rows.items())
-        / b
-      )
+      l2 = sum(weighted_sq_sum(counts[layout.row_kind(k)], r) for k, r in rows.items()) / b
       loss = rank_loss + cfg.loss.l2 * l2
       return loss, {"rank_loss": rank_loss, "l2": l2, **score_summary(pos_s, neg_s, neg_valid)}
 

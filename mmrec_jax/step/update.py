@@ -23,6 +23,18 @@ from mmrec_jax.step.state import StateLayout
 from mmrec_jax.step.types import State
 
 
+def weighted_sq_sum(weights: jax.Array, rows: jax.Array) -> jax.Array:
+  """``sum_i weights_i |rows_i|^2`` (the per-batch L2 of gathered or whole-table rows).
+
+  Written as one contraction: XLA:CPU ran the broadcast-multiply-reduce form
+  (``sum(w[:, None] * square(r))``) inside the training step as a slow fusion; this form
+  took a BPR-MF ML-100K epoch from 33 to 26 ms on one CPU device (same value up to
+  summation order).
+  """
+  flat = rows.reshape(rows.shape[0], -1)
+  return jnp.einsum("i,ij,ij->", weights.astype(rows.dtype), flat, flat)
+
+
 def constrain_batch(mesh: Mesh, x: jax.Array) -> jax.Array:
   """``x`` sharded on 'data' along its first axis (batch-shaped intermediates)."""
   spec = P(sharding.DATA, *([None] * (x.ndim - 1)))
