@@ -31,6 +31,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 PROTOCOLS = {"temporal": "temporal_ratio", "loo": "leave_last_out", "random": "random_ratio"}
 LAMBDAS = (100.0, 200.0, 500.0)
 WEIGHTS = (0.0, 10.0, 30.0, 100.0, 300.0)
+NOTES = "<!-- notes: kept when the tables above are regenerated -->"
 
 
 def config(protocol: str, seed: int, text: str, args):
@@ -155,8 +156,59 @@ def report(jsonl: pathlib.Path, out: pathlib.Path) -> None:
       + " | ".join(f"{v:.4f}" for v in test)
       + " |"
     )
-  out.write_text("\n".join(lines) + "\n")
+  lines += paired(rows, table)
+  notes = ""
+  if out.exists() and NOTES in out.read_text():
+    notes = out.read_text().split(NOTES, 1)[1]
+  out.write_text("\n".join(lines) + "\n\n" + NOTES + notes)
   print("\n".join(lines[:20]))
+
+
+def paired(rows: list[dict], table: list) -> list[str]:
+  """The selected setting against the best ID-only one (w = 0), split by split, on test."""
+  from scipy import stats
+
+  chosen = table[0][1]
+  ids_only = next(k for _, k, _, _ in table if k[2] == 0)
+
+  def per_split(key, split):
+    return {
+      (r["protocol"], r["seed"]): r[split]["ndcg@10"]
+      for r in rows
+      if (r["text"], r["reg"], r["w"]) == key
+    }
+
+  out = [
+    "",
+    "## The selection against the best ID-only setting, split by split",
+    "",
+    f"Selected: text={chosen[0]}, lambda={chosen[1]:g}, w={chosen[2]:g}; ID-only (EASE): "
+    f"lambda={ids_only[1]:g}. NDCG@10 on each of the {len(per_split(chosen, 'test'))} splits "
+    "(temporal, leave-last-out, 5 random):",
+    "",
+    "| split | valid content | valid ID-only | test content | test ID-only | test difference |",
+    "|---|---|---|---|---|---|",
+  ]
+  vc, vi = per_split(chosen, "valid"), per_split(ids_only, "valid")
+  tc, ti = per_split(chosen, "test"), per_split(ids_only, "test")
+  keys = sorted(tc)
+  for k in keys:
+    out.append(
+      f"| {k[0]} {k[1]} | {vc[k]:.4f} | {vi[k]:.4f} | {tc[k]:.4f} | {ti[k]:.4f} | "
+      f"{tc[k] - ti[k]:+.4f} |"
+    )
+  d = np.array([tc[k] - ti[k] for k in keys])
+  rel = np.array([tc[k] / ti[k] - 1 for k in keys])
+  t = stats.ttest_rel([tc[k] for k in keys], [ti[k] for k in keys])
+  w = stats.wilcoxon(d) if np.any(d != 0) else None
+  out += [
+    "",
+    f"Test NDCG@10, content minus ID-only: mean {d.mean():+.4f} (relative {rel.mean():+.2%}), "
+    f"{int(np.sum(d > 0))} of {len(d)} splits better; paired t-test p = {t.pvalue:.3f}"
+    + (f", Wilcoxon p = {w.pvalue:.3f}" if w is not None else "")
+    + ".",
+  ]
+  return out
 
 
 if __name__ == "__main__":
