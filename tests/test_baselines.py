@@ -10,6 +10,7 @@ step is one epoch and that a one-shot fit stops after it.
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 
 import jax
@@ -44,10 +45,32 @@ def binary(info):
   return x
 
 
+def test_users_without_train_rows_are_ranked_by_popularity():
+  """The closed-form regime's fallback column: only users with no train row get it."""
+  info = toy_info(num_users=40, num_items=30, num_edges=300)
+  keep = info.train_users >= 5  # users 0-4 lose their train interactions
+  counts = np.bincount(info.train_items[keep], minlength=30)
+  info = dataclasses.replace(
+    info,
+    train_users=info.train_users[keep],
+    train_items=info.train_items[keep],
+    item_counts=counts.astype(np.int64),
+  )
+  _, _, users, items, _ = fit("ease", info, model__reg_weight=2.0)
+  np.testing.assert_array_equal(users[:40, -1], (np.arange(40) < 5).astype(np.float32))
+  np.testing.assert_allclose(items[:30, -1], counts / counts.max(), rtol=1e-6)
+  scores = users[:40] @ items[:30].T
+  np.testing.assert_allclose(scores[:5], np.broadcast_to(counts / counts.max(), (5, 30)))
+  x = binary(info)
+  np.testing.assert_allclose(scores[5:], x[5:] @ ease_reference(x, 2.0)[:, :30], atol=1e-4)
+
+
 def test_mostpop_scores_are_train_counts():
   info = toy_info(num_edges=200)
   _, _, users, items, _ = fit("mostpop", info)
-  scores = users[: info.num_users] @ items[: info.num_items].T
+  # The last column is the closed-form regime's popularity fallback for users without
+  # train interactions (step/closed_form.py): MostPop's own scores are the first one.
+  scores = users[: info.num_users, :-1] @ items[: info.num_items, :-1].T
   counts = np.bincount(info.train_items, minlength=info.num_items)
   np.testing.assert_array_equal(scores, np.broadcast_to(counts, scores.shape))
   assert np.all(items[info.num_items :] == 0)
@@ -69,8 +92,8 @@ def test_ease_matches_numpy_and_one_device(lam):
   u, i = info.num_users, info.num_items
   np.testing.assert_array_equal(users[:u, :i], x)
   np.testing.assert_allclose(items[:i, :i], b.T, atol=2e-5 * max(1, np.abs(b).max()))
-  assert np.all(items[:, i:] == 0) and np.all(items[i:] == 0)
-  np.testing.assert_allclose(users[:u] @ items[:i].T, x @ b, atol=1e-4)
+  assert np.all(items[:, i:-1] == 0) and np.all(items[i:] == 0)
+  np.testing.assert_allclose(users[:u, :-1] @ items[:i, :-1].T, x @ b, atol=1e-4)
   one = sharding.make_mesh(1, 1, devices=jax.devices()[:1])
   _, _, _, items1, _ = fit("ease", info, mesh=one, model__reg_weight=lam)
   np.testing.assert_allclose(items1[:i, :i], items[:i, :i], atol=1e-5)
@@ -122,8 +145,8 @@ def test_itemknn_matches_recbole_formula(k, shrink):
   i = info.num_items
   ref = itemknn_reference(x, k, shrink)
   np.testing.assert_allclose(items[:i, :i], ref, rtol=1e-5, atol=1e-7)
-  assert np.all(items[:i, i:] == 0)
-  assert (np.count_nonzero(items[:i], axis=1) <= k).all()
+  assert np.all(items[:i, i:-1] == 0)
+  assert (np.count_nonzero(items[:i, :-1], axis=1) <= k).all()
   np.testing.assert_allclose(users[: info.num_users, :i] @ items[:i, :i].T, x @ ref.T, rtol=1e-5)
 
 
@@ -183,8 +206,9 @@ def test_ials_matches_implicit_cg_loop(alpha, reg, cg_steps, layout):
   # float32 CG vs this float64 loop: agreement to ~1e-4 of the factor scale (a vectorised
   # float32 numpy CG differs from the loop by as much; any algorithmic slip is O(scale)).
   tol = 1e-3 * np.abs(x).max()
-  np.testing.assert_allclose(users[: info.num_users], x, atol=tol)
-  np.testing.assert_allclose(items[: info.num_items], y, atol=tol)
+  # (the last column: the popularity fallback of users without train rows)
+  np.testing.assert_allclose(users[: info.num_users, :-1], x, atol=tol)
+  np.testing.assert_allclose(items[: info.num_items, :-1], y, atol=tol)
   assert np.all(users[info.num_users :] == 0) and np.all(items[info.num_items :] == 0)
   # The reported loss is the weighted objective per unit confidence.
   s = x @ y.T

@@ -15,6 +15,13 @@ split by ``model_class.fit_data``, placed beside the feature tables.
 No optimizer: the fitted values are written, not stepped, so the layout's optimizers are
 replaced by stateless ones (no Adam moments of an ``I x I`` matrix in memory or in
 checkpoints).
+
+Users with no train interaction: an item-item model scores every item 0 for them (their
+row of X is empty) and a factor model fits them a zero vector, so their ranking would be
+the tie order. They are ranked by train popularity instead: the evaluation towers get
+one more column, 1 for such a user and 0 otherwise, against ``count_i / max count``, so
+every other user's scores are unchanged. Per-user splits have no such user; a global
+temporal split has many (new users), and the BPR peers rank them by their item biases.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
@@ -34,6 +42,7 @@ from mmrec_jax.errors import ConfigError
 from mmrec_jax.layers.embedding import Table
 from mmrec_jax.models.fitted_base import FittedRecommender
 from mmrec_jax.optim.sparse import make_sparse_optimizer
+from mmrec_jax.step import placement
 from mmrec_jax.step.batch import BatchContract
 from mmrec_jax.step.regime import Regime, Setup
 from mmrec_jax.step.state import StateLayout
@@ -94,7 +103,24 @@ class ClosedFormRegime(Regime):
     frozen["fit"] = s.model_class.fit_data(
       s.config.model, s.info, s.mesh, num_users=s.padded_users, num_items=s.padded_items
     )
+    frozen["fallback"] = self._fallback_data()
     return frozen
+
+  def _fallback_data(self) -> dict[str, jax.Array]:
+    """(users [U, 1]: 1 = no train interaction, items [I, 1]: popularity) (module doc)."""
+    s = self.s
+    counts = np.zeros(s.num_items, np.float32)
+    if s.info.item_counts is not None:
+      counts = np.asarray(s.info.item_counts, np.float32)[: s.num_items]
+    pop = counts / max(float(counts.max(initial=0.0)), 1.0)
+    empty = np.zeros(s.num_users, np.float32)
+    users = getattr(s.info, "train_users", None)
+    if users is not None:
+      empty = (np.bincount(np.asarray(users), minlength=s.num_users) == 0).astype(np.float32)
+    return {
+      "users": placement.put_rows(s.mesh, empty[:, None], s.padded_users, "users"),
+      "items": placement.put_rows(s.mesh, pop[:, None], s.padded_items, "items"),
+    }
 
   def train_fn(
     self, state: State, batch: dict[str, jax.Array], frozen: Frozen
@@ -114,5 +140,7 @@ class ClosedFormRegime(Regime):
   def eval_fn(self, params: State, frozen: Frozen) -> tuple[jax.Array, jax.Array]:
     model = self.s.layout.merge(params["tables"], params["dense"])
     users, items = model.towers(frozen["fit"])
+    users = jnp.concatenate([users, frozen["fallback"]["users"].astype(users.dtype)], axis=1)
+    items = jnp.concatenate([items, frozen["fallback"]["items"].astype(items.dtype)], axis=1)
     real = jnp.arange(items.shape[0]) < self.s.num_items
     return users.astype(jnp.float32), jnp.where(real[:, None], items, 0).astype(jnp.float32)
