@@ -18,37 +18,30 @@ year) or ``minilm`` (all-MiniLM-L6-v2 vectors of the same item text).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import itertools
 import json
 import os
 import pathlib
+import sys
 import time
 
 import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-PROTOCOLS = {"temporal": "temporal_ratio", "loo": "leave_last_out", "random": "random_ratio"}
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import bench_protocols  # noqa: E402  (the same splits)
+
+PROTOCOLS = {p: bench_protocols.PROTOCOLS[p] for p in ("temporal", "loo", "random")}
 LAMBDAS = (100.0, 200.0, 500.0)
 WEIGHTS = (0.0, 10.0, 30.0, 100.0, 300.0)
 NOTES = "<!-- notes: kept when the tables above are regenerated -->"
 
 
 def config(protocol: str, seed: int, text: str, args):
-  spec = importlib.util.spec_from_file_location("ml100k", ROOT / "experiments" / "ml100k.py")
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  c = mod.get_config("cease")
-  c.unlock()
-  c.data.source = "recbole"
-  c.data.path = args.inter
-  c.data.cache_dir = args.cache_dir
-  c.data.split = PROTOCOLS[protocol]
-  c.data.split_ratios = (0.8, 0.1, 0.1)
-  c.data.seed = seed if protocol == "random" else 0
+  """``experiments/ml100k.py:cease`` on the split of bench_protocols.py, with ``text``."""
+  c = bench_protocols.base_config("cease", protocol, seed, args)
   c.data.modalities = ("text",)
   c.data.text_features = text
-  c.train.progress_bar = False
   return c
 
 
@@ -63,6 +56,7 @@ def main() -> None:
   ap.add_argument("--jsonl", default=str(ROOT / "benchmarks" / "cease_grid.jsonl"))
   ap.add_argument("--out", default=str(ROOT / "benchmarks" / "RESULTS_cease_grid.md"))
   args = ap.parse_args()
+  args.max_epochs = 0  # bench_protocols.base_config reads it (no cap: one closed-form fit)
 
   import jax
 

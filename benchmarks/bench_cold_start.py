@@ -18,15 +18,18 @@ from trained items.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import pathlib
+import sys
 
 import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-INTER = "/tmp/recbole_dl/recbole/dataset_example/ml-100k/ml-100k.inter"
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import bench_protocols  # noqa: E402  (the same data and split)
+
+INTER = bench_protocols.INTER
 RUNS = {
   "mostpop": ("mostpop", {}),
   "ease": ("ease", {}),
@@ -43,19 +46,11 @@ RUNS = {
 
 
 def config(variant: str, over: dict, seed: int, args):
-  spec = importlib.util.spec_from_file_location("ml100k", ROOT / "experiments" / "ml100k.py")
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  c = mod.get_config(variant or None)
-  c.unlock()
-  c.data.source = "recbole"
-  c.data.path = args.inter
-  c.data.cache_dir = args.cache_dir
+  """The temporal split of bench_protocols.py with ``data.cold_items=0.1`` (seeded)."""
+  c = bench_protocols.base_config(variant, "temporal", seed, args)
   c.data.cold_items = 0.1
   c.data.seed = seed  # which items go cold
-  c.seed = seed
   c.eval.slices = True
-  c.train.progress_bar = False
   for key, value in over.items():
     section, field = key.split(".")
     c[section][field] = value
@@ -70,6 +65,7 @@ def main() -> None:
   ap.add_argument("--seeds", default="0,1,2")
   ap.add_argument("--jsonl", default=str(ROOT / "benchmarks" / "cold_start_runs.jsonl"))
   args = ap.parse_args()
+  args.max_epochs = 0  # bench_protocols.base_config reads it
   from mmrec_jax.train import train_and_evaluate
 
   jsonl = pathlib.Path(args.jsonl)
