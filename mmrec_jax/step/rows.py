@@ -77,14 +77,33 @@ class RowsRegime(Regime):
 
     tables = traverse_util.flatten_dict(state["params"]["tables"])
     rows = {k: gather_rows(t, uniq[layout.row_kind(k)]) for k, t in tables.items()}
-    feats, masks = self._batch_features(batch, frozen, uniq["items"], i_inv)
-    feats = {m: constrain(f.astype(cdt)) for m, f in feats.items()}
-    masks = {m: constrain(k.astype(bool)) for m, k in masks.items()}
+    # Whole-catalogue item tower: when the item table is used whole (dense rows) and the
+    # catalogue has no more rows than the batch has item slots, the item tower runs once
+    # per item and the batch gathers its outputs (ML-25M-shaped two-tower: 59k items
+    # against 131k slots of a 65,536 batch with one negative). Random parts of the tower
+    # (dropout) are then drawn per item, not per slot.
+    catalogue = (
+      modes["items"] == "dense"
+      and bool(s.modalities)
+      and not s.contract.stream
+      and s.padded_items <= items.size
+    )
+    if catalogue:
+      feats = {m: frozen["feat"][m].astype(cdt) for m in s.modalities}
+      masks = {m: frozen["mask"][m].astype(bool) for m in s.modalities}
+    else:
+      feats, masks = self._batch_features(batch, frozen, uniq["items"], i_inv)
+      feats = {m: constrain(f.astype(cdt)) for m, f in feats.items()}
+      masks = {m: constrain(k.astype(bool)) for m, k in masks.items()}
 
     def loss_fn(rows, dense):
       model = layout.merge(traverse_util.unflatten_dict(cast(rows, cdt)), cast(dense, cdt))
       u = constrain(model.user_repr(u_inv, rng=rng_user))  # [B, D]
-      it = constrain(model.item_repr(i_inv, feats, masks, rng=rng_item))  # [B, 1+N, D]
+      if catalogue:
+        every = model.item_repr(jnp.arange(s.padded_items), feats, masks, rng=rng_item)
+        it = constrain(jnp.take(every, i_inv, axis=0))  # [B, 1+N, D]
+      else:
+        it = constrain(model.item_repr(i_inv, feats, masks, rng=rng_item))  # [B, 1+N, D]
       rank_loss, pos_s, neg_s, neg_valid = s.objective(u, it, batch)
       l2 = sum(weighted_sq_sum(counts[layout.row_kind(k)], r) for k, r in rows.items()) / b
       loss = rank_loss + cfg.loss.l2 * l2
