@@ -347,13 +347,13 @@ def time_to_target(data, cfg, args, mesh):
     print(f"| mmrec_jax BPR-MF | not reached in {e} epochs | {nd:.4f} | {t:.2f} |")
 
 
-def epoch25m(args, mesh, batch=65536, model="bpr_mf"):
+def epoch25m(args, mesh, batch=65536, model="bpr_mf", features=False):
   """ML-25M-shaped BPR-MF (162,541 x 59,047 x 20.1M train): one whole epoch timed.
 
   The rest of epoch 0 after the compiling call warms up; epoch 1 (every train row once,
-  in a new order, fresh negatives) is timed end to end. ``model="two_tower"``: the
-  two-tower model with a 64-d text and a 128-d image feature table (random values: the
-  cost, not the quality, is measured), frozen on device beside the ID tables.
+  in a new order, fresh negatives) is timed end to end. ``features``: a 64-d text and a
+  128-d image feature table (random values: the cost, not the quality, is measured),
+  frozen on device beside the ID tables (``model="two_tower"``).
   """
   rng = np.random.default_rng(0)
   nu, ni, n = 162_541, 59_047, 20_100_000
@@ -368,15 +368,15 @@ def epoch25m(args, mesh, batch=65536, model="bpr_mf"):
   cfg = _our_config(args, 64, 1, 1e-3, 0.0)
   cfg.optimizer.sparse = "adam"
   cfg.train.log_every_steps = 50
-  features = None
-  if model != "bpr_mf":
-    cfg.model.name = model
+  cfg.model.name = model
+  tables = None
+  if features:
     cfg.data.modalities = ("image", "text")
-    features = {
+    tables = {
       m: rng.normal(size=(ni, d)).astype(np.float32) for m, d in (("text", 64), ("image", 128))
     }
   t0 = time.perf_counter()
-  ours = Ours(data, cfg, mesh, features)
+  ours = Ours(data, cfg, mesh, tables)
   spe = ours.epochs.steps_per_epoch
   ours.state, m, _ = ours.epochs.advance(ours.task, ours.state, 10)  # compile
   jax.block_until_ready(m)
@@ -409,7 +409,7 @@ def main():
       if "epoch25m" in parts:
         epoch25m(args, mesh)
       if "epoch25m_two_tower" in parts:
-        epoch25m(args, mesh, model="two_tower")
+        epoch25m(args, mesh, model="two_tower", features=True)
       return None
     data, cfg = ml100k(args, tmp)
     if "epoch100k" in parts:
@@ -421,7 +421,7 @@ def main():
   if "epoch25m" in parts:
     epoch25m(args, mesh)
   if "epoch25m_two_tower" in parts:
-    epoch25m(args, mesh, model="two_tower")
+    epoch25m(args, mesh, model="two_tower", features=True)
 
 
 if __name__ == "__main__":
