@@ -316,7 +316,8 @@ with open(out + "_tokens.json", "w") as f:
   json.dump(tok, f)
 print(json.dumps({"train_s": train_s, "best_valid": {k: float(v) for k, v in best_valid.items()},
                   "recbole_test": {k: float(v) for k, v in test.items()},
-                  "threads": torch.get_num_threads()}), flush=True)
+                  "threads": torch.get_num_threads(),
+                  "epochs_run": len(getattr(trainer, "train_loss_dict", {}))}), flush=True)
 """
 
 

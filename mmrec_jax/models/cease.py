@@ -12,9 +12,10 @@ item side information under the interaction matrix as extra "pseudo-users",
 ``F`` [items, d]: each of the model's modalities (``data.modalities``), rows L2-normalised
 (so every item has the same content self-similarity 1 whatever its feature scale) and the
 modalities concatenated, each scaled by ``1/sqrt(#modalities)``; items without a modality's
-row get zeros there. ``w`` is ``model.content_weight`` (``-1`` = 30, the best valid value of
-the grid in benchmarks/RESULTS_protocols.md's notes); ``lambda`` is ``model.reg_weight``
-(``-1`` = 500, as EASE). With no modality it is EASE exactly.
+row get zeros there. ``w`` is ``model.content_weight`` (``-1`` = 30, a middle value of the
+grid in benchmarks/RESULTS_cease_grid.md; experiments/ml100k.py uses that grid's pick, 100);
+``lambda`` is ``model.reg_weight`` (``-1`` = 500, as EASE). With no modality it is EASE
+exactly.
 
 What the content term does: it adds ``w cos(f_i, f_j)`` to the co-occurrence of items i and
 j, so items with similar content share weight even where co-occurrence is sparse, and a
