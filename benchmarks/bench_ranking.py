@@ -374,27 +374,26 @@ def speed(args) -> None:
       max_chunk=args.eval_every,
     )
 
-    def run(state, limit):
+    def run(state, start, limit):
+      del start  # the epochs object knows where it is
       while epochs.step < limit:
         state, metrics, n = epochs.advance(task, state, limit)
       return state, jax.tree.map(lambda x: x[n - 1], metrics)
 
   else:
 
-    def run(state, limit):
-      for k in range(epochs_step[0], limit):  # host numpy batches, one dispatch a step
+    def run(state, start, limit):
+      for k in range(start, limit):  # host numpy batches, one dispatch a step
         state, m = task.train_step(state, batch(k))
-      epochs_step[0] = limit
       return state, m
 
-    epochs_step = [0]
-  state, m = run(state, 5)  # warm-up / compile (not timed)
+  state, m = run(state, 0, 5)  # warm-up / compile (not timed)
   jax.block_until_ready(m)
   t0, step, timed = time.perf_counter(), 5, 0.0
   while step < args.steps:
     t = time.perf_counter()
     limit = min(args.steps, (step // args.eval_every + 1) * args.eval_every + 5)
-    state, m = run(state, limit)
+    state, m = run(state, step, limit)
     step = limit
     jax.block_until_ready(m)
     timed += time.perf_counter() - t

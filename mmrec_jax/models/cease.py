@@ -83,12 +83,7 @@ class CEASE(EASE):
 
   @classmethod
   def fit_data(cls, model_cfg, info, mesh, *, num_users, num_items):
-    fb.check_memory(
-      model_cfg.name,
-      fb.item_item_memory(mesh, num_users, num_items, 4),
-      f"X [{num_users}, {num_items}] and four {num_items} x {num_items} matrices",
-    )
-    data = fb.item_item_fit_data(model_cfg, info, mesh, num_users, num_items)
+    data = fb.item_item_fit_data(model_cfg, info, mesh, num_users, num_items, num_matrices=4)
     modalities = tuple(sorted(info.features))
     if modalities:
       ft = content_matrix(info, modalities, num_items)

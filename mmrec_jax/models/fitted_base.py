@@ -137,17 +137,18 @@ def interaction_matrix(
 
 
 def item_item_fit_data(
-  model_cfg: Any, info: Any, mesh: Mesh, num_users: int, num_items: int
+  model_cfg: Any, info: Any, mesh: Mesh, num_users: int, num_items: int, num_matrices: int = 3
 ) -> dict[str, jax.Array]:
-  """``{"x": X}`` for the item-item models (EASE, ItemKNN), memory checked first.
+  """``{"x": X}`` for the item-item models (EASE, ItemKNN, CEASE), memory checked first.
 
-  Both hold X [U, I] and three I x I matrices at the peak (the Gram, its inverse or
-  similarities, the result), so both check the same bound before anything is placed.
+  They hold X [U, I] and ``num_matrices`` I x I matrices at the peak (the Gram, its
+  inverse or similarities, the result; CEASE one more Gram), checked before anything is
+  placed.
   """
   check_memory(
     model_cfg.name,
-    item_item_memory(mesh, num_users, num_items, 3),
-    f"X [{num_users}, {num_items}] and three {num_items} x {num_items} matrices",
+    item_item_memory(mesh, num_users, num_items, num_matrices),
+    f"X [{num_users}, {num_items}] and {num_matrices} {num_items} x {num_items} matrices",
   )
   users, items, _ = train_pairs(info, info.num_users, info.num_items)
   return {"x": interaction_matrix(mesh, users, items, num_users, num_items)}
