@@ -163,6 +163,9 @@ def base_config() -> ml_collections.ConfigDict:
   m.propagation = "auto"
   # Classic baselines (regime closed_form). EASE's lambda and iALS's L2 are reg_weight.
   m.content_weight = -1.0  # cease: weight of the item-content Gram (-1 = default 30)
+  # cease: a cold item (no train row) is scored like its k most content-similar trained
+  # items (models/cease.py); 0 = off, the paper's model.
+  m.cold_neighbors = 0
   m.num_neighbors = 100  # itemknn: neighbours kept per item (RecBole's k)
   m.shrink = 0.0  # itemknn: cosine shrinkage term of the denominator
   m.confidence_alpha = -1.0  # ials: confidence c = 1 + alpha * r (-1 = paper default, 40)

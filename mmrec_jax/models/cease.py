@@ -22,6 +22,20 @@ j, so items with similar content share weight even where co-occurrence is sparse
 cold item's column of ``B`` is no longer zero (it is scored through the items its content
 resembles). Sharding and memory: as EASE (``ease.py``), plus one more ``I x I`` Gram while
 fitting (``gram`` of the ``[d, I]`` feature matrix, row-sharded over its d rows).
+
+Cold items (``model.cold_neighbors = k > 0``; our addition, not the paper's). The content
+term alone does not make a cold item recommendable: the regression still fits its all-zero
+interaction column, so its ``B`` column learns to predict "nobody interacts" and its
+scores stay far below the warm items' (benchmarks/RESULTS_cold_start.md: recall@20 0.0004
+on 10% held-out items). With ``k > 0``, after the fit, the column of every item with no
+train interaction and some content is replaced by the mean of the columns of its ``k``
+most content-similar trained items, weighted by their cosine similarity (the DropoutNet
+assumption in closed form: a new item is scored like the trained items it resembles):
+``B[:, j] = sum_n w_jn B[:, n] / sum_n w_jn``, ``B_jj = 0``. Its scores are then on the
+warm items' scale. The neighbours (cosines of ``F``, only positive ones kept) are found on
+the host in blocks; the mixing is one ``[C, I] x [I, I]`` product over each device's rows
+(``C`` cold items) and a psum, so ``B`` stays row-sharded. Warm columns are unchanged;
+``k = 0`` is the paper's model.
 """
 
 from __future__ import annotations
@@ -32,6 +46,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import logging
 from flax import nnx
 
 from mmrec_jax import sharding
@@ -39,6 +54,43 @@ from mmrec_jax.errors import ConfigError, DataError
 from mmrec_jax.models import fitted_base as fb
 from mmrec_jax.models.ease import EASE
 from mmrec_jax.models.graph_base import hparam
+
+
+def cold_neighbours(
+  ft: np.ndarray, counts: np.ndarray, k: int, block: int = 1024
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(cold ids [C], neighbour ids [C, k], weights [C, k]) for the cold-item columns (doc).
+
+  ``ft`` is :func:`content_matrix` [d, I]; ``counts`` the train interactions of the real
+  items. Cold: count 0 and a non-zero content row. Neighbours: the ``k`` trained items of
+  largest positive cosine; weights are those cosines normalised to sum 1 (0 past the
+  positive ones; a cold item with none keeps its column). Blocks of cold items bound the
+  host memory to ``block x I`` floats.
+  """
+  num_real = counts.shape[0]
+  f = ft[:, :num_real].T  # rows are unit (or zero) vectors
+  has_content = np.any(f != 0, axis=1)
+  warm = np.flatnonzero(counts > 0)
+  cold = np.flatnonzero((counts == 0) & has_content)
+  k = min(int(k), warm.size)
+  if cold.size == 0 or k == 0:
+    return (
+      np.zeros(0, np.int32),
+      np.zeros((0, max(k, 1)), np.int32),
+      np.zeros((0, max(k, 1)), np.float32),
+    )
+  fw = f[warm]
+  nbrs = np.zeros((cold.size, k), np.int32)
+  weights = np.zeros((cold.size, k), np.float32)
+  for lo in range(0, cold.size, block):
+    sim = f[cold[lo : lo + block]] @ fw.T  # [b, W]
+    top = np.argpartition(-sim, k - 1, axis=1)[:, :k]
+    w = np.maximum(np.take_along_axis(sim, top, axis=1), 0.0)
+    total = w.sum(axis=1, keepdims=True)
+    nbrs[lo : lo + block] = warm[top]
+    weights[lo : lo + block] = np.where(total > 0, w / np.maximum(total, 1e-12), 0.0)
+  keep = weights.sum(axis=1) > 0
+  return cold[keep].astype(np.int32), nbrs[keep], weights[keep]
 
 
 def content_matrix(info, modalities: tuple[str, ...], num_items: int) -> np.ndarray:
@@ -80,6 +132,9 @@ class CEASE(EASE):
     self.content_weight = hparam(cfg, "content_weight")
     if self.content_weight < 0:
       raise ConfigError(f"model.content_weight={self.content_weight} must be >= 0")
+    self.cold_neighbors = int(cfg.get("cold_neighbors", 0))
+    if self.cold_neighbors < 0:
+      raise ConfigError(f"model.cold_neighbors={self.cold_neighbors} must be >= 0 (0 = off)")
 
   @classmethod
   def fit_data(cls, model_cfg, info, mesh, *, num_users, num_items):
@@ -92,6 +147,23 @@ class CEASE(EASE):
       ft = np.pad(ft, ((0, rows - ft.shape[0]), (0, 0)))
       spec = sharding.named_sharding(mesh, "users", None)
       data["content"] = jax.make_array_from_callback(ft.shape, spec, lambda idx: ft[idx])
+      k = int(model_cfg.get("cold_neighbors", 0))
+      if k > 0:
+        counts = np.bincount(np.asarray(info.train_items, np.int64), minlength=info.num_items)
+        cold, nbrs, weights = cold_neighbours(ft, counts[: info.num_items], k)
+        if cold.size:
+          # One [C, I] mixing matrix, columns (the neighbours) sharded like B's rows.
+          mix = np.zeros((cold.size, num_items), np.float32)
+          np.add.at(
+            mix, (np.repeat(np.arange(cold.size), nbrs.shape[1]), nbrs.ravel()), weights.ravel()
+          )
+          data["cold_mix"] = jax.make_array_from_callback(
+            mix.shape, fb.mixed_rows_sharding(mesh), lambda idx: mix[idx]
+          )
+          data["cold_ids"] = jax.make_array_from_callback(
+            cold.shape, sharding.replicated(mesh), lambda idx: cold[idx]
+          )
+          logging.info("cease: %d cold items scored through %d content neighbours", cold.size, k)
     return data
 
   def fit_step(self, data, step):
@@ -101,5 +173,8 @@ class CEASE(EASE):
     if "content" in data and self.content_weight > 0:
       g = g + self.content_weight * fb.gram(data["content"], mesh)
     p = fb.spd_inverse(fb.add_diagonal(g, self.reg, mesh), mesh)
-    self.item_matrix.set_value(fb.row_scaled_zero_diagonal(p, mesh))
+    bt = fb.row_scaled_zero_diagonal(p, mesh)
+    if "cold_mix" in data:
+      bt = fb.replace_rows(bt, data["cold_ids"], data["cold_mix"], mesh)
+    self.item_matrix.set_value(bt)
     return {"loss": jnp.zeros((), jnp.float32)}

@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax import lax
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from mmrec_jax import sharding
@@ -292,6 +292,41 @@ def row_scaled_zero_diagonal(p: jax.Array, mesh: Mesh) -> jax.Array:
     return (-pl / d[:, None]).at[rows, gid].set(0.0)
 
   return _row_map(local, mesh)(p)
+
+
+def mixed_rows_sharding(mesh: Mesh) -> NamedSharding:
+  """Where :func:`replace_rows`' mixing matrix lives: its columns split like the rows."""
+  return NamedSharding(mesh, P(None, ALL))
+
+
+def replace_rows(a: jax.Array, ids: jax.Array, mix: jax.Array, mesh: Mesh) -> jax.Array:
+  """``a`` with rows ``ids`` [C] replaced by ``mix @ a`` ([C, I] x [I, I]), diagonal zeroed.
+
+  ``a`` is row-sharded over every device and ``mix`` column-sharded the same way
+  (:func:`mixed_rows_sharding`): each device multiplies its columns of ``mix`` by its rows
+  of ``a``, one psum sums the [C, I] partials, and each device keeps the new rows it owns.
+  ``ids`` must be distinct and ``mix`` must not read the rows it replaces (CEASE's cold
+  items read only trained ones). The replaced rows' own diagonal entry is set to 0.
+  """
+  num_items = a.shape[0]
+  where = (
+    jnp.full((num_items,), -1, jnp.int32).at[ids].set(jnp.arange(ids.shape[0], dtype=jnp.int32))
+  )
+
+  def local(al, ml, where):
+    rows, gid = _local_rows(al.shape[0])
+    new = lax.psum(jnp.dot(ml, al, precision=HIGHEST, preferred_element_type=jnp.float32), ALL)
+    pos = where[gid]
+    out = jnp.where((pos >= 0)[:, None], new[jnp.maximum(pos, 0)], al)
+    return out.at[rows, gid].set(jnp.where(pos >= 0, 0.0, out[rows, gid]))
+
+  return jax.shard_map(
+    local,
+    mesh=mesh,
+    in_specs=(P(ALL, None), P(None, ALL), P()),
+    out_specs=P(ALL, None),
+    check_vma=False,
+  )(a, mix, where)
 
 
 def cosine_topk(g: jax.Array, k: int, shrink: float, mesh: Mesh) -> jax.Array:
