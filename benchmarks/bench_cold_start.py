@@ -34,6 +34,10 @@ RUNS = {
   "mostpop": ("mostpop", {}),
   "ease": ("ease", {}),
   "cease (default)": ("", {}),
+  "cease without cold neighbours (the stop-12 default)": (
+    "cease",
+    {"model.reg_weight": 200.0, "model.content_weight": 100.0, "model.cold_neighbors": 0},
+  ),
   "two_tower + text, id_dropout 0.5": (
     "two_tower",
     {

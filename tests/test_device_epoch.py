@@ -204,11 +204,15 @@ def test_the_path_follows_the_config_and_the_regime():
   cfg.input.device_epochs = "off"
   assert isinstance(make_step_source(cfg, task, pipe, mesh), GrainSteps)
   cfg.input.device_epochs = "auto"
+  # Excluding positives: on device for the uniform sampler, on the host for the others.
   cfg.input.exclude_positives = True
+  assert isinstance(make_step_source(cfg, task, pipe, mesh), DeviceSteps)
+  cfg.input.negative_sampler = "popularity"
   assert isinstance(make_step_source(cfg, task, pipe, mesh), GrainSteps)
   cfg.input.device_epochs = "on"
-  with pytest.raises(ConfigError, match="exclude_positives"):
+  with pytest.raises(ConfigError, match="exclude_positives=True with input.negative_sampler"):
     make_step_source(cfg, task, pipe, mesh)
+  cfg.input.negative_sampler = "uniform"
   cfg.input.device_epochs = "sometimes"
   with pytest.raises(ConfigError, match="device_epochs"):
     make_step_source(cfg, task, pipe, mesh)
@@ -268,3 +272,50 @@ def test_ranker_batches_carry_each_rows_rating_and_chunks_equal_single_steps():
     st,
     state,
   )
+
+
+def test_excluding_positives_draws_uniformly_from_each_users_non_positives():
+  split = _Split()
+  cfg = _cfg(input__exclude_positives=True, input__num_negatives=50)
+  epochs, _ = _epochs(cfg, sharding.make_mesh(1, 1, devices=jax.devices()[:1]), split)
+  positives = [set(split.items[split.users == u].tolist()) for u in range(NU)]
+  # Exactly the k-th non-positive of the user for the k the sampler drew (numpy reference).
+  user = jnp.asarray([0, 5, 17, 39], jnp.int32)
+  key = jax.random.PRNGKey(3)
+  got = np.asarray(epochs._uniform_non_positive(epochs._tables, user, key, (4, 50)))
+  for row, u in enumerate(np.asarray(user)):
+    free = np.array(sorted(set(range(NI)) - positives[u]))
+    k = np.asarray(jax.random.randint(key, (4, 50), 0, free.size, dtype=jnp.int32))
+    np.testing.assert_array_equal(got[row], free[k[row]])
+  # Batches: never a positive of the row's user, and uniform over the non-positives.
+  draws = {u: [] for u in range(NU)}
+  for g in range(40):
+    b = epochs.batch_at(g)
+    for u, negs in zip(b["user"], b["neg"]):
+      assert not positives[u] & set(negs.tolist())
+      draws[u].extend(negs.tolist())
+  u = max(draws, key=lambda v: len(draws[v]))
+  free = sorted(set(range(NI)) - positives[u])
+  freq = np.bincount(draws[u], minlength=NI)[free] / len(draws[u])
+  # >= 3,000 draws over ~30 items: TV ~0.03; a sampler ignoring the exclusion is > 0.25.
+  assert 0.5 * np.abs(freq - 1 / len(free)).sum() < 0.06
+  assert len(draws[u]) >= 3000
+
+
+def test_a_user_with_every_item_cannot_exclude_positives_on_device():
+  users = np.repeat(np.arange(2, dtype=np.int32), NI)
+  items = np.tile(np.arange(NI, dtype=np.int32), 2)
+  with pytest.raises(DataError, match="train split user 0.*every item"):
+    device_epoch.DeviceEpochs(
+      users=users,
+      items=items,
+      num_items=NI,
+      batch_size=8,
+      num_negatives=1,
+      sampler=negatives_lib.NegativeSampler("uniform", NI, np.bincount(items)),
+      logq=None,
+      seed=0,
+      mesh=sharding.make_mesh(1, 1, devices=jax.devices()[:1]),
+      max_chunk=1,
+      exclude_positives=True,
+    )
