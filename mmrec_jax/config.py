@@ -166,6 +166,10 @@ def base_config() -> ml_collections.ConfigDict:
   # cease: a cold item (no train row) is scored like its k most content-similar trained
   # items (models/cease.py); 0 = off, the paper's model.
   m.cold_neighbors = 0
+  # Closed-form models: users with no train row are ranked by popularity, weighted by
+  # recency with this half-life (timestamp units); -1 = chosen on the train split alone,
+  # 0 = plain counts (models/recency.py).
+  m.fallback_half_life = -1.0
   m.num_neighbors = 100  # itemknn: neighbours kept per item (RecBole's k)
   m.shrink = 0.0  # itemknn: cosine shrinkage term of the denominator
   m.confidence_alpha = -1.0  # ials: confidence c = 1 + alpha * r (-1 = paper default, 40)

@@ -53,6 +53,7 @@ def build_data_info(
     item_counts=item_counts,
     train_users=np.asarray(train.users),
     train_items=np.asarray(train.items),
+    train_timestamps=np.asarray(train.timestamps) if ds.manifest["has_timestamp"] else None,
     modalities=tuple(modalities),
     # Categorical side features (pointwise rankers); None unless data.side_features.
     side=build_side_features(ds, config.data, tuple(config.data.side_features)),

@@ -22,6 +22,8 @@ the tie order. They are ranked by train popularity instead: the evaluation tower
 one more column, 1 for such a user and 0 otherwise, against ``count_i / max count``, so
 every other user's scores are unchanged. Per-user splits have no such user; a global
 temporal split has many (new users), and the BPR peers rank them by their item biases.
+The counts are recency-weighted when the train split has timestamps, with a half-life
+chosen on the train split alone (``model.fallback_half_life``; models/recency.py).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from jax.sharding import PartitionSpec as P
 from mmrec_jax import sharding
 from mmrec_jax.errors import ConfigError
 from mmrec_jax.layers.embedding import Table
+from mmrec_jax.models import recency
 from mmrec_jax.models.fitted_base import FittedRecommender
 from mmrec_jax.optim.sparse import make_sparse_optimizer
 from mmrec_jax.step import placement
@@ -109,10 +112,7 @@ class ClosedFormRegime(Regime):
   def _fallback_data(self) -> dict[str, jax.Array]:
     """(users [U, 1]: 1 = no train interaction, items [I, 1]: popularity) (module doc)."""
     s = self.s
-    counts = np.zeros(s.num_items, np.float32)
-    if s.info.item_counts is not None:
-      counts = np.asarray(s.info.item_counts, np.float32)[: s.num_items]
-    pop = counts / max(float(counts.max(initial=0.0)), 1.0)
+    pop = recency.fallback_popularity(s.config.model, s.info, s.num_items)
     empty = np.zeros(s.num_users, np.float32)
     users = getattr(s.info, "train_users", None)
     if users is not None:

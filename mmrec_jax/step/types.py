@@ -36,6 +36,9 @@ class DataInfo:
   item_counts: np.ndarray | None = None
   train_users: np.ndarray | None = None
   train_items: np.ndarray | None = None
+  # Their timestamps (None when the data has none): the closed-form regime's popularity
+  # fallback for users without history weights recent interactions (models/recency.py).
+  train_timestamps: np.ndarray | None = None
   modalities: tuple[str, ...] | None = None
   # Categorical side features of the pointwise rankers (data/side_features.SideFeatures:
   # per-field id bags of users/items and vocabulary sizes); None = none.
