@@ -139,3 +139,11 @@ def test_negative_cold_neighbours_fail_in_one_line():
   info = toy_info(num_users=40, num_items=30, num_edges=300)
   with pytest.raises(ConfigError, match=r"model.cold_neighbors=-1 must be >= 0"):
     fit("cease", info, model__cold_neighbors=-1)
+
+
+def test_cold_neighbours_without_item_features_fail_in_one_line():
+  info = dataclasses.replace(
+    toy_info(num_users=40, num_items=30, num_edges=300), features={}, feature_masks={}
+  )
+  with pytest.raises(ConfigError, match=r"cold_neighbors=3 .*no item features"):
+    fit("cease", info, data__modalities=(), model__cold_neighbors=3)

@@ -140,6 +140,11 @@ class CEASE(EASE):
   def fit_data(cls, model_cfg, info, mesh, *, num_users, num_items):
     data = fb.item_item_fit_data(model_cfg, info, mesh, num_users, num_items, num_matrices=4)
     modalities = tuple(sorted(info.features))
+    if not modalities and int(model_cfg.get("cold_neighbors", 0)) > 0:
+      raise ConfigError(
+        f"model.cold_neighbors={model_cfg.cold_neighbors} finds neighbours by item content, "
+        "but the run has no item features (data.modalities is empty)"
+      )
     if modalities:
       ft = content_matrix(info, modalities, num_items)
       # gram() reads a matrix row-sharded over every device: pad d to a multiple.
