@@ -103,8 +103,8 @@ def test_state_sharded_and_metrics_consistent_with_eval():
   sharding.assert_tables_sharded(state, min_bytes=1024)
   table = state["params"]["tables"]["item_embed"]["embedding"]
   assert table.sharding.shard_shape(table.shape)[0] == task.padded_items // 8
-  mu = state["opt_state"]["tables"]["item_embed"]["embedding"]["mu"]
-  assert mu.sharding.is_equivalent_to(table.sharding, 2)
+  moments = state["opt_state"]["tables"]["item_embed"]["embedding"]["moments"]
+  assert moments.sharding.is_equivalent_to(table.sharding, 2)
   users, items = map(np.asarray, task.eval_reprs(state))
   batch = _batch(task, np.random.default_rng(3))
   ref_pos = np.mean(np.sum(users[np.asarray(batch["user"])] * items[np.asarray(batch["pos"])], -1))
