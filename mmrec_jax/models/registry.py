@@ -328,6 +328,7 @@ MODELS: dict[str, ModelSpec] = {
       search_space={
         "model.reg_weight": ("log_float", 10.0, 5000.0),
         "model.content_weight": ("log_float", 1.0, 1000.0),
+        "model.cold_neighbors": ("choice", (0, 5, 10, 20)),
       },
       reference="Jeunen, Van Balen & Goethals, Closed-form models for collaborative "
       "filtering with side-information, RecSys 2020 (EASE with content rows)",
