@@ -85,8 +85,9 @@ def test_feistel_order_is_a_permutation_that_changes_with_the_key(n):
     assert np.abs(np.diff(perm)).mean() > n / 10
 
 
-def test_batches_are_a_function_of_seed_and_index_not_of_the_mesh():
-  cfg = _cfg()
+@pytest.mark.parametrize("exclude", [False, True])
+def test_batches_are_a_function_of_seed_and_index_not_of_the_mesh(exclude):
+  cfg = _cfg(input__exclude_positives=exclude)
   a, _ = _epochs(cfg, sharding.make_mesh(8, 1))
   b, _ = _epochs(cfg, sharding.make_mesh(2, 4))
   c, _ = _epochs(cfg, sharding.make_mesh(1, 1, devices=jax.devices()[:1]))
