@@ -318,5 +318,5 @@ def test_a_user_with_every_item_cannot_exclude_positives_on_device():
       seed=0,
       mesh=sharding.make_mesh(1, 1, devices=jax.devices()[:1]),
       max_chunk=1,
-      exclude_positives=True,
+      positives=negatives_lib.PositiveSet(users, items, NI),
     )

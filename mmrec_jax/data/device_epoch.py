@@ -204,7 +204,7 @@ class DeviceEpochs:
     max_chunk: int,
     num_epochs: int | None = None,
     ratings: np.ndarray | None = None,
-    exclude_positives: bool = False,
+    positives: negatives_lib.PositiveSet | None = None,
   ):
     n = len(users)
     self.num_train = n
@@ -243,22 +243,21 @@ class DeviceEpochs:
         np.minimum(threshold, np.uint64(0xFFFFFFFF)).astype(np.uint32), rep
       )
       self._tables["alias"] = jax.device_put(np.asarray(sampler._alias, np.int32), rep)
-    self.exclude = bool(exclude_positives)
+    # ``positives``: the train pairs of ``input.exclude_positives`` (the pipeline's set).
+    self.exclude = positives is not None
     if self.exclude:
       if self.kind != "uniform":
         raise ConfigError(
           f"device epochs exclude positives only for the uniform sampler, not {self.kind!r}"
         )
-      self._search_steps = self._add_positive_rows(users, items)
+      self._search_steps = self._add_positive_rows(positives)
     self._loop = None
     self._batch_jit = None
 
-  def _add_positive_rows(self, users: np.ndarray, items: np.ndarray) -> int:
+  def _add_positive_rows(self, positives: negatives_lib.PositiveSet) -> int:
     """CSR of the distinct train pairs (``pos_ptr``, ``pos_items``); binary-search length."""
-    num_users = int(np.max(users)) + 1
-    keys = np.unique(np.asarray(users, np.int64) * self.num_items + np.asarray(items, np.int64))
-    rows, cols = keys // self.num_items, keys % self.num_items
-    deg = np.bincount(rows, minlength=num_users)
+    keys = positives.keys  # sorted, distinct: users' rows in order, items sorted within
+    deg = positives.positives_per_user(int(keys[-1] // self.num_items) + 1 if keys.size else 0)
     if np.any(deg >= self.num_items):
       u = int(np.flatnonzero(deg >= self.num_items)[0])
       raise DataError(
@@ -268,7 +267,9 @@ class DeviceEpochs:
     ptr = np.concatenate([[0], np.cumsum(deg)]).astype(np.int32)
     rep = P(None)
     self._tables["pos_ptr"] = _put_sharded(self.mesh, ptr, rep)
-    self._tables["pos_items"] = _put_sharded(self.mesh, cols.astype(np.int32), rep)
+    self._tables["pos_items"] = _put_sharded(
+      self.mesh, (keys % self.num_items).astype(np.int32), rep
+    )
     return int(deg.max()).bit_length() + 1
 
   def _uniform_non_positive(

@@ -367,7 +367,7 @@ class TrainPipeline:
       "sampler": s.sampler,
       "logq": s.logq,
       "seed": s.seed,
-      "exclude_positives": s.exclude is not None,
+      "positives": s.exclude,
       "num_epochs": None if s.num_batches == sys.maxsize else s.num_batches // s.steps_per_epoch,
     }
 

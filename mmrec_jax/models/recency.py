@@ -14,7 +14,8 @@ the train time span / 2, / 4, ..., / 256) is scored by their NDCG@10 when the it
 ranked by the (weighted) counts of the first 90%. The winner -- the candidate closest to
 plain counts whose score is within 1% of the best (on stationary data the short
 half-lives only fit noise); plain counts with fewer than ``MIN_USERS`` such users or no
-timestamps -- is then applied to the whole train split. ``0`` = plain counts; ``> 0`` = that half-life in the timestamps' unit.
+timestamps -- is then applied to the whole train split. ``0`` = plain counts; ``> 0`` =
+that half-life in the timestamps' unit.
 ML-100K global temporal split: span / 16 (10.5 days) is chosen; new users' test NDCG@10
 0.38 -> 0.44 (benchmarks/RESULTS_protocols.md).
 """
