@@ -85,6 +85,32 @@ def test_feistel_order_is_a_permutation_that_changes_with_the_key(n):
     assert np.abs(np.diff(perm)).mean() > n / 10
 
 
+def test_counter_randint_is_multiply_shift_of_the_bits_and_uniform():
+  key = device_epoch.hash_key(5, 11, jnp.int32(3))
+  span = np.array([1, 7, 1682, 10_000_000, (1 << 31) - 1], np.uint64)
+  bits = np.asarray(device_epoch.counter_bits(key, (4096, 5))).astype(np.uint64)
+  got = np.asarray(device_epoch.counter_randint(key, (4096, 5), jnp.asarray(span, jnp.int32)))
+  # Lemire's (bits * span) >> 32, exactly, from 16-bit halves.
+  np.testing.assert_array_equal(got, (bits * span) >> np.uint64(32))
+  draws = np.concatenate(
+    [
+      np.asarray(
+        device_epoch.counter_randint(device_epoch.hash_key(0, 1, jnp.int32(g)), (1000,), 50)
+      )
+      for g in range(40)
+    ]
+  )
+  counts = np.bincount(draws, minlength=50)
+  assert counts.size == 50
+  # 40,000 draws over 50 values: chi-square with 49 dof, p ~ 1e-6 above 100.
+  assert ((counts - 800.0) ** 2 / 800.0).sum() < 100
+  # Keys and streams give unrelated draws.
+  other_key = device_epoch.counter_bits(device_epoch.hash_key(5, 11, jnp.int32(4)), (4096, 5))
+  other_stream = device_epoch.counter_bits(key, (4096, 5), stream=1)
+  for other in (other_key, other_stream):
+    assert (np.asarray(other).astype(np.uint64) == bits).mean() < 0.01
+
+
 @pytest.mark.parametrize("exclude", [False, True])
 def test_batches_are_a_function_of_seed_and_index_not_of_the_mesh(exclude):
   cfg = _cfg(input__exclude_positives=exclude)
@@ -282,11 +308,11 @@ def test_excluding_positives_draws_uniformly_from_each_users_non_positives():
   positives = [set(split.items[split.users == u].tolist()) for u in range(NU)]
   # Exactly the k-th non-positive of the user for the k the sampler drew (numpy reference).
   user = jnp.asarray([0, 5, 17, 39], jnp.int32)
-  key = jax.random.PRNGKey(3)
+  key = device_epoch.hash_key(0, 3, jnp.int32(7))
   got = np.asarray(epochs._uniform_non_positive(epochs._tables, user, key, (4, 50)))
   for row, u in enumerate(np.asarray(user)):
     free = np.array(sorted(set(range(NI)) - positives[u]))
-    k = np.asarray(jax.random.randint(key, (4, 50), 0, free.size, dtype=jnp.int32))
+    k = np.asarray(device_epoch.counter_randint(key, (4, 50), free.size))
     np.testing.assert_array_equal(got[row], free[k[row]])
   # Batches: never a positive of the row's user, and uniform over the non-positives.
   draws = {u: [] for u in range(NU)}

@@ -8,19 +8,24 @@ jitted call runs up to ``train.log_every_steps`` steps (``lax.fori_loop``); its 
 written into a ``[max_chunk]`` buffer and fetched once per call.
 
 Batches are a pure function of (seed, global batch index ``g``), like the grain pipeline's
-(``pipeline.py``), but drawn with ``jax.random`` instead of numpy, so the two paths give
+(``pipeline.py``), but drawn on device instead of with numpy, so the two paths give
 different (equally valid) batch streams; a checkpoint records which one made it and a
-resume on the other path fails in one line:
+resume on the other path fails in one line. Random numbers come from a keyed counter
+hash (:func:`counter_bits`: element ``c`` of a draw is ``mix(mix(c, key), key')``), not
+from ``jax.random``: threefry unrolls 20 rounds per draw into the loop, and the batch
+maker's eight draws were ~30% of the loop's compile time and ~5 ms of a 40 ms ML-100K
+epoch (benchmarks/RESULTS_bpr_peers.md). Every element is a function of its index in
+the draw and the key alone, so values do not depend on sharding:
 
   * epoch ``e = g // steps_per_epoch`` orders the train interactions by a keyed
     pseudo-random permutation (a Feistel network with cycle-walking, round keys from
-    ``fold_in(key(seed), PERM, e)``: :func:`feistel_permute`), evaluated per batch, so
+    ``key(seed, PERM, e)``: :func:`feistel_permute`), evaluated per batch, so
     no epoch-sized array is built or sorted; batch ``i = g % steps_per_epoch`` is
     positions ``[i*B, (i+1)*B)`` of that order (each epoch drops a different remainder,
     as the grain pipeline does); the ids are replicated on every device (8 bytes per
     interaction; the batch is then sharded on 'data');
   * batch ``g``'s negatives come from
-    ``fold_in(key(seed), NEG, g)``: ``uniform`` draws ``randint(0, num_items)``,
+    ``key(seed, NEG, g)``: ``uniform`` draws ``randint(0, num_items)``,
     ``popularity`` draws from the Walker alias table of ``negatives.py`` (same
     distribution), ``in_batch`` draws nothing and adds ``pos_logq``;
   * ``input.exclude_positives`` with the ``uniform`` sampler draws each negative uniformly
@@ -34,9 +39,8 @@ resume on the other path fails in one line:
     (Cornac skips such draws; benchmarks/RESULTS_bpr_peers.md). The host path (redraws,
     then the next non-positive id) is distributed slightly differently near a full row.
 
-``jax.random`` values do not depend on how an array is sharded
-(``jax_threefry_partitionable``) and every process runs the same global computation, so
-the batches are the same for any number of devices or hosts. Resuming is "start at batch
+Drawn values do not depend on how an array is sharded and every process runs the same
+global computation, so the batches are the same for any number of devices or hosts. Resuming is "start at batch
 ``g``": ``get_state`` records it, and a call never crosses an epoch boundary, so a
 checkpoint can fall anywhere inside an epoch.
 
@@ -66,7 +70,8 @@ from mmrec_jax.errors import ConfigError, DataError
 MODES = ("auto", "on", "off")
 STATE_KIND = "device"
 # 2: the unbalanced Feistel domain (batch orders differ from version 1's).
-STATE_VERSION = 2
+# 3: counter-hash random numbers instead of jax.random (different batches).
+STATE_VERSION = 3
 _PERM_TAG = 0x5045524D  # 'PERM'
 _NEG_TAG = 0x4E454753  # 'NEGS'
 # Device bytes per train interaction: the ids (2 x int32) and a rating, with room to spare.
@@ -138,6 +143,52 @@ def _mix32(x: jax.Array, k: jax.Array) -> jax.Array:
   x = (x ^ (x >> 16)) * jnp.uint32(0x85EBCA6B)
   x = (x ^ (x >> 13)) * jnp.uint32(0xC2B2AE35)
   return x ^ (x >> 16)
+
+
+def hash_key(seed: int, tag: int, index: jax.Array) -> jax.Array:
+  """A uint32 key for draw ``index`` (traced) of stream ``tag`` under ``seed``."""
+  s = int(seed)
+  k = _mix32(jnp.uint32(s & 0xFFFFFFFF), jnp.uint32(tag))
+  k = _mix32(jnp.uint32((s >> 32) & 0xFFFFFFFF), k)
+  return _mix32(jnp.asarray(index).astype(jnp.uint32), k)
+
+
+def counter_bits(key: jax.Array, shape: tuple[int, ...], stream: int = 0) -> jax.Array:
+  """uint32 pseudo-random bits of ``shape``: two keyed mixes of each element's flat index.
+
+  Each round (:func:`_mix32`) is a bijection of its input for a fixed key, so the
+  elements of one draw are distinct before the second mix and independent-looking after
+  it; ``stream`` separates draws made under the same key.
+  """
+  c = jnp.zeros(shape, jnp.uint32)
+  stride = 1
+  for d in reversed(range(len(shape))):
+    c = c + jax.lax.broadcasted_iota(jnp.uint32, shape, d) * jnp.uint32(stride)
+    stride *= shape[d]
+  k2 = _mix32(key, jnp.uint32(0x7F4A7C15 + stream))
+  return _mix32(_mix32(c, key) ^ k2, k2)
+
+
+def _mulhi32(a: jax.Array, b: jax.Array) -> jax.Array:
+  """``(a * b) >> 32`` of uint32 arrays, from 16-bit halves (no 64-bit types)."""
+  m16 = jnp.uint32(0xFFFF)
+  a_lo, a_hi, b_lo, b_hi = a & m16, a >> 16, b & m16, b >> 16
+  lo_lo, hi_lo, lo_hi = a_lo * b_lo, a_hi * b_lo, a_lo * b_hi
+  cross = (lo_lo >> 16) + (hi_lo & m16) + lo_hi  # < 2**32: no wrap-around
+  return a_hi * b_hi + (hi_lo >> 16) + (cross >> 16)
+
+
+def counter_randint(
+  key: jax.Array, shape: tuple[int, ...], span: jax.Array | int, stream: int = 0
+) -> jax.Array:
+  """int32 draws in ``[0, span)`` (``span`` broadcasts against ``shape``, 1 <= span < 2**31).
+
+  Lemire's multiply-shift ``(bits * span) >> 32``: each value gets ``floor`` or ``ceil`` of
+  ``2**32 / span`` of the bit patterns, a relative bias of at most ``span / 2**32``
+  (2e-5 at 100k items, 0.2% at 1e7), with no division and no rejection loop.
+  """
+  span = jnp.broadcast_to(jnp.asarray(span).astype(jnp.uint32), shape)
+  return _mulhi32(counter_bits(key, shape, stream), span).astype(jnp.int32)
 
 
 def feistel_permute(j: jax.Array, n: int, keys: jax.Array) -> jax.Array:
@@ -279,7 +330,7 @@ class DeviceEpochs:
     ptr, pos_items = tables["pos_ptr"], tables["pos_items"]
     start = jnp.take(ptr, user, mode="clip")[:, None]
     end = jnp.take(ptr, user + 1, mode="clip")[:, None]
-    k = jax.random.randint(key, shape, 0, self.num_items - (end - start), dtype=jnp.int32)
+    k = counter_randint(key, shape, self.num_items - (end - start))
     lo = jnp.broadcast_to(start, shape)
     hi = jnp.broadcast_to(end, shape)
 
@@ -351,8 +402,7 @@ class DeviceEpochs:
 
   # ------------------------------------------------------------------ batches
   def _round_keys(self, epoch: jax.Array) -> jax.Array:
-    key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(self.seed), _PERM_TAG), epoch)
-    return jax.random.bits(key, (_FEISTEL_ROUNDS,), jnp.uint32)
+    return counter_bits(hash_key(self.seed, _PERM_TAG, epoch), (_FEISTEL_ROUNDS,))
 
   def rows_of(self, epoch: jax.Array, j: jax.Array) -> jax.Array:
     """Train rows at positions ``j`` of epoch ``epoch``'s order (a keyed permutation)."""
@@ -383,16 +433,15 @@ class DeviceEpochs:
     if self.kind == "in_batch":
       out["pos_logq"] = data(tables["logq"][pos])
       return out
-    key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(self.seed), _NEG_TAG), g)
+    key = hash_key(self.seed, _NEG_TAG, g)
     shape = (self.global_batch, self.num_negatives)
     if self.kind == "uniform" and self.exclude:
       neg = self._uniform_non_positive(tables, user, key, shape)
     elif self.kind == "uniform":
-      neg = jax.random.randint(key, shape, 0, self.num_items, dtype=jnp.int32)
+      neg = counter_randint(key, shape, self.num_items)
     else:
-      k_col, k_keep = jax.random.split(key)
-      col = jax.random.randint(k_col, shape, 0, self.num_items, dtype=jnp.int32)
-      bits = jax.random.bits(k_keep, shape, jnp.uint32)
+      col = counter_randint(key, shape, self.num_items)
+      bits = counter_bits(key, shape, stream=1)
       keep = tables["keep_all"][col] | (bits < tables["threshold"][col])
       neg = jnp.where(keep, col, tables["alias"][col])
     out["neg"] = data(neg)
