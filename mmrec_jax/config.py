@@ -211,6 +211,9 @@ def base_config() -> ml_collections.ConfigDict:
   t.max_checkpoints = 2
   t.compute_dtype = "float32"  # float32 | bfloat16
   t.progress_bar = True
+  # JAX's persistent compilation cache (mmrec_jax/compile_cache.py): 'auto' (on in
+  # <data cache>/xla, except with several CPU devices), 'off', or a directory.
+  t.compile_cache = "auto"
 
   # ---------------------------------------------------------------- evaluation
   e = c.eval = ml_collections.ConfigDict()

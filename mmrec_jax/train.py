@@ -27,7 +27,7 @@ import jax
 import ml_collections
 from absl import logging
 
-from mmrec_jax import checkpointing, reporting, sharding
+from mmrec_jax import checkpointing, compile_cache, reporting, sharding
 from mmrec_jax import config as config_lib
 from mmrec_jax import fingerprint as fingerprint_lib
 from mmrec_jax.data import pipeline as pipeline_lib  # noqa: F401  (tests patch these)
@@ -120,6 +120,7 @@ def _train_and_evaluate(
 ) -> dict:
   """The run itself, with the workdir locked."""
   is_main = jax.process_index() == 0
+  logging.info("%s", compile_cache.enable(config))
   signals.fault_point("prepare", 0)
   run = set_up(config)
   task, steps, mesh = run.task, run.steps, run.mesh
