@@ -458,6 +458,10 @@ class DeviceEpochs:
     max_chunk = self.max_chunk
 
     def many(state, ids, tables, frozen, g0, n):
+      # A jitted inner step: the loop body's call reuses the trace ``eval_shape`` made
+      # (same abstract arguments), so the step is traced once, not twice (~0.15 s of a
+      # warm-cache ML-100K start). XLA inlines it.
+      @jax.jit
       def one(st, g):
         return step_fn(st, self.make_batch(ids, tables, g), frozen)
 
