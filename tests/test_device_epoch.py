@@ -157,7 +157,7 @@ def _task(cfg, mesh):
   return Task(cfg, info, mesh)
 
 
-def test_chunks_of_any_size_equal_one_step_at_a_time_and_resume_mid_epoch():
+def test_chunks_of_any_size_equal_one_step_at_a_time_and_resume_mid_epoch(monkeypatch):
   mesh = sharding.make_mesh()
   cfg = _cfg()
   task = _task(cfg, mesh)
@@ -173,8 +173,13 @@ def test_chunks_of_any_size_equal_one_step_at_a_time_and_resume_mid_epoch():
     losses.append(float(m["loss"]))
   ref = jax.tree.map(np.asarray, state)
 
-  for chunk in (4, 15):
+  # (steps per call, steps per block of batches made at once): a 15-step call in blocks
+  # of 4 ends in a partial block.
+  for chunk, block in ((4, 4), (15, 15), (15, 4)):
+    per_step = cfg.input.batch_size * (2 + cfg.input.num_negatives)
+    monkeypatch.setattr(device_epoch, "BLOCK_ELEMENTS", per_step * block)
     epochs, _ = _epochs(cfg, mesh, max_chunk=chunk)
+    assert epochs._block_steps == block
     st = task.init(0)
     seen = []
     while epochs.step < total:
