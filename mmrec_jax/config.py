@@ -191,6 +191,10 @@ def base_config() -> ml_collections.ConfigDict:
   o.weight_decay = 0.0
   o.sparse = "adam"  # sparse row-wise optimizer for tables: adam | rowwise_adagrad | sgd
   o.sparse_learning_rate = 1e-3
+  # Learning-rate schedule of tables and dense layers (optim/sparse.py): 'constant' or
+  # 'linear' (to 0 at step decay_steps; 0 = the run's last step, train.num_epochs epochs).
+  o.schedule = "constant"
+  o.decay_steps = 0
   # How the step addresses a batch's table rows (optim/sparse.py): 'auto' | 'unique'
   # (sort the ids, gather/scatter rows) | 'dense' (whole small table, touched rows written)
   o.sparse_rows = "auto"

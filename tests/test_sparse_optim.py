@@ -192,3 +192,53 @@ def test_row_index_counts_and_mode_choice():
   assert pick_row_mode("dense", 1682, 2048, num_shards=8) == "dense"  # asked for: honoured
   with pytest.raises(ConfigError, match="sparse_rows"):
     pick_row_mode("hash", 10, 4)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam"])
+def test_linear_schedule_follows_optax_linear_schedule_over_steps(data, name):
+  """Steps 0..4 of a 4-step linear decay: the tables follow optax with the same schedule
+  (the fifth step has rate 0 and leaves the table as it was)."""
+  table, w = data
+  sched = optax.linear_schedule(0.1, 0.0, 4)
+  dense = optax.sgd(sched) if name == "sgd" else optax.adam(sched)
+  opt = make_sparse_optimizer(name, 0.1, "linear", 4)
+  state, dstate = opt.init(table.shape, table.dtype), dense.init(table)
+  t_sparse, t_dense = table, table
+  for step in range(5):
+    uniq, inv = unique_ids(jnp.asarray(IDS), R)
+    rows = gather_rows(t_sparse, uniq)
+    g = jax.grad(lambda r, inv=inv: _loss(r[inv], w))(rows)
+    before = t_sparse
+    t_sparse, state = opt.update(t_sparse, state, uniq, rows, g, step=jnp.int32(step))
+    upd, dstate = dense.update(_dense_grad(t_dense, w), dstate, t_dense)
+    t_dense = optax.apply_updates(t_dense, upd)
+    np.testing.assert_allclose(
+      np.asarray(t_sparse)[TOUCHED], np.asarray(t_dense)[TOUCHED], rtol=1e-5, atol=1e-6
+    )
+  np.testing.assert_array_equal(np.asarray(t_sparse), np.asarray(before))  # rate 0 at step 4
+
+
+def test_schedule_keys_fail_in_one_line():
+  from mmrec_jax.optim.dense import make_dense_optimizer
+
+  with pytest.raises(ConfigError, match="optimizer.schedule='cosine' is not one of"):
+    make_sparse_optimizer("sgd", 0.1, "cosine", 10)
+  with pytest.raises(ConfigError, match="needs optimizer.decay_steps > 0"):
+    make_dense_optimizer("adam", 0.1, 0.0, "linear", 0)
+
+
+def test_decay_steps_default_to_the_runs_total_steps():
+  from mmrec_jax import config as config_lib
+  from mmrec_jax.loop.setup import _resolve_decay_steps
+
+  c = config_lib.base_config()
+  c.input.batch_size = 100
+  c.train.num_epochs = 3
+  assert _resolve_decay_steps(c, 1050) is c  # constant schedule: untouched
+  c.optimizer.schedule = "linear"
+  resolved = _resolve_decay_steps(c, 1050)
+  assert resolved.optimizer.decay_steps == 30 and c.optimizer.decay_steps == 0
+  c.train.max_steps = 7
+  assert _resolve_decay_steps(c, 1050).optimizer.decay_steps == 7
+  c.optimizer.decay_steps = 12
+  assert _resolve_decay_steps(c, 1050).optimizer.decay_steps == 12

@@ -146,6 +146,25 @@ class RunSetup:
   steps: Any = None
 
 
+def _resolve_decay_steps(config: ml_collections.ConfigDict, num_train: int):
+  """``optimizer.decay_steps=0`` of a decaying schedule -> the run's total steps (a copy).
+
+  The total is ``train.num_epochs`` epochs of ``num_train // input.batch_size`` steps (the
+  pipelines' epoch), capped by ``train.max_steps``: the rate reaches 0 at the run's end.
+  """
+  opt = config.optimizer
+  if opt.get("schedule", "constant") == "constant" or int(opt.get("decay_steps", 0)) > 0:
+    return config
+  total = max(1, num_train // int(config.input.batch_size)) * int(config.train.num_epochs)
+  if config.train.max_steps > 0:
+    total = min(total, int(config.train.max_steps))
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    config.optimizer.decay_steps = total
+  logging.info("optimizer.schedule=%r decays to 0 over %d steps", opt.schedule, total)
+  return config
+
+
 def set_up(config: ml_collections.ConfigDict) -> RunSetup:
   """Checks, prepares the data, builds the task and the train pipeline."""
   mesh = make_mesh(config)
@@ -159,6 +178,7 @@ def set_up(config: ml_collections.ConfigDict) -> RunSetup:
   ds = prepare_lib.prepare(config.data)
   ds, modalities = resolve_modalities(ds, config)
   info = build_data_info(ds, config, modalities)
+  config = _resolve_decay_steps(config, len(ds.split("train").users))
   task = Task(config, info, mesh)
   features = expected_dims = None
   if config.input.stream_features:

@@ -121,9 +121,18 @@ class Task:
       build,
       abstract,
       mesh,
-      make_sparse_optimizer(config.optimizer.sparse, config.optimizer.sparse_learning_rate),
+      make_sparse_optimizer(
+        config.optimizer.sparse,
+        config.optimizer.sparse_learning_rate,
+        config.optimizer.get("schedule", "constant"),
+        int(config.optimizer.get("decay_steps", 0)),
+      ),
       make_dense_optimizer(
-        config.optimizer.name, config.optimizer.learning_rate, config.optimizer.weight_decay
+        config.optimizer.name,
+        config.optimizer.learning_rate,
+        config.optimizer.weight_decay,
+        config.optimizer.get("schedule", "constant"),
+        int(config.optimizer.get("decay_steps", 0)),
       ),
     )
     self.regime = regime_cls(

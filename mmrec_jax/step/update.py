@@ -126,7 +126,7 @@ def apply_gradients(
   for k, t in tables.items():
     mask = None if touched is None else touched.get(k)
     new_tables[k], new_opt_tables[k] = layout.sparse_opt.update(
-      t, opt_tables.get(k, {}), ids[k], rows[k], g_rows[k], touched=mask
+      t, opt_tables.get(k, {}), ids[k], rows[k], g_rows[k], touched=mask, step=state["step"]
     )
   dense = state["params"]["dense"]
   updates, dense_opt = layout.dense_tx.update(g_dense, state["opt_state"]["dense"], dense)
