@@ -71,8 +71,8 @@ def _args():
   p.add_argument("--cornac-iters", default="25,50,100,200")
   p.add_argument("--eval-every", type=int, default=1)
   p.add_argument("--max-epochs", type=int, default=100)
-  p.add_argument("--ours-lr", type=float, default=75.0, help="sparse SGD lr (batch-mean loss)")
-  p.add_argument("--ours-l2", type=float, default=3e-3)
+  p.add_argument("--ours-lr", type=float, default=500.0, help="sparse SGD lr (batch-mean loss)")
+  p.add_argument("--ours-l2", type=float, default=4e-3)
   p.add_argument("--ours-negatives", type=int, default=4, help="for the time-to-target run")
   p.add_argument("--ours-dim", type=int, default=64)
   p.add_argument("--ours-item-bias", action="store_true", help="b_i as Cornac's BPR has")
@@ -83,6 +83,12 @@ def _args():
     help="negatives never a positive of the user (input.exclude_positives; Cornac skips them)",
   )
   p.add_argument("--ours-seed", type=int, default=0)
+  p.add_argument(
+    "--ours-decay-epochs",
+    type=int,
+    default=10,
+    help="> 0: linear learning-rate decay to 0 over this many epochs, the run's length",
+  )
   p.add_argument("--target-rounds", type=int, default=3)
   p.add_argument("--parts", default="epoch100k,epoch1m,target")
   # Internal: one cold run of ours (time_to_target starts these in fresh processes).
@@ -264,7 +270,7 @@ def _stats(xs):
 
 def per_epoch(name, data, args, rounds, mesh):
   print(f"\n## {name}: seconds per epoch, d=64, 1 negative ({_load()} before)", flush=True)
-  ours = Ours(data, _our_config(args, 64, 1, args.ours_lr, args.ours_l2), mesh)
+  ours = Ours(data, _our_config(args, 64, 1, 50.0, 2e-3), mesh)  # rate: speed only
   cornac_fit = cornac_fitter(data, 64, args.threads, 1)
   systems = {
     f"mmrec_jax BPR-MF (device epochs, batch {args.batch}, sparse SGD)": ours.epoch,
@@ -313,12 +319,17 @@ def _cornac_ndcg(data, cfg, mesh, model, train_set, k=64):
   return _ndcg(users, items, data.ds, cfg.eval, mesh)
 
 
-def _target_config(args):
+def _target_config(args, num_train):
   ocfg = _our_config(
     args, args.ours_dim, args.ours_negatives, args.ours_lr, args.ours_l2, args.ours_item_bias
   )
   ocfg.input.exclude_positives = args.ours_exclude
   ocfg.seed = args.ours_seed
+  if args.ours_decay_epochs > 0:
+    # The rate falls linearly to 0 over this many epochs (optimizer.schedule), and the
+    # run ends there.
+    ocfg.optimizer.schedule = "linear"
+    ocfg.optimizer.decay_steps = (num_train // args.batch) * args.ours_decay_epochs
   return ocfg
 
 
@@ -333,7 +344,8 @@ def ours_child(args):
 
   mesh = sharding.make_mesh()
   data, cfg = ml100k(args, args.data_cache)
-  ocfg = _target_config(args)
+  ocfg = _target_config(args, data.users.size)
+  last = args.ours_decay_epochs if args.ours_decay_epochs > 0 else args.max_epochs
   ocfg.train.compile_cache = args.compile_cache
   print(compile_cache.enable(ocfg), file=sys.stderr)
   _ndcg(  # compile the evaluator before the clock starts (Cornac's is NumPy)
@@ -347,7 +359,7 @@ def ours_child(args):
   ours = Ours(data, ocfg, mesh)
   trained, curve = time.perf_counter() - t0, []
   build, epochs = trained, []
-  for e in range(1, args.max_epochs + 1):
+  for e in range(1, last + 1):
     epochs.append(ours.epoch())  # the first includes the compile (or the cache's load)
     trained += epochs[-1]
     if e % args.eval_every == 0:
@@ -383,6 +395,7 @@ def _child(args, cache_dir):
     f"--ours-negatives={args.ours_negatives}",
     f"--ours-dim={args.ours_dim}",
     f"--ours-seed={args.ours_seed}",
+    f"--ours-decay-epochs={args.ours_decay_epochs}",
     "--ours-exclude" if args.ours_exclude else "--no-ours-exclude",
   ]
   if args.ours_item_bias:
@@ -438,9 +451,14 @@ def time_to_target(data, cfg, args, mesh):
     f"| Cornac BPR | k=64, lr 0.05, lambda 0.01, max_iter {best_it} | {best:.4f} | "
     f"{best_it} | {med:.2f} | {p25:.2f} |"
   )
+  decay = (
+    f", lr decayed linearly to 0 over {args.ours_decay_epochs} epochs"
+    if args.ours_decay_epochs > 0
+    else ""
+  )
   settings = (
     f"d={args.ours_dim}, {args.ours_negatives} neg, batch {args.batch}, SGD lr "
-    f"{args.ours_lr}, l2 {args.ours_l2}, item bias {args.ours_item_bias}, positives "
+    f"{args.ours_lr}{decay}, l2 {args.ours_l2}, item bias {args.ours_item_bias}, positives "
     f"excluded {args.ours_exclude}, seed {args.ours_seed}"
   )
   for name, label in (
