@@ -67,3 +67,10 @@ def test_a_second_process_loads_the_programs_and_trains_the_same_model(tmp_path)
   second, err2 = _run(tmp_path, "b")
   assert "Persistent compilation cache hit" in err2
   assert first["test"] == second["test"] and first["valid"] == second["valid"]
+  # A damaged entry (a writer killed mid-file: JAX does not write atomically) costs a
+  # compile, never the run or its results.
+  for f in (tmp_path / "data" / "xla").iterdir():
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+  third, err3 = _run(tmp_path, "c")
+  assert "Persistent compilation cache hit" not in err3
+  assert first["test"] == third["test"] and first["valid"] == third["valid"]
