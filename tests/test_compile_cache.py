@@ -36,6 +36,11 @@ def test_the_mode_decides_and_auto_stays_off_with_several_cpu_devices(tmp_path, 
   assert path is None and "outside mmrec_jax" in why
   with pytest.raises(ConfigError, match="train.compile_cache='-x'"):
     compile_cache.decide(_cfg("-x"))
+  # A directory that cannot be made (here: under a file) leaves the cache off, the run on.
+  (tmp_path / "file").write_text("")
+  why = compile_cache.enable(_cfg(str(tmp_path / "file" / "xla")))
+  assert why.startswith("compilation cache off: cannot create")
+  assert jax.config.jax_compilation_cache_dir != str(tmp_path / "file" / "xla")
 
 
 def _run(tmp_path, workdir):

@@ -242,3 +242,40 @@ def test_decay_steps_default_to_the_runs_total_steps():
   assert _resolve_decay_steps(c, 1050).optimizer.decay_steps == 7
   c.optimizer.decay_steps = 12
   assert _resolve_decay_steps(c, 1050).optimizer.decay_steps == 12
+
+
+def test_linear_schedule_through_the_real_flag_parser(tmp_path):
+  """`--config.optimizer.schedule=linear` as a user types it: the run decays to 0 over
+  its own total steps and finishes."""
+  import json
+  import os
+  import pathlib
+  import subprocess
+  import sys
+
+  root = pathlib.Path(__file__).resolve().parents[1]
+  cmd = [
+    sys.executable,
+    "-m",
+    "mmrec_jax.main",
+    f"--config={root / 'experiments/synthetic.py'}:smoke",
+    f"--workdir={tmp_path / 'run'}",
+    f"--config.data.cache_dir={tmp_path / 'data'}",
+    "--config.optimizer.schedule=linear",
+    "--config.train.max_steps=3",
+  ]
+  out = subprocess.run(
+    cmd, cwd=tmp_path, env=dict(os.environ), capture_output=True, text=True, timeout=600
+  )
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "optimizer.schedule='linear' decays to 0 over 3 steps" in out.stderr
+  assert json.loads((tmp_path / "run" / "results.json").read_text())["status"] == "finished"
+  bad = subprocess.run(
+    [*cmd[:-2], "--config.optimizer.schedule=cosine"],
+    cwd=tmp_path,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  assert bad.returncode != 0
+  assert "optimizer.schedule='cosine' is not one of" in bad.stderr.strip().splitlines()[-1]
