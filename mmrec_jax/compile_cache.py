@@ -32,18 +32,10 @@ import jax
 import ml_collections
 from jax.experimental.compilation_cache import compilation_cache as jax_cc
 
+from mmrec_jax.data.cache import cache_dir_of
 from mmrec_jax.errors import ConfigError
 
-MODES = ("auto", "off")
 MIN_COMPILE_SECONDS = 0.1
-
-
-def _data_cache_root(config: ml_collections.ConfigDict) -> pathlib.Path:
-  data = config.get("data")
-  d = (data.get("cache_dir", "") if data is not None else "") or os.environ.get(
-    "MMREC_JAX_CACHE", ""
-  )
-  return pathlib.Path(d or "~/.cache/mmrec_jax").expanduser()
 
 
 def decide(config: ml_collections.ConfigDict) -> tuple[str | None, str]:
@@ -62,7 +54,7 @@ def decide(config: ml_collections.ConfigDict) -> tuple[str | None, str]:
   local = jax.local_devices()
   if local[0].platform == "cpu" and (len(local) > 1 or jax.process_count() > 1):
     return None, "several CPU devices: loading cached multi-device loops can abort XLA:CPU"
-  return str(_data_cache_root(config) / "xla"), "train.compile_cache='auto'"
+  return str(cache_dir_of(config.data) / "xla"), "train.compile_cache='auto'"
 
 
 def enable(config: ml_collections.ConfigDict) -> str:
@@ -87,4 +79,4 @@ def enable(config: ml_collections.ConfigDict) -> str:
   return f"compilation cache on: {path} ({why})"
 
 
-__all__ = ["MIN_COMPILE_SECONDS", "MODES", "decide", "enable"]
+__all__ = ["MIN_COMPILE_SECONDS", "decide", "enable"]

@@ -56,6 +56,7 @@ Not here (the grain path stays for them): streamed features (``input.stream_feat
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from collections.abc import Callable, Mapping
@@ -167,11 +168,7 @@ def counter_bits(key: jax.Array, shape: tuple[int, ...], stream: int = 0) -> jax
   elements of one draw are distinct before the second mix and independent-looking after
   it; ``stream`` separates draws made under the same key.
   """
-  c = jnp.zeros(shape, jnp.uint32)
-  stride = 1
-  for d in reversed(range(len(shape))):
-    c = c + jax.lax.broadcasted_iota(jnp.uint32, shape, d) * jnp.uint32(stride)
-    stride *= shape[d]
+  c = jnp.arange(math.prod(shape), dtype=jnp.uint32).reshape(shape)
   k2 = _mix32(key, jnp.uint32(0x7F4A7C15 + stream))
   return _mix32(_mix32(c, key) ^ k2, k2)
 
@@ -479,11 +476,12 @@ class DeviceEpochs:
       # Batches are made a block of ``block`` steps at a time (vmapped over the batch
       # index): shuffling and sampling then run as a few large array ops instead of a
       # few small ones per step, whose fixed cost dominated them (module doc).
+      # Jitted as ``one`` is: the loop's call reuses the trace ``eval_shape`` made.
       block = self._block_steps
-      make = jax.vmap(lambda g: self.make_batch(ids, tables, g))
+      make = jax.jit(jax.vmap(lambda g: self.make_batch(ids, tables, g)))
       batch0 = jax.tree.map(
         lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype),
-        jax.eval_shape(make, jnp.zeros((1,), jnp.int32)),
+        jax.eval_shape(make, jnp.zeros((block,), jnp.int32)),
       )
       shapes = jax.eval_shape(one, state, batch0)[1]
       buf = jax.tree.map(lambda s: jnp.zeros((max_chunk, *s.shape), s.dtype), shapes)
