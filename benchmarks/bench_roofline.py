@@ -38,6 +38,7 @@ Prints Markdown tables.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import os
 import pathlib
@@ -59,6 +60,12 @@ def _args():
   p.add_argument("--interactions", type=int, default=20_100_000)
   p.add_argument("--copy-gib", type=float, default=4.0)
   p.add_argument("--sparse-rows", default="auto", help="optimizer.sparse_rows")
+  p.add_argument(
+    "--unique",
+    default="default",
+    choices=("default", "jnp", "sort_search"),
+    help="how a step finds its distinct ids (optim/sparse.py unique_ids), for an A/B",
+  )
   return p.parse_args()
 
 
@@ -112,10 +119,14 @@ def main():
   peers = _peers_module()
   from mmrec_jax import sharding
 
+  if args.unique != "default":
+    from mmrec_jax.optim import sparse
+
+    sparse.unique_ids = functools.partial(sparse.unique_ids, method=args.unique)
   dev = jax.devices()[0]
   print(
     f"# jax {jax.__version__}, {len(jax.devices())} x {dev.platform} "
-    f"({getattr(dev, 'device_kind', '?')}), {os.cpu_count()} cpus"
+    f"({getattr(dev, 'device_kind', '?')}), {os.cpu_count()} cpus, distinct ids: {args.unique}"
   )
   bw = copy_bandwidth(args.copy_gib)
   mesh = sharding.make_mesh()

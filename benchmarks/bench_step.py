@@ -13,7 +13,8 @@ exponent ~1, mapped through a fixed random permutation of the ids), so a big cat
 shows its real cost: the touched rows are spread over all of the table, never a handful
 of reused batches. ``--row-modes`` compares the sparse step's row addressing
 (``optimizer.sparse_rows``: ``unique`` sorts ids, ``dense`` updates the whole table where
-touched; see mmrec_jax/optim/sparse.py).
+touched; see mmrec_jax/optim/sparse.py); ``--unique jnp,sort_search`` compares, in the
+same run, alternating, how the ``unique`` mode finds a batch's distinct ids.
 
   .venv/bin/python benchmarks/bench_step.py                       # 1 CPU device
   .venv/bin/python benchmarks/bench_step.py --devices 8           # 8 fake CPU devices
@@ -25,6 +26,8 @@ Prints one Markdown table (median / p90 ms per step, ratio big/small).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import os
 import sys
 import time
@@ -48,6 +51,11 @@ def _args():
   p.add_argument(
     "--row-modes", default="auto", help="optimizer.sparse_rows values, e.g. unique,dense"
   )
+  p.add_argument(
+    "--unique",
+    default="default",
+    help="how a step finds its distinct ids (optim/sparse.py unique_ids), e.g. jnp,sort_search",
+  )
   return p.parse_args()
 
 
@@ -64,6 +72,7 @@ import optax  # noqa: E402
 from mmrec_jax import config as config_lib  # noqa: E402
 from mmrec_jax import sharding  # noqa: E402
 from mmrec_jax.models import registry  # noqa: E402
+from mmrec_jax.optim import sparse  # noqa: E402
 from mmrec_jax.step import DataInfo, Task  # noqa: E402
 
 
@@ -181,6 +190,18 @@ def _dense_runner(num_items, mesh):
   return _Runner("bpr_mf dense optax-adam", step_jit, state, _Batches(mesh, num_items))
 
 
+@contextlib.contextmanager
+def _unique_method(method):
+  """Steps traced inside use ``unique_ids(..., method=method)`` (``default``: as shipped)."""
+  orig = sparse.unique_ids
+  if method != "default":
+    sparse.unique_ids = functools.partial(orig, method=method)  # row_index's lookup
+  try:
+    yield
+  finally:
+    sparse.unique_ids = orig
+
+
 def _ms(times):
   t = np.asarray(times) * 1e3
   return float(np.median(t)), float(np.percentile(t, 90))
@@ -199,11 +220,16 @@ def main():
   )
   rows = []
   for model in ARGS.models.split(","):
-    runners = [
-      (n, _task_runner(model, n, mesh, mode)) for mode in ARGS.row_modes.split(",") for n in sizes
-    ]
-    for _, r in runners:
-      r.run(ARGS.warmup, record=False)
+    runners = []
+    for method in ARGS.unique.split(","):
+      for mode in ARGS.row_modes.split(","):
+        for n in sizes:
+          with _unique_method(method):  # the step is traced in its warm-up
+            r = _task_runner(model, n, mesh, mode)
+            r.run(ARGS.warmup, record=False)
+          if method != "default":
+            r.label += f" unique={method}"
+          runners.append((n, r))
     for _ in range(ARGS.rounds):
       for _, r in runners:
         r.run(ARGS.steps)

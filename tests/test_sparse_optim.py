@@ -56,6 +56,28 @@ def test_unique_ids_inverse_and_fill():
   assert (np.asarray(uniq)[len(TOUCHED) :] == R).all()  # out-of-range fill
 
 
+@pytest.mark.parametrize(
+  "shape,num_rows,high",
+  [((8192,), 10_000_000, 10_000_000), ((4096, 2), 50, 50), ((333,), 7, 1), ((1,), 3, 3)],
+)
+@pytest.mark.parametrize("method", ["sort_search", None])
+def test_unique_ids_equals_jnp_unique(shape, num_rows, high, method):
+  """The sort-then-search formulation returns exactly what ``jnp.unique`` returns."""
+  ids = np.random.default_rng(len(shape) + num_rows).integers(0, high, shape).astype(np.int32)
+  uniq, inv = jax.jit(unique_ids, static_argnums=(1, 2))(jnp.asarray(ids), num_rows, method)
+  ref_u, ref_i = jnp.unique(
+    ids.reshape(-1), size=ids.size, fill_value=num_rows, return_inverse=True
+  )
+  np.testing.assert_array_equal(uniq, ref_u)
+  np.testing.assert_array_equal(inv, np.asarray(ref_i).reshape(shape))
+  assert inv.dtype == ref_i.dtype and uniq.dtype == ref_u.dtype
+
+
+def test_unique_ids_unknown_method_fails():
+  with pytest.raises(ValueError, match="'radix' is not one of"):
+    unique_ids(jnp.asarray(IDS), R, method="radix")
+
+
 @pytest.mark.parametrize("name,dense", [("sgd", optax.sgd(0.1)), ("adam", optax.adam(0.1))])
 def test_one_and_two_steps_match_dense_optax(data, name, dense):
   table, w = data

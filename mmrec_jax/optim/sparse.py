@@ -40,7 +40,7 @@ then beat 15-20 constant-rate ones (benchmarks/RESULTS_bpr_peers.md). The rate o
 is that of the batch's global step (``state['step']`` before the update).
 
 Two ways to index a batch's rows (``optimizer.sparse_rows``, chosen per row kind by
-:func:`pick_row_mode`): ``unique`` sorts the batch ids (``jnp.unique``), gathers and
+:func:`pick_row_mode`): ``unique`` sorts the batch ids (:func:`unique_ids`), gathers and
 scatters the distinct rows of the table and of every optimizer array; ``dense`` skips
 the sort, differentiates the whole (small) table -- the gather's transpose scatter-adds
 the batch gradients into a ``[rows, dim]`` buffer -- and updates every array with a
@@ -223,13 +223,47 @@ def make_sparse_optimizer(
   return makers[name](learning_rate_at(learning_rate, schedule, decay_steps))
 
 
-def unique_ids(ids: jax.Array, num_rows: int) -> tuple[jax.Array, jax.Array]:
+UNIQUE_METHODS = ("sort_search", "jnp")
+
+
+def unique_ids(
+  ids: jax.Array, num_rows: int, method: str | None = None
+) -> tuple[jax.Array, jax.Array]:
   """Distinct ids padded to ``ids.size`` with ``num_rows`` (out of range) + inverse.
 
-  Returns ``(uniq [n], inverse with ids' shape)`` so that ``uniq[inverse] == ids``.
+  Returns ``(uniq [n], inverse with ids' shape)`` so that ``uniq[inverse] == ids``: the
+  arrays of ``jnp.unique(flat, size=n, fill_value=num_rows, return_inverse=True)`` for
+  ids in ``[0, num_rows)`` (tests/test_sparse_optim.py).
+
+  On CPU they are computed differently, because the sort was the largest single cost of
+  a sparse step there: ``jnp.unique`` sorts (id, position) pairs, which XLA:CPU runs
+  through a compiled comparator called per comparison, while a sort of the ids alone
+  takes its fast path; the inverse is then a binary search of each id in the sorted
+  distinct ids (``searchsorted``: log2(n) vectorised steps). 8,192 ids: 2.5 -> 0.7 ms;
+  the BPR-MF step at batch 4096 went from 8.3 to 6.7 ms (benchmarks/RESULTS_step.md).
+  On one device the training results are bit-identical. On several, the inverse now
+  stays sharded like the batch (jnp.unique's was replicated), so each device sums the
+  gradients of its own examples per row before the all-reduce: results differ from
+  before in the last bits of float sums, still deterministic. Other backends keep
+  ``jnp.unique``: the GPU lease ended before this variant could be measured there
+  (a while loop per search costs launches on a GPU; its pair sort is a radix sort).
+  ``method`` (``sort_search`` | ``jnp``) overrides the choice (benchmarks' A/B).
   """
+  if method is None:
+    method = "sort_search" if jax.default_backend() == "cpu" else "jnp"
+  if method not in UNIQUE_METHODS:
+    raise ValueError(f"unique_ids: method {method!r} is not one of {list(UNIQUE_METHODS)}")
   flat = ids.reshape(-1)
-  uniq, inv = jnp.unique(flat, size=flat.shape[0], fill_value=num_rows, return_inverse=True)
+  n = flat.shape[0]
+  if method == "jnp" or n == 0:
+    uniq, inv = jnp.unique(flat, size=n, fill_value=num_rows, return_inverse=True)
+    return uniq, inv.reshape(ids.shape)
+  srt = jnp.sort(flat)
+  first = jnp.concatenate([jnp.ones((1,), bool), srt[1:] != srt[:-1]])
+  slot = jnp.where(first, jnp.cumsum(first) - 1, n)  # n: dropped
+  uniq = jnp.full((n,), num_rows, flat.dtype).at[slot].set(srt, mode="drop")
+  # Leftmost match: the fill id num_rows is above every valid id, so it never matches.
+  inv = jnp.searchsorted(uniq, flat, side="left").astype(jnp.int32)
   return uniq, inv.reshape(ids.shape)
 
 

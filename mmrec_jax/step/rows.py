@@ -1,11 +1,11 @@
 """The gathered-rows regime: a step's cost grows with the batch, not the catalogue.
 
 A table is never differentiated as a whole. The step takes the distinct ids of the batch
-(``jnp.unique`` with a static size, padded with an out-of-range id), gathers those rows,
-and merges the model with the *gathered rows* in place of each table while the batch ids
-are remapped to positions in them. The gradient w.r.t. the gathered rows is then exactly
-the dense table gradient restricted to the touched rows (duplicates summed), and the
-sparse optimizer scatters the new rows back.
+(``optim.sparse.unique_ids``: a static size, padded with an out-of-range id), gathers
+those rows, and merges the model with the *gathered rows* in place of each table while
+the batch ids are remapped to positions in them. The gradient w.r.t. the gathered rows
+is then exactly the dense table gradient restricted to the touched rows (duplicates
+summed), and the sparse optimizer scatters the new rows back.
 
 With ``input.stream_features`` the batch carries the feature rows of its items, and
 evaluation runs the item tower over host feature chunks of ``STREAM_EVAL_CHUNK`` rows,
