@@ -73,6 +73,17 @@ def test_unique_ids_equals_jnp_unique(shape, num_rows, high, method):
   assert inv.dtype == ref_i.dtype and uniq.dtype == ref_u.dtype
 
 
+@pytest.mark.parametrize("shape", [(R,), (R, D), (R, 3, 2)])
+def test_gather_rows_equals_fill_mode_gather(shape):
+  """Clamped gather + row select reads exactly what ``mode='fill'`` reads (fill ids: 0)."""
+  x = jnp.asarray(np.random.default_rng(1).normal(size=shape), jnp.float32) + 5.0
+  uniq, _ = unique_ids(jnp.asarray(IDS), R)  # valid ids, then fill ids == R
+  ref = x.at[uniq].get(mode="fill", fill_value=0)
+  got = jax.jit(gather_rows)(x, uniq)
+  np.testing.assert_array_equal(got, ref)
+  assert (np.asarray(got)[len(TOUCHED) :] == 0).all() and got.dtype == x.dtype
+
+
 def test_unique_ids_unknown_method_fails():
   with pytest.raises(ValueError, match="'radix' is not one of"):
     unique_ids(jnp.asarray(IDS), R, method="radix")

@@ -77,10 +77,22 @@ DENSE_MAX_ROWS_PER_ID = 2
 
 
 def gather_rows(x: jax.Array, uniq: jax.Array | None) -> jax.Array:
-  """``x[uniq]`` where out-of-range (fill) ids read zeros; ``uniq=None``: all of ``x``."""
+  """``x[uniq]`` where out-of-range (fill) ids read zeros; ``uniq=None``: all of ``x``.
+
+  ``uniq`` holds valid ids then fill ids (>= rows). Written as a clamped gather that
+  promises in-bounds indices, then a per-row select, rather than ``mode='fill'``: the
+  same values (training bit-identical), but XLA:CPU emits the fill-mode gather with a
+  bounds check and select per element. Alone, a gather of 8,192 rows of 64 floats took
+  0.7-1.0 ms in fill mode and 0.3-0.4 ms this way; inside the BPR-MF step at batch 4096
+  it saved 7% at 1e5 item rows (7.3 -> 6.8 ms) and nothing measurable where the gather
+  waits on memory (1e7 rows, the ML-25M-shaped epoch).
+  """
   if uniq is None:
     return x
-  return x.at[uniq].get(mode="fill", fill_value=0)
+  n = x.shape[0]
+  rows = x.at[jnp.minimum(uniq, n - 1)].get(mode="promise_in_bounds")
+  valid = (uniq < n).reshape(uniq.shape + (1,) * (x.ndim - 1))
+  return jnp.where(valid, rows, jnp.zeros((), x.dtype))
 
 
 def take_valid_rows(x: jax.Array, ids: jax.Array) -> jax.Array:
