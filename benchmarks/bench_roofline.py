@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import importlib.util
 import os
 import pathlib
 import sys
@@ -51,6 +50,7 @@ import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
 def _args():
@@ -67,15 +67,6 @@ def _args():
     help="how a step finds its distinct ids (optim/sparse.py unique_ids), for an A/B",
   )
   return p.parse_args()
-
-
-def _peers_module():
-  spec = importlib.util.spec_from_file_location(
-    "bench_bpr_peers", ROOT / "benchmarks" / "bench_bpr_peers.py"
-  )
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod
 
 
 def _median_p25(xs):
@@ -116,7 +107,8 @@ def distinct_rows(users, items, num_items, batch, rng, draws=20):
 
 def main():
   args = _args()
-  peers = _peers_module()
+  import bench_bpr_peers as peers  # its data shapes, config and runner (beside this file)
+
   from mmrec_jax import sharding
 
   if args.unique != "default":
