@@ -242,3 +242,17 @@ def test_dense_and_unique_row_modes_train_the_same_model(name):
     states["dense"],
     states["unique"],
   )
+
+
+def test_after_leaves_gradients_bit_identical_whatever_the_values():
+  """``order_after`` only orders: -0.0, NaN and inf gradients pass unchanged, also
+  when the values it waits for are not finite. (Subnormals are flushed by XLA:CPU, as
+  by any arithmetic the update does on a gradient, so they are not part of the claim.)"""
+  from mmrec_jax.optim.sparse import order_after
+
+  g = {("t",): jnp.asarray([[-0.0, 0.0, 1.5, -2.0], [jnp.nan, jnp.inf, -jnp.inf, 1e-30]])}
+  for values in [(jnp.float32(0.7), {"a": jnp.float32(-3.0)}), (jnp.float32(jnp.nan), {})]:
+    out = jax.jit(order_after)(g, values)
+    np.testing.assert_array_equal(
+      np.asarray(out[("t",)]).view(np.uint32), np.asarray(g[("t",)]).view(np.uint32)
+    )

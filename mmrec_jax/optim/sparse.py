@@ -57,6 +57,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -74,6 +75,27 @@ ROW_MODES = ("auto", "unique", "dense")
 # id of the batch (measured on CPU, batch 1024, d=64: 943 users / 1682 items 2x faster
 # dense; 6,040 users or 1e4+ items slower: benchmarks/RESULTS_step.md).
 DENSE_MAX_ROWS_PER_ID = 2
+
+
+def order_after(x: Any, values: Any) -> Any:
+  """``x`` (a pytree) unchanged, bit for bit, but computed only after ``values`` are.
+
+  Why: a step rewrites a table, or a row-state array, in place while other values read
+  its old contents on paths the write does not wait for (the loss and metrics read the
+  old tables; the new table rows read the old Adam moments).
+  XLA:CPU's copy insertion cannot order those reads before the in-place write then, and
+  inside a training loop (data/device_epoch.py) it copies each such array whole on every
+  step: in dense row mode, 2-4 table-sized copies per ML-100K step, 9-17% of an epoch
+  (benchmarks/RESULTS_bpr_peers.md). ``jax.lax.optimization_barrier`` did not remove
+  them; a data dependency does. ``x + (-0.0) == x`` for every float (signed zeros,
+  infinities and NaN included; subnormals are flushed on XLA:CPU, as by every other
+  arithmetic op of the update), and the scalar is -0.0 whatever ``values`` hold (a
+  non-finite value is replaced first), so nothing changes but the order: training is
+  bit-identical on one device.
+  """
+  s = sum(jnp.sum(v.astype(jnp.float32)) for v in jax.tree.leaves(values))
+  minus_zero = -(0.0 * jnp.abs(jnp.where(jnp.isfinite(s), s, 0.0)))
+  return jax.tree.map(lambda a: a + minus_zero.astype(a.dtype), x)
 
 
 def gather_rows(x: jax.Array, uniq: jax.Array | None) -> jax.Array:
@@ -194,7 +216,8 @@ def _adam(lr: Callable, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -
     mu_hat = mu / (1 - b1**count)
     nu_hat = nu / (1 - b2**count)
     new_rows = rows + (-lr(step)) * (mu_hat / (jnp.sqrt(nu_hat) + eps)).reshape(rows.shape)
-    moments = jnp.concatenate([mu, nu, count], axis=1)
+    # The new rows read the old moments: write the moments after them (order_after).
+    moments = order_after(jnp.concatenate([mu, nu, count], axis=1), new_rows)
     return scatter_rows(table, uniq, new_rows, touched), {
       "moments": scatter_rows(state["moments"], uniq, moments, touched)
     }
@@ -218,6 +241,8 @@ def _rowwise_adagrad(
   def update(table, state, uniq, rows, grads, touched=None, step=None):
     acc = gather_rows(state["acc"], uniq) + jnp.mean(grads * grads, axis=-1)
     new_rows = rows - lr(step) * grads * jax.lax.rsqrt(acc + eps)[:, None]
+    # Not ordered after the new rows (order_after): copying one float per row costs less
+    # than the ordering (ML-100K epoch 23.5 -> 27.5 ms with it).
     return scatter_rows(table, uniq, new_rows, touched), {
       "acc": scatter_rows(state["acc"], uniq, acc, touched)
     }

@@ -19,6 +19,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from mmrec_jax import losses, sharding
+from mmrec_jax.optim.sparse import order_after
 from mmrec_jax.step.state import StateLayout
 from mmrec_jax.step.types import State
 
@@ -117,6 +118,9 @@ def apply_gradients(
     grad_clip: global-norm clipping threshold (0 = off).
     touched: flat path -> [rows] bool rows the batch used, where ``ids`` is None.
   """
+  # The loss and metrics read the old tables: order them before the writes (module doc of
+  # optim/sparse.py, order_after).
+  g_rows = order_after(g_rows, (loss, aux))
   grad_norm = optax.tree.norm((g_rows, g_dense))
   if grad_clip > 0:
     scale = jnp.minimum(1.0, grad_clip / (grad_norm + 1e-12))
