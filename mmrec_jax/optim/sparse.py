@@ -82,16 +82,17 @@ def order_after(x: Any, values: Any) -> Any:
 
   Why: a step rewrites a table, or a row-state array, in place while other values read
   its old contents on paths the write does not wait for (the loss and metrics read the
-  old tables; the new table rows read the old Adam moments).
-  XLA:CPU's copy insertion cannot order those reads before the in-place write then, and
-  inside a training loop (data/device_epoch.py) it copies each such array whole on every
+  old tables; the new table rows read the old Adam moments). XLA:CPU's copy insertion
+  cannot order those reads before the in-place write then, and inside a training loop (data/device_epoch.py) it copies each such array whole on every
   step: in dense row mode, 2-4 table-sized copies per ML-100K step, 9-17% of an epoch
   (benchmarks/RESULTS_bpr_peers.md). ``jax.lax.optimization_barrier`` did not remove
   them; a data dependency does. ``x + (-0.0) == x`` for every float (signed zeros,
   infinities and NaN included; subnormals are flushed on XLA:CPU, as by every other
   arithmetic op of the update), and the scalar is -0.0 whatever ``values`` hold (a
   non-finite value is replaced first), so nothing changes but the order: training is
-  bit-identical on one device.
+  bit-identical on one device. On several devices XLA may fuse and partition the step
+  differently with the extra operand, which moves the last bits of float sums
+  (deterministic, as before).
   """
   s = sum(jnp.sum(v.astype(jnp.float32)) for v in jax.tree.leaves(values))
   minus_zero = -(0.0 * jnp.abs(jnp.where(jnp.isfinite(s), s, 0.0)))

@@ -118,8 +118,8 @@ def apply_gradients(
     grad_clip: global-norm clipping threshold (0 = off).
     touched: flat path -> [rows] bool rows the batch used, where ``ids`` is None.
   """
-  # The loss and metrics read the old tables: order them before the writes (module doc of
-  # optim/sparse.py, order_after).
+  # The loss and metrics read the old tables: order them before the in-place writes
+  # (optim/sparse.py:order_after).
   g_rows = order_after(g_rows, (loss, aux))
   grad_norm = optax.tree.norm((g_rows, g_dense))
   if grad_clip > 0:
