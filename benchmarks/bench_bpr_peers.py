@@ -530,6 +530,12 @@ def select_schedule(data, cfg, args, mesh):
     )
 
 
+def log_uniform_ranks(rng, n_ids: int, size: int) -> np.ndarray:
+  """Power-law ranks in ``[0, n_ids)``: log-uniform, i.e. Zipf with exponent ~1."""
+  rank = np.floor(np.exp(rng.random(size) * np.log(n_ids + 1.0))).astype(np.int64) - 1
+  return np.clip(rank, 0, n_ids - 1)
+
+
 def epoch25m(args, mesh, batch=65536, model="bpr_mf", features=False):
   """ML-25M-shaped BPR-MF (162,541 x 59,047 x 20.1M train): one whole epoch timed.
 
@@ -540,11 +546,8 @@ def epoch25m(args, mesh, batch=65536, model="bpr_mf", features=False):
   """
   rng = np.random.default_rng(0)
   nu, ni, n = 162_541, 59_047, 20_100_000
-  u = np.floor(np.exp(rng.random(n) * np.log(nu + 1.0))).astype(np.int64) - 1
-  i = np.floor(np.exp(rng.random(n) * np.log(ni + 1.0))).astype(np.int64) - 1
-  data = _Data(
-    rng.permutation(nu)[np.clip(u, 0, nu - 1)], rng.permutation(ni)[np.clip(i, 0, ni - 1)], nu, ni
-  )
+  u, i = log_uniform_ranks(rng, nu, n), log_uniform_ranks(rng, ni, n)
+  data = _Data(rng.permutation(nu)[u], rng.permutation(ni)[i], nu, ni)
   del u, i
   print(f"\n## ML-25M-shaped {model}, batch {batch}, d=64, 1 neg, sparse Adam ({_load()} before)")
   args.batch = batch

@@ -69,10 +69,6 @@ def _args():
   return p.parse_args()
 
 
-def _median_p25(xs):
-  return float(np.median(xs)), float(np.percentile(xs, 25))
-
-
 def copy_bandwidth(gib: float) -> float:
   """Bytes/s of a streaming read+write (the achievable ceiling) on the default device."""
   n = int(gib * (1 << 30)) // 4
@@ -87,7 +83,7 @@ def copy_bandwidth(gib: float) -> float:
     y.block_until_ready()
     times.append(time.perf_counter() - t0)
   del x, y
-  med, _ = _median_p25(times)
+  med = float(np.median(times))
   bw = 2 * n * 4 / med
   print(f"copy: {gib:.1f} GiB read + written, median {med * 1e3:.2f} ms = {bw / 1e12:.2f} TB/s")
   return bw
@@ -124,11 +120,9 @@ def main():
   mesh = sharding.make_mesh()
   rng = np.random.default_rng(0)
   nu, ni0, n = 162_541, 59_047, args.interactions
-  u = np.floor(np.exp(rng.random(n) * np.log(nu + 1.0))).astype(np.int64) - 1
-  i = np.floor(np.exp(rng.random(n) * np.log(ni0 + 1.0))).astype(np.int64) - 1
-  users = rng.permutation(nu)[np.clip(u, 0, nu - 1)].astype(np.int32)
-  ranks = np.clip(i, 0, ni0 - 1)
-  del u, i
+  u, ranks = peers.log_uniform_ranks(rng, nu, n), peers.log_uniform_ranks(rng, ni0, n)
+  users = rng.permutation(nu)[u].astype(np.int32)
+  del u
   d, row_b, mom_b = 64, 64 * 4, (2 * 64 + 1) * 4
   rows = []
   for num_items in [int(x) for x in args.items.split(",")]:

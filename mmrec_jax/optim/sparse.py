@@ -217,8 +217,9 @@ def _adam(lr: Callable, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -
     mu_hat = mu / (1 - b1**count)
     nu_hat = nu / (1 - b2**count)
     new_rows = rows + (-lr(step)) * (mu_hat / (jnp.sqrt(nu_hat) + eps)).reshape(rows.shape)
-    # The new rows read the old moments: write the moments after them (order_after).
-    moments = order_after(jnp.concatenate([mu, nu, count], axis=1), new_rows)
+    moments = jnp.concatenate([mu, nu, count], axis=1)
+    if uniq is None:  # whole moments rewritten in place, and the new rows read the old
+      moments = order_after(moments, new_rows)
     return scatter_rows(table, uniq, new_rows, touched), {
       "moments": scatter_rows(state["moments"], uniq, moments, touched)
     }
