@@ -153,3 +153,30 @@ def test_choose_propagation_rule():
     propagation.choose_propagation("host_csr", 10, 10, None, backend="tpu")
   with pytest.raises(ConfigError, match="not one of"):
     propagation.choose_propagation("csr", 10, 10, None, backend="cpu")
+
+
+def test_host_lightgcn_on_a_helper_thread_is_bit_identical(monkeypatch):
+  """A layer's two host products run on two threads above PARALLEL_MIN_WORK: the same
+  arrays, bit for bit, as one thread (and as the dense numpy reference, to float32)."""
+  _, _, src, dst = _edges(3, n=300)
+  w = propagation.sym_norm_weights(src, dst, NU, NI)
+  host = propagation.HostCSR(src, dst, NU, NI)
+  rng = np.random.default_rng(0)
+  u = rng.standard_normal((NU, 64)).astype(np.float32)
+  i = rng.standard_normal((NI, 64)).astype(np.float32)
+  monkeypatch.setattr(propagation, "PARALLEL_MIN_WORK", 1 << 62)
+  serial = host.lightgcn(u, i, w, 3)
+  monkeypatch.setattr(propagation, "PARALLEL_MIN_WORK", 0)
+  if propagation._helper_pool() is None:
+    pytest.skip("a single-core host runs the products on one thread")
+  threaded = host.lightgcn(u, i, w, 3)
+  for a, b in zip(threaded, serial):
+    np.testing.assert_array_equal(a, b)
+  r = _dense(src, dst, w)
+  a = np.block([[np.zeros((NU, NU)), r], [r.T, np.zeros((NI, NI))]])
+  x = np.concatenate([u, i]).astype(np.float64)
+  ref, e = x.copy(), x
+  for _ in range(3):
+    e = a @ e
+    ref += e
+  np.testing.assert_allclose(np.concatenate(threaded), ref / 4, rtol=1e-4, atol=1e-5)

@@ -50,8 +50,10 @@ measured, none faster than the plain segment sum).
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
+import os
 from typing import NamedTuple
 
 import jax
@@ -64,6 +66,11 @@ from jax.sharding import PartitionSpec as P
 
 from mmrec_jax import sharding
 from mmrec_jax.errors import ConfigError, DataError
+
+# 'host_csr' on one device runs a layer's two products on two threads when the host has
+# more than one core and a product has at least this many multiply-adds (edges x dim):
+# below it the hand-off (~50 us) outweighs the product.
+PARALLEL_MIN_WORK = 1 << 20
 
 # Values of ``model.propagation`` (see the module doc).
 PROPAGATIONS = ("auto", "segment", "dense", "host_csr")
@@ -181,6 +188,15 @@ def choose_propagation(
   return "dense" if per_device <= DENSE_MAX_BYTES else "segment"
 
 
+@functools.cache
+def _helper_pool() -> concurrent.futures.ThreadPoolExecutor | None:
+  """One helper thread for the host products (None on a single-core host)."""
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  if (cores or 1) < 2:
+    return None
+  return concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="mmrec-host-csr")
+
+
 class HostCSR:
   """CSR structure of ``R`` (user-major) and ``R^T`` (item-major) held on the host.
 
@@ -241,8 +257,17 @@ class HostCSR:
     )
     u, i = np.asarray(u, np.float32), np.asarray(i, np.float32)
     su, si = u.copy(), i.copy()
+    # The two products of a layer are independent and scipy's CSR kernel releases the
+    # GIL: on a multi-core host ``R^T u`` runs on a helper thread while this one computes
+    # ``R i`` (the XLA step waits on this call, so the core is otherwise idle). Each
+    # product is computed exactly as before: same values, bit for bit.
+    pool = _helper_pool() if self.num_edges * u.shape[1] >= PARALLEL_MIN_WORK else None
     for _ in range(num_layers):
-      u, i = r @ i, rt @ u
+      if pool is None:
+        u, i = r @ i, rt @ u
+      else:
+        to_items = pool.submit(rt.__matmul__, u)
+        u, i = r @ i, to_items.result()
       su += u
       si += i
     scale = np.float32(1.0 / (num_layers + 1))

@@ -34,6 +34,7 @@ from mmrec_jax.graph import propagation
 from mmrec_jax.layers.embedding import Embed
 from mmrec_jax.layers.projection import dense, dropout
 from mmrec_jax.models.graph_base import GraphRecommender, hparam
+from mmrec_jax.optim.sparse import take_valid_rows
 
 
 def _cos_loss(a: jax.Array, b: jax.Array) -> jax.Array:
@@ -97,14 +98,14 @@ class BM3(GraphRecommender):
     keys = jax.random.split(
       rng if rng is not None else jax.random.PRNGKey(0), 2 + len(self.modalities)
     )
-    u_on = jnp.take(users, user_ids, axis=0)
-    i_on = jnp.take(items, pos, axis=0)
+    u_on = take_valid_rows(users, user_ids)
+    i_on = take_valid_rows(items, pos)
     u_tg = dropout(jax.lax.stop_gradient(u_on), self.drop, keys[0])
     i_tg = dropout(jax.lax.stop_gradient(i_on), self.drop, keys[1])
     loss = _cos_loss(self.predictor(u_on), i_tg) + _cos_loss(self.predictor(i_on), u_tg)
     cl = jnp.zeros((), jnp.float32)
     for j, m in enumerate(self.modalities):
-      f = self.proj[m](jnp.take(feats[m], pos, axis=0))
+      f = self.proj[m](take_valid_rows(feats[m], pos))
       f_tg = dropout(jax.lax.stop_gradient(f), self.drop, keys[2 + j])
       f_on = self.predictor(f)
       cl = cl + _cos_loss(f_on, i_tg) + _cos_loss(f_on, f_tg)

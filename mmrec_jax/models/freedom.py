@@ -44,6 +44,7 @@ from mmrec_jax.graph import knn, propagation
 from mmrec_jax.layers.embedding import Embed
 from mmrec_jax.layers.projection import dense
 from mmrec_jax.models.graph_base import GraphRecommender, bpr, hparam, modality_weights
+from mmrec_jax.optim.sparse import take_valid_rows
 
 
 def frozen_item_graph(
@@ -130,10 +131,10 @@ class FREEDOM(GraphRecommender):
   def aux_loss(self, users, items, user_ids, item_ids, graph, feats, masks, *, rng=None):
     if self.reg_weight == 0:
       return jnp.zeros((), jnp.float32)
-    u = jnp.take(users, user_ids, axis=0)  # [B, D]
+    u = take_valid_rows(users, user_ids)  # [B, D]
     total = jnp.zeros((), jnp.float32)
     for m in self.modalities:
-      f = self.proj[m](jnp.take(feats[m], item_ids, axis=0))  # [B, 1+N, D]
+      f = self.proj[m](take_valid_rows(feats[m], item_ids))  # [B, 1+N, D]
       s = jnp.einsum("bd,bkd->bk", u, f, preferred_element_type=jnp.float32)
       total = total + bpr(s[:, 0], s[:, 1:])
     return self.reg_weight * total

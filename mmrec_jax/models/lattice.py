@@ -37,6 +37,7 @@ from mmrec_jax.layers.embedding import Embed
 from mmrec_jax.layers.projection import dense
 from mmrec_jax.models.freedom import frozen_item_graph
 from mmrec_jax.models.graph_base import GraphRecommender, hparam
+from mmrec_jax.optim.sparse import take_valid_rows
 
 
 class LATTICE(GraphRecommender):
@@ -102,7 +103,7 @@ class LATTICE(GraphRecommender):
   def aux_loss(self, users, items, user_ids, item_ids, graph, feats, masks, *, rng=None):
     if self.reg_weight == 0:
       return jnp.zeros((), jnp.float32)
-    u = jnp.take(users, user_ids, axis=0).astype(jnp.float32)
-    it = jnp.take(items, item_ids, axis=0).astype(jnp.float32)
+    u = take_valid_rows(users, user_ids).astype(jnp.float32)
+    it = take_valid_rows(items, item_ids).astype(jnp.float32)
     reg = 0.5 * (jnp.sum(u * u) + jnp.sum(it * it)) / user_ids.shape[0]
     return self.reg_weight * reg

@@ -23,6 +23,7 @@ from mmrec_jax.errors import ConfigError
 from mmrec_jax.graph import propagation
 from mmrec_jax.layers.embedding import Embed
 from mmrec_jax.models.graph_base import GraphRecommender, hparam
+from mmrec_jax.optim.sparse import take_valid_rows
 
 
 class LightGCN(GraphRecommender):
@@ -52,6 +53,6 @@ class LightGCN(GraphRecommender):
   def aux_loss(self, users, items, user_ids, item_ids, graph, feats, masks, *, rng=None):
     if self.reg_weight == 0:
       return jnp.zeros((), jnp.float32)
-    u0 = self.user_embed(user_ids).astype(jnp.float32)
-    i0 = self.item_embed(item_ids).astype(jnp.float32)
+    u0 = take_valid_rows(self.user_embed(None), user_ids).astype(jnp.float32)
+    i0 = take_valid_rows(self.item_embed(None), item_ids).astype(jnp.float32)
     return self.reg_weight * 0.5 * (jnp.sum(u0 * u0) + jnp.sum(i0 * i0)) / user_ids.shape[0]

@@ -32,6 +32,7 @@ from mmrec_jax.graph.knn import l2_normalize
 from mmrec_jax.layers.embedding import Embed
 from mmrec_jax.layers.projection import dense
 from mmrec_jax.models.graph_base import GraphRecommender, hparam
+from mmrec_jax.optim.sparse import take_valid_rows
 
 
 class _ModalGCN(nnx.Module):
@@ -109,6 +110,6 @@ class MMGCN(GraphRecommender):
   def aux_loss(self, users, items, user_ids, item_ids, graph, feats, masks, *, rng=None):
     if self.reg_weight == 0:
       return jnp.zeros((), jnp.float32)
-    eu = self.user_embed(user_ids).astype(jnp.float32)
-    ei = self.item_embed(item_ids).astype(jnp.float32)
+    eu = take_valid_rows(self.user_embed(None), user_ids).astype(jnp.float32)
+    ei = take_valid_rows(self.item_embed(None), item_ids).astype(jnp.float32)
     return self.reg_weight * (jnp.mean(eu * eu) + jnp.mean(ei * ei))

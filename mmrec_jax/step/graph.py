@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from flax import traverse_util
 
 from mmrec_jax.errors import ConfigError
+from mmrec_jax.optim.sparse import take_valid_rows
 from mmrec_jax.step.regime import Regime, Setup
 from mmrec_jax.step.types import Frozen, State
 from mmrec_jax.step.update import (
@@ -28,6 +29,13 @@ from mmrec_jax.step.update import (
 
 class GraphRegime(Regime):
   """Whole-table gradients through ``propagate`` (see module doc)."""
+
+  # The step reads only ids (user, positives, negatives), so its batches can be made on
+  # device and many steps run per call (data/device_epoch.py). On one CPU device this
+  # took the ML-100K LightGCN epoch from ~230 to ~175-200 ms (no grain batch, host
+  # copy and dispatch per step; benchmarks/RESULTS_graph_peers.md). The host-CSR
+  # propagation's callback runs inside the loop like any other op.
+  device_epochs = True
 
   def __init__(self, setup: Setup):
     if setup.contract.stream:
@@ -82,8 +90,9 @@ class GraphRegime(Regime):
         users_all, items_all, user, items, frozen["graph"], feats, frozen["mask"], rng=rng_aux
       )
       su, si = model.score_reprs(users_all, items_all)
-      u = constrain_batch(s.mesh, jnp.take(su, user, axis=0))
-      it = constrain_batch(s.mesh, jnp.take(si, items, axis=0))
+      # Batch ids are always in range: no per-element bounds check and fill select.
+      u = constrain_batch(s.mesh, take_valid_rows(su, user))
+      it = constrain_batch(s.mesh, take_valid_rows(si, items))
       if model.uses_rank_loss:
         rank_loss, pos_s, neg_s, neg_valid = s.objective(u, it, batch)
       else:
