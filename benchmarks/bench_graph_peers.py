@@ -10,14 +10,18 @@ Workloads (the same interactions for both sides, read from RecBole atomic files)
     timestamps), written to an .inter file by this script (seeded).
 Both sides: per-user temporal 80/10/10 split (RecBole ``RS`` + ``TO`` + ``group_by
 user``), LightGCN d=64, 2 layers, reg_weight 1e-4, BPR with 1 uniform negative, batch 2048,
-Adam lr 1e-3, CPU. Ours trains through the grain pipeline and ``Task.train_step`` (the
-trainer's step); RecBole through its own dataloader, ``calculate_loss``, backward and
-Adam step (the body of ``Trainer._train_epoch``), in a subprocess of its own venv.
+Adam lr 1e-3, CPU. Ours trains through the trainer's own step source
+(``loop.steps.make_step_source``: on one CPU device, epochs made on device, one jitted
+call per ML-100K epoch; the grain pipeline and ``Task.train_step`` where 'auto' picks it;
+the table's notes say which); RecBole through its own dataloader, ``calculate_loss``,
+backward and Adam step (the body of ``Trainer._train_epoch``), in a subprocess of its
+own venv.
 
 Timing: rounds alternate ours / RecBole. ``ml100k`` times whole epochs. ``ml1m-shaped``
 times ``--ml1m-steps`` steps per round after warm-up steps and extrapolates to an epoch
-(steps per epoch x median step time; an ML-1M-sized epoch of the baseline is ~2 min on
-this 2-core CPU); the table says which. Medians and 25th percentiles over all timed
+(steps per epoch x step time: ours the mean of the run of steps, one call on device
+epochs; RecBole the median of its per-step times; an ML-1M-sized epoch of the baseline
+is ~2 min on this 2-core CPU); the table says which. Medians and 25th percentiles over all timed
 epochs (or extrapolations); the 1-minute load average is printed with every round.
 FREEDOM (text features; on ``ml1m-shaped`` the synthetic source of
 ``experiments/synthetic.py`` at the same shape, text+image, since the .inter file has no
@@ -30,7 +34,7 @@ Setup (RecBole needs its own venv; see benchmarks/RESULTS_graph_peers.md):
         scikit-learn==1.3.2 'setuptools<81' torch==2.13.0   # the CPU build of torch
     pip download --no-deps recbole==1.2.1 -d /tmp/recbole_dl
     /work/recbole_venv/bin/pip install --no-deps /tmp/recbole_dl/recbole-1.2.1-*.whl \
-        pyyaml colorlog colorama texttable tqdm tabulate thop tensorboard
+        pyyaml colorlog colorama texttable tqdm tabulate thop tensorboard protobuf absl-py
     .venv/bin/python benchmarks/bench_graph_peers.py \
         --recbole-wheel /tmp/recbole_dl/recbole-1.2.1-py3-none-any.whl
 
@@ -189,7 +193,12 @@ def synthetic_files(work: pathlib.Path, seed: int = 0) -> pathlib.Path:
 
 # ------------------------------------------------------------------------------ ours
 class Ours:
-  """A compiled Task + pipeline, timed by whole epochs or by steps."""
+  """A compiled Task and the trainer's own step source, timed by whole epochs or by steps.
+
+  The steps come from ``loop.steps.make_step_source``, as in ``train.py``: epochs made on
+  device when ``input.device_epochs='auto'`` picks them (one jitted call per epoch at
+  ML-100K), else the grain pipeline one step per call. ``path`` says which ran.
+  """
 
   def __init__(self, config):
     import jax
@@ -197,9 +206,10 @@ class Ours:
     from mmrec_jax import sharding, train
     from mmrec_jax.data import pipeline as pipeline_lib
     from mmrec_jax.data import prepare as prepare_lib
+    from mmrec_jax.loop.steps import make_step_source
     from mmrec_jax.step import Task
 
-    self.jax, self.sharding = jax, sharding
+    self.jax = jax
     ds = prepare_lib.prepare(config.data)
     ds, modalities = train.resolve_modalities(ds, config)
     self.mesh = sharding.make_mesh(config.mesh.data, config.mesh.model)
@@ -210,23 +220,29 @@ class Ours:
     pipe = pipeline_lib.make_train_pipeline(
       ds.split("train"), ds.num_users, ds.num_items, config.input, seed=0
     )
-    self.steps_per_epoch = pipe.steps_per_epoch
+    self.source = make_step_source(config, self.task, pipe, self.mesh)
+    self.path = "device epochs" if self.source.chunked else "grain"
+    self.steps_per_epoch = self.source.steps_per_epoch
     self.train_rows = len(info.train_users)
-    self.it = iter(pipe)
     self.sizes = (ds.num_users, ds.num_items)
+    self.done = 0  # steps run so far (the source's position)
+
+  def steps(self, n: int) -> float:
+    """Runs ``n`` steps (as few calls as the source allows) and returns the seconds."""
+    t = time.perf_counter()
+    end = self.done + n
+    while self.done < end:
+      self.state, metrics, k = self.source.advance(self.task, self.state, end)
+      self.done += k
+    self.jax.block_until_ready((self.state, metrics))
+    return time.perf_counter() - t
 
   def step(self) -> float:
-    t = time.perf_counter()
-    batch = self.sharding.global_batch_from_local(self.mesh, next(self.it))
-    self.state, metrics = self.task.train_step(self.state, batch)
-    self.jax.block_until_ready(metrics)
-    return time.perf_counter() - t
+    return self.steps(1)
 
   def epoch(self) -> float:
-    t = time.perf_counter()
-    for _ in range(self.steps_per_epoch):
-      self.step()
-    return time.perf_counter() - t
+    """The rest of the current epoch (a whole one when called at an epoch boundary)."""
+    return self.steps(self.steps_per_epoch - self.done % self.steps_per_epoch)
 
 
 def our_config(
@@ -346,19 +362,24 @@ def main() -> int:
     times["recbole lightgcn"] = []
     info: dict[str, str] = {}
     for name, o in contenders.items():
-      for _ in range(a.warmup):  # compilation
-        o.step()
+      o.steps(a.warmup)  # compilation
+      if by_epoch:
+        o.epoch()  # the rest of the first epoch: the timed ones start at a boundary
       info[name] = (
         f"{o.sizes[0]} x {o.sizes[1]}, {o.train_rows} train rows, "
-        f"{o.steps_per_epoch} steps/epoch, propagation {o.method}"
+        f"{o.steps_per_epoch} steps/epoch, propagation {o.method}, input {o.path}"
       )
     for r in range(a.rounds):
       for name, o in contenders.items():
         if by_epoch:
           times[name] += [o.epoch() for _ in range(a.ml100k_epochs)]
         else:
-          st = [o.step() for _ in range(a.ml1m_steps)]
-          times[name].append(o.steps_per_epoch * float(np.median(st)))
+          # One timed run of --ml1m-steps steps (one call on device epochs), never
+          # across an epoch's end: per-step mean x steps per epoch.
+          left = o.steps_per_epoch - o.done % o.steps_per_epoch
+          if left < a.ml1m_steps:
+            o.steps(left)
+          times[name].append(o.steps_per_epoch * o.steps(a.ml1m_steps) / a.ml1m_steps)
         print(
           f"  [{wl} round {r}] {name}: {times[name][-1]:.2f} s/epoch (load {load():.2f})",
           flush=True,
