@@ -42,7 +42,12 @@ measured, none faster than the plain segment sum).
     (custom VJP); edge weights are treated as constants (changed weights, e.g. FREEDOM's
     pruned graph, are passed in at every call, but get no gradient). On one device the
     whole LightGCN propagation is one host call forward and one backward
-    (:func:`host_lightgcn`): per-call overhead outweighed the products at ML-100K size;
+    (:func:`host_lightgcn`): per-call overhead outweighed the products at ML-100K size.
+    Inside that call a layer's two products (``R i``, ``R^T u``) run on two threads
+    (scipy releases the GIL; ``PARALLEL_MIN_WORK``), and the scipy matrices are built
+    once per set of edge weights: the ML-100K LightGCN epoch on one CPU device went
+    from ~0.40 to ~0.26 s with the graph regime's device epochs (stop 16,
+    benchmarks/RESULTS_graph_peers.md);
   * ``auto`` -- ``host_csr`` on a CPU backend; elsewhere ``dense`` while ``R`` takes at
     most ``DENSE_MAX_BYTES`` per device, else ``segment`` (no accelerator was lent to
     this task, so the accelerator rule is not measured: override the key to compare).
