@@ -383,11 +383,13 @@ def test_the_loop_rewrites_whole_tables_in_place_without_copying_them(sparse):
   assert not [c for c in copies if c in big], (copies, big)
 
 
-@pytest.mark.parametrize("propagation", ["host_csr", "segment"])
-def test_graph_models_run_on_device_epochs_like_single_steps(propagation):
+@pytest.mark.parametrize("devices", [1, 8])
+@pytest.mark.parametrize("propagation", ["host_csr", "segment", "dense"])
+def test_graph_models_run_on_device_epochs_like_single_steps(propagation, devices):
   """The whole-table (graph) regime declares device epochs: LightGCN's chunked loop,
-  host-CSR callback inside it included, gives the states single jitted steps give."""
-  mesh = sharding.make_mesh(1, 1, devices=jax.devices()[:1])
+  host-CSR callbacks and collectives inside it included, gives the states single jitted
+  steps give, on one device and on the 8 fake ones."""
+  mesh = sharding.make_mesh(devices, 1, devices=jax.devices()[:devices])
   split = _Split(5)
   cfg = _cfg(model__name="lightgcn", optimizer__sparse="adam")
   cfg.model.num_layers = 2
