@@ -180,3 +180,22 @@ def test_host_lightgcn_on_a_helper_thread_is_bit_identical(monkeypatch):
     e = a @ e
     ref += e
   np.testing.assert_allclose(np.concatenate(threaded), ref / 4, rtol=1e-4, atol=1e-5)
+
+
+def test_a_forked_child_gets_its_own_helper_thread():
+  """After a fork the parent's executor has no thread in the child: the child must not
+  reuse it (a product submitted there would never run)."""
+  import multiprocessing
+
+  if propagation._helper_pool() is None:
+    pytest.skip("a single-core host runs the products on one thread")
+  parent = propagation._helper_pool()
+  ctx = multiprocessing.get_context("fork")
+  with ctx.Pool(1) as pool:
+    ok = pool.apply_async(_child_product).get(timeout=60)
+  assert ok and propagation._helper_pool() is parent
+
+
+def _child_product() -> bool:
+  pool = propagation._helper_pool()
+  return pool.submit(lambda: 41 + 1).result(timeout=20) == 42

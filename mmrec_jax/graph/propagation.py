@@ -194,13 +194,22 @@ def choose_propagation(
   return "dense" if per_device <= DENSE_MAX_BYTES else "segment"
 
 
-@functools.cache
+_POOLS: dict[int, concurrent.futures.ThreadPoolExecutor] = {}
+
+
 def _helper_pool() -> concurrent.futures.ThreadPoolExecutor | None:
-  """One helper thread for the host products (None on a single-core host)."""
+  """One helper thread for the host products (None on a single-core host).
+
+  Kept per process id: a forked child inherits the executor but not its thread, and a
+  task submitted there would wait forever.
+  """
   cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
   if (cores or 1) < 2:
     return None
-  return concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="mmrec-host-csr")
+  pid = os.getpid()
+  if pid not in _POOLS:
+    _POOLS[pid] = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="mmrec-host-csr")
+  return _POOLS[pid]
 
 
 class HostCSR:
