@@ -5,7 +5,8 @@ confined to the batch rows; it is taken w.r.t. the whole (row-sharded) table and
 row-wise optimizer updates all rows (for Adam: exactly dense Adam, as in the papers).
 The L2 term is the same per-batch one as in the rows regime (layer-0 rows the batch
 touches, counted with multiplicity). The graph itself is frozen data built once from the
-train split (``models/graph_base.py``), placed beside the feature tables.
+train split (``models/graph_base.py``), placed beside the feature tables. The step reads
+only ids, so its epochs can be made on device (``device_epochs``, data/device_epoch.py).
 """
 
 from __future__ import annotations
