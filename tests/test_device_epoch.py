@@ -408,8 +408,14 @@ def test_graph_models_run_on_device_epochs_like_single_steps(propagation, device
     seen += list(np.asarray(metrics["loss"])[:n])
   np.testing.assert_allclose(seen, ref, rtol=1e-6)
   assert ref[-1] != ref[0]  # the tables moved
-  jax.tree.map(
-    lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7),
-    st,
-    state,
-  )
+  same = lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+  jax.tree.map(same, st, state)
+  # Resume mid-epoch from a saved position in a new object: the same state again.
+  first, _ = _epochs(cfg, mesh, split, max_chunk=4)
+  st = task.init(0)
+  st, _, _ = first.advance(task, st, 3)
+  resumed, _ = _epochs(cfg, mesh, split, max_chunk=4)
+  resumed.set_state(first.get_state())
+  while resumed.step < 6:
+    st, _, _ = resumed.advance(task, st, 6)
+  jax.tree.map(same, st, state)
