@@ -303,7 +303,9 @@ class HostCSR:
       su += u
       si += i
     scale = np.float32(1.0 / (num_layers + 1))
-    return su * scale, si * scale
+    su *= scale  # in place: the sums are this call's own arrays
+    si *= scale
+    return su, si
 
   def __hash__(self) -> int:
     return id(self)
@@ -466,7 +468,7 @@ def _host_product(
   if mesh is None or mesh.size == 1:
 
     def cb(x, w):
-      return host.product(x, w, transpose, (0, num_out)).astype(x.dtype)
+      return host.product(x, w, transpose, (0, num_out)).astype(x.dtype, copy=False)
 
     out = jax.ShapeDtypeStruct((num_out, d), x.dtype)
     return jax.pure_callback(cb, out, x, weight)
@@ -477,7 +479,7 @@ def _host_product(
 
   def cb(x, w, shard):
     lo = int(shard) * per
-    return host.product(x, w, transpose, (lo, lo + per)).astype(x.dtype)
+    return host.product(x, w, transpose, (lo, lo + per)).astype(x.dtype, copy=False)
 
   def body(x, w):
     shard = jax.lax.axis_index(sharding.ALL_DEVICES)
@@ -512,7 +514,7 @@ host_spmm.defvjp(_host_spmm_fwd, _host_spmm_bwd)
 def _host_lightgcn_call(u, i, weight, host, num_layers):
   def cb(u, i, w):
     pu, pi = host.lightgcn(u, i, w, num_layers)
-    return pu.astype(u.dtype), pi.astype(i.dtype)
+    return pu.astype(u.dtype, copy=False), pi.astype(i.dtype, copy=False)
 
   out = (jax.ShapeDtypeStruct(u.shape, u.dtype), jax.ShapeDtypeStruct(i.shape, i.dtype))
   return jax.pure_callback(cb, out, u, i, weight)
