@@ -244,8 +244,8 @@ class HostCSR:
     return self._cached(weight, matrices=False)[1:3]
 
   def _csr(self, weight: np.ndarray) -> tuple[scipy.sparse.csr_matrix, scipy.sparse.csr_matrix]:
-    """``R`` and ``R^T`` as scipy matrices, built once per set of weights: building them
-    (index-dtype checks, a copy of the indices) took ~0.35 ms of each ML-100K call."""
+    """``R`` and ``R^T`` as scipy matrices, built once per set of weights (ML-100K, in
+    isolation: 34 -> 8 us per call with the weight check; a small part of a ~1.4 ms call)."""
     return self._cached(weight, matrices=True)[3]
 
   def _cached(self, weight: np.ndarray, matrices: bool) -> tuple:
