@@ -45,9 +45,9 @@ measured, none faster than the plain segment sum).
     (:func:`host_lightgcn`): per-call overhead outweighed the products at ML-100K size.
     Inside that call a layer's two products (``R i``, ``R^T u``) run on two threads
     (scipy releases the GIL; ``PARALLEL_MIN_WORK``), and the scipy matrices are built
-    once per set of edge weights: the ML-100K LightGCN epoch on one CPU device went
-    from ~0.40 to ~0.26 s with the graph regime's device epochs (stop 16,
-    benchmarks/RESULTS_graph_peers.md);
+    once per set of edge weights. Same-process A/Bs on one CPU device (stop 16,
+    benchmarks/RESULTS_graph_peers.md): the threads took 18-27% off an ML-100K
+    LightGCN epoch, the graph regime's device epochs another 10-25%;
   * ``auto`` -- ``host_csr`` on a CPU backend; elsewhere ``dense`` while ``R`` takes at
     most ``DENSE_MAX_BYTES`` per device, else ``segment`` (no accelerator was lent to
     this task, so the accelerator rule is not measured: override the key to compare).
