@@ -194,21 +194,23 @@ def choose_propagation(
   return "dense" if per_device <= DENSE_MAX_BYTES else "segment"
 
 
-_POOLS: dict[int, concurrent.futures.ThreadPoolExecutor] = {}
+_POOLS: dict[int, concurrent.futures.ThreadPoolExecutor | None] = {}
 
 
 def _helper_pool() -> concurrent.futures.ThreadPoolExecutor | None:
   """One helper thread for the host products (None on a single-core host).
 
-  Kept per process id: a forked child inherits the executor but not its thread, and a
-  task submitted there would wait forever.
+  Decided once per process id (no affinity syscall per call): a forked child inherits
+  the executor but not its thread, and a task submitted there would wait forever.
   """
-  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-  if (cores or 1) < 2:
-    return None
   pid = os.getpid()
   if pid not in _POOLS:
-    _POOLS[pid] = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="mmrec-host-csr")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    _POOLS[pid] = (
+      concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="mmrec-host-csr")
+      if (cores or 1) >= 2
+      else None
+    )
   return _POOLS[pid]
 
 
