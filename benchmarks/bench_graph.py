@@ -116,7 +116,7 @@ def main() -> int:
       print(
         f"| {dname} | {model} | {task.frozen['graph']['ui'].method} | {ds.num_users} | "
         f"{ds.num_items} | {n_edges} | {c.input.batch_size} | {pipe.steps_per_epoch} | "
-        f"{setup:.1f} | {ms:.0f} | {pipe.steps_per_epoch * ms / 1000:.1f} | "
+        f"{setup:.1f} | {ms:.3g} | {pipe.steps_per_epoch * ms / 1000:.3g} | "
         f"{os.getloadavg()[0]:.2f} | {'device epochs' if source.chunked else 'grain'} |",
         flush=True,
       )
