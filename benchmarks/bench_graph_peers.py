@@ -1,4 +1,4 @@
-r"""LightGCN per-epoch time, ours vs RecBole 1.2.1, in one script, alternating (issue #12).
+r"""LightGCN and BPR per-epoch time, ours vs RecBole 1.2.1, in one script, alternating (#12).
 
 Workloads (the same interactions for both sides, read from RecBole atomic files):
   * ``ml100k``: the real MovieLens-100K shipped inside the RecBole wheel
@@ -10,7 +10,10 @@ Workloads (the same interactions for both sides, read from RecBole atomic files)
     timestamps), written to an .inter file by this script (seeded).
 Both sides: per-user temporal 80/10/10 split (RecBole ``RS`` + ``TO`` + ``group_by
 user``), LightGCN d=64, 2 layers, reg_weight 1e-4, BPR with 1 uniform negative, batch 2048,
-Adam lr 1e-3, CPU. Ours trains through the trainer's own step source
+Adam lr 1e-3, CPU. ``--models`` adds plain BPR matrix factorisation at the same settings
+(RecBole's ``BPR`` model, which has no regularisation term, against our ``bpr_mf`` with
+``loss.l2=0``; ours updates the touched rows with row-wise lazy Adam, optim/sparse.py,
+RecBole the whole tables with ``torch.optim.Adam``: each library's own way to train it). Ours trains through the trainer's own step source
 (``loop.steps.make_step_source``: on one CPU device, epochs made on device, one jitted
 call per ML-100K epoch; the grain pipeline and ``Task.train_step`` where 'auto' picks it;
 the table's notes say which); RecBole through its own dataloader, ``calculate_loss``,
@@ -38,7 +41,7 @@ Setup (RecBole needs its own venv; see benchmarks/RESULTS_graph_peers.md):
     .venv/bin/python benchmarks/bench_graph_peers.py \
         --recbole-wheel /tmp/recbole_dl/recbole-1.2.1-py3-none-any.whl
 
-Options: ``--workloads ml100k``, ``--ours-methods host_csr,segment,dense`` (model.propagation
+Options: ``--workloads ml100k``, ``--models lightgcn,bpr`` (the RecBole pairs timed), ``--ours-methods host_csr,segment,dense`` (model.propagation
 values timed for LightGCN), ``--freedom-methods``, ``--rounds``, ``--no-recbole``,
 ``--no-freedom``.
 """
@@ -59,6 +62,7 @@ import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 EMBED, LAYERS, BATCH, LR, REG = 64, 2, 2048, 1e-3, 1e-4
+PEERS = {"lightgcn": "LightGCN", "bpr": "BPR"}  # --models -> the RecBole model class
 
 RECBOLE_DRIVER = r"""
 import json, sys, time, logging
@@ -68,7 +72,7 @@ if args["threads"] > 0:
   torch.set_num_threads(args["threads"])
 from recbole.config import Config
 from recbole.data import create_dataset, data_preparation
-from recbole.model.general_recommender import LightGCN
+from recbole.model.general_recommender import BPR, LightGCN
 from recbole.utils import init_seed
 cfg = {
   "data_path": args["data_path"], "dataset": args["dataset"], "use_gpu": False,
@@ -81,12 +85,13 @@ cfg = {
   "epochs": 1, "show_progress": False, "seed": 0, "reproducibility": True,
   "checkpoint_dir": args["tmp"], "log_wandb": False, "worker": 0,
 }
-config = Config(model="LightGCN", dataset=args["dataset"], config_dict=cfg)
+config = Config(model=args["model"], dataset=args["dataset"], config_dict=cfg)
 logging.getLogger().setLevel(logging.ERROR)
 init_seed(config["seed"], config["reproducibility"])
 dataset = create_dataset(config)
 train_data, _, _ = data_preparation(config, dataset)
-model = LightGCN(config, train_data.dataset).to(config["device"])
+model = {"LightGCN": LightGCN, "BPR": BPR}[args["model"]](config, train_data.dataset)
+model = model.to(config["device"])
 opt = torch.optim.Adam(model.parameters(), lr=args["lr"])
 steps_per_epoch = len(train_data)
 print(json.dumps({"threads": torch.get_num_threads(), "steps_per_epoch": steps_per_epoch,
@@ -121,6 +126,7 @@ else:
 def _args():
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--workloads", default="ml100k,ml1m-shaped")
+  p.add_argument("--models", default="lightgcn,bpr", help="RecBole pairs: lightgcn, bpr")
   p.add_argument("--recbole-python", default="/work/recbole_venv/bin/python")
   p.add_argument("--recbole-wheel", default="", help="recbole-1.2.1 wheel (for ml-100k.inter)")
   p.add_argument("--ml100k-inter", default="", help="or the ml-100k.inter file itself")
@@ -215,7 +221,8 @@ class Ours:
     self.mesh = sharding.make_mesh(config.mesh.data, config.mesh.model)
     info = train.build_data_info(ds, config, modalities)
     self.task = Task(config, info, self.mesh)
-    self.method = self.task.frozen["graph"]["ui"].method
+    graph = self.task.frozen.get("graph") if isinstance(self.task.frozen, dict) else None
+    self.method = graph["ui"].method if graph else "-"
     self.state = self.task.init(0)
     pipe = pipeline_lib.make_train_pipeline(
       ds.split("train"), ds.num_users, ds.num_items, config.input, seed=0
@@ -282,6 +289,8 @@ def our_config(
   c.input.batch_size = BATCH
   c.input.num_negatives = 1
   c.loss.name = "bpr"
+  if model == "bpr_mf":  # RecBole's BPR model has no regularisation term
+    c.loss.l2 = 0.0
   c.optimizer.name = c.optimizer.sparse = "adam"
   c.optimizer.learning_rate = c.optimizer.sparse_learning_rate = LR
   c.train.progress_bar = False
@@ -345,23 +354,39 @@ def main() -> int:
     f"{os.cpu_count()} cores; workdir {work}",
     flush=True,
   )
+  models = [m for m in a.models.split(",") if m]
+  unknown = set(models) - set(PEERS)
+  if unknown:
+    sys.exit(f"--models: unknown {sorted(unknown)}; choose from {sorted(PEERS)}")
   rows = []
   for wl in a.workloads.split(","):
     data_dir = ml100k_files(a, work) if wl == "ml100k" else synthetic_files(work)
     by_epoch = wl == "ml100k"
-    contenders: dict[str, Ours] = {}
-    for m in methods:
-      contenders[f"ours lightgcn ({m})"] = Ours(
-        our_config("lightgcn", data_dir, m, cache, reg_weight=REG)
+    # name -> (ours, the RecBole run it is compared with)
+    contenders: dict[str, tuple[Ours, str]] = {}
+    if "lightgcn" in models:
+      for m in methods:
+        contenders[f"ours lightgcn ({m})"] = (
+          Ours(our_config("lightgcn", data_dir, m, cache, reg_weight=REG)),
+          "recbole lightgcn",
+        )
+      if not a.no_freedom:
+        fdir = data_dir if wl == "ml100k" else None
+        for m in a.freedom_methods.split(","):
+          contenders[f"ours freedom ({m})"] = (
+            Ours(our_config("freedom", fdir, m, cache)),
+            "recbole lightgcn",
+          )
+    if "bpr" in models:
+      contenders["ours bpr_mf"] = (
+        Ours(our_config("bpr_mf", data_dir, "auto", cache)),
+        "recbole bpr",
       )
-    if not a.no_freedom:
-      fdir = data_dir if wl == "ml100k" else None
-      for m in a.freedom_methods.split(","):
-        contenders[f"ours freedom ({m})"] = Ours(our_config("freedom", fdir, m, cache))
+    peers = [f"recbole {m}" for m in models] if not a.no_recbole else []
     times: dict[str, list[float]] = {k: [] for k in contenders}
-    times["recbole lightgcn"] = []
+    times.update({p: [] for p in peers})
     info: dict[str, str] = {}
-    for name, o in contenders.items():
+    for name, (o, _) in contenders.items():
       o.steps(a.warmup)  # compilation
       if by_epoch:
         o.epoch()  # the rest of the first epoch: the timed ones start at a boundary
@@ -370,7 +395,7 @@ def main() -> int:
         f"{o.steps_per_epoch} steps/epoch, propagation {o.method}, input {o.path}"
       )
     for r in range(a.rounds):
-      for name, o in contenders.items():
+      for name, (o, _) in contenders.items():
         if by_epoch:
           times[name] += [o.epoch() for _ in range(a.ml100k_epochs)]
         else:
@@ -381,31 +406,34 @@ def main() -> int:
             o.steps(left)
           times[name].append(o.steps_per_epoch * o.steps(a.ml1m_steps) / a.ml1m_steps)
         print(
-          f"  [{wl} round {r}] {name}: {times[name][-1]:.2f} s/epoch (load {load():.2f})",
+          f"  [{wl} round {r}] {name}: {times[name][-1]:.3f} s/epoch (load {load():.2f})",
           flush=True,
         )
-      if not a.no_recbole:
+      for peer in peers:
+        model = PEERS[peer.split()[1]]
         if by_epoch:
-          out = recbole_run(a, data_dir, "epochs", work, epochs=a.ml100k_epochs)
-          times["recbole lightgcn"] += out["epoch_s"]
+          out = recbole_run(a, data_dir, "epochs", work, model=model, epochs=a.ml100k_epochs)
+          times[peer] += out["epoch_s"]
         else:
-          out = recbole_run(a, data_dir, "steps", work, steps=a.ml1m_steps, warmup=a.warmup)
-          times["recbole lightgcn"].append(out["steps_per_epoch"] * float(np.median(out["step_s"])))
-        info["recbole lightgcn"] = (
+          out = recbole_run(
+            a, data_dir, "steps", work, model=model, steps=a.ml1m_steps, warmup=a.warmup
+          )
+          times[peer].append(out["steps_per_epoch"] * float(np.median(out["step_s"])))
+        info[peer] = (
           f"{out['train_rows']} train rows, {out['steps_per_epoch']} steps/epoch, "
           f"torch threads {out['threads']}"
         )
         print(
-          f"  [{wl} round {r}] recbole lightgcn: {times['recbole lightgcn'][-1]:.2f} "
-          f"s/epoch (load {load():.2f})",
+          f"  [{wl} round {r}] {peer}: {times[peer][-1]:.3f} s/epoch (load {load():.2f})",
           flush=True,
         )
-    ref = times["recbole lightgcn"]
     for name, ts in times.items():
       if not ts:
         continue
       med, p25 = stats(ts)
-      ratio = f"{np.median(ref) / med:.2f}" if ref and not name.startswith("recbole") else "-"
+      ref = times.get(contenders[name][1], []) if name in contenders else []
+      ratio = f"{np.median(ref) / med:.2f}" if ref else "-"
+      vs = contenders[name][1] if ref else ""
       rows.append(
         (
           wl,
@@ -414,15 +442,15 @@ def main() -> int:
           len(ts),
           med,
           p25,
-          ratio,
+          f"{ratio} ({vs})" if vs else ratio,
           info.get(name, ""),
         )
       )
   print(f"\nload average at the end: {os.getloadavg()}")
-  print("| workload | run | timed | n | s/epoch median | p25 | RecBole / this | notes |")
+  print("| workload | run | timed | n | s/epoch median | p25 | RecBole / this (which) | notes |")
   print("|---|---|---|---|---|---|---|---|")
   for wl, name, how, n, med, p25, ratio, note in rows:
-    print(f"| {wl} | {name} | {how} | {n} | {med:.2f} | {p25:.2f} | {ratio} | {note} |")
+    print(f"| {wl} | {name} | {how} | {n} | {med:.3f} | {p25:.3f} | {ratio} | {note} |")
   return 0
 
 
