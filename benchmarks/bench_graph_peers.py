@@ -258,8 +258,12 @@ def our_config(
   method: str,
   cache: str,
   reg_weight: float | None = None,
+  l2: float | None = None,
 ):
-  """``reg_weight``: the LightGCN runs pass RecBole's value; others keep their paper's."""
+  """``reg_weight``: the LightGCN runs pass RecBole's value; others keep their paper's.
+
+  ``l2``: ``loss.l2`` (the BPR pair passes 0: RecBole's BPR has no regularisation term).
+  """
   from mmrec_jax import config as config_lib
   from mmrec_jax.models import registry
 
@@ -289,13 +293,30 @@ def our_config(
   c.input.batch_size = BATCH
   c.input.num_negatives = 1
   c.loss.name = "bpr"
-  if model == "bpr_mf":  # RecBole's BPR model has no regularisation term
-    c.loss.l2 = 0.0
+  if l2 is not None:
+    c.loss.l2 = l2
   c.optimizer.name = c.optimizer.sparse = "adam"
   c.optimizer.learning_rate = c.optimizer.sparse_learning_rate = LR
   c.train.progress_bar = False
   c.mesh.min_sharded_bytes = 1 << 16
   return config_lib.finalize(c)
+
+
+def _our_runs(pair: str, a, methods, data_dir, wl: str, cache: str):
+  """(name, config) of our runs timed against RecBole's model of ``pair`` (PEERS)."""
+  if PEERS[pair] == "BPR":
+    # RecBole's BPR model has no regularisation term: ours runs with loss.l2 = 0.
+    return [(f"ours {pair}_mf", our_config(f"{pair}_mf", data_dir, "auto", cache, l2=0.0))]
+  runs = [
+    (f"ours {pair} ({m})", our_config(pair, data_dir, m, cache, reg_weight=REG)) for m in methods
+  ]
+  if not a.no_freedom:  # FREEDOM beside LightGCN (RecBole has no FREEDOM)
+    fdir = data_dir if wl == "ml100k" else None
+    runs += [
+      (f"ours freedom ({m})", our_config("freedom", fdir, m, cache))
+      for m in a.freedom_methods.split(",")
+    ]
+  return runs
 
 
 # ------------------------------------------------------------------------------ RecBole
@@ -364,24 +385,9 @@ def main() -> int:
     by_epoch = wl == "ml100k"
     # name -> (ours, the RecBole run it is compared with)
     contenders: dict[str, tuple[Ours, str]] = {}
-    if "lightgcn" in models:
-      for m in methods:
-        contenders[f"ours lightgcn ({m})"] = (
-          Ours(our_config("lightgcn", data_dir, m, cache, reg_weight=REG)),
-          "recbole lightgcn",
-        )
-      if not a.no_freedom:
-        fdir = data_dir if wl == "ml100k" else None
-        for m in a.freedom_methods.split(","):
-          contenders[f"ours freedom ({m})"] = (
-            Ours(our_config("freedom", fdir, m, cache)),
-            "recbole lightgcn",
-          )
-    if "bpr" in models:
-      contenders["ours bpr_mf"] = (
-        Ours(our_config("bpr_mf", data_dir, "auto", cache)),
-        "recbole bpr",
-      )
+    for pair in models:
+      for name, cfg in _our_runs(pair, a, methods, data_dir, wl, cache):
+        contenders[name] = (Ours(cfg), f"recbole {pair}")
     peers = [f"recbole {m}" for m in models] if not a.no_recbole else []
     times: dict[str, list[float]] = {k: [] for k in contenders}
     times.update({p: [] for p in peers})

@@ -85,6 +85,28 @@ def test_feistel_order_is_a_permutation_that_changes_with_the_key(n):
     assert np.abs(np.diff(perm)).mean() > n / 10
 
 
+def _murmur_finaliser(x, k):
+  """``_mix32``'s formula in NumPy uint64 arithmetic reduced mod 2**32 (no JAX)."""
+  m = np.uint64(0xFFFFFFFF)
+  x = (x.astype(np.uint64) * np.uint64(0x9E3779B1) + k.astype(np.uint64)) & m
+  x = ((x ^ (x >> np.uint64(16))) * np.uint64(0x85EBCA6B)) & m
+  x = ((x ^ (x >> np.uint64(13))) * np.uint64(0xC2B2AE35)) & m
+  return (x ^ (x >> np.uint64(16))).astype(np.uint32)
+
+
+@pytest.mark.parametrize(
+  "x_shape,k_shape", [((), ()), ((7,), ()), ((), (5,)), ((3, 4), (3, 1)), ((4,), (3, 4))]
+)
+def test_mix32_is_murmur3s_finaliser_with_broadcasting(x_shape, k_shape):
+  rng = np.random.default_rng(0)
+  x = rng.integers(0, 1 << 32, x_shape, dtype=np.uint64).astype(np.uint32)
+  k = rng.integers(0, 1 << 32, k_shape, dtype=np.uint64).astype(np.uint32)
+  got = np.asarray(device_epoch._mix32(jnp.asarray(x), jnp.asarray(k)))
+  np.testing.assert_array_equal(got, _murmur_finaliser(*np.broadcast_arrays(x, k)))
+  traced = np.asarray(jax.jit(device_epoch._mix32)(jnp.asarray(x), jnp.asarray(k)))
+  np.testing.assert_array_equal(traced, got)
+
+
 def test_counter_randint_is_multiply_shift_of_the_bits_and_uniform():
   key = device_epoch.hash_key(5, 11, jnp.int32(3))
   span = np.array([1, 7, 1682, 10_000_000, (1 << 31) - 1], np.uint64)
