@@ -146,28 +146,11 @@ def choose(
 
 
 def _mix32(x: jax.Array, k: jax.Array) -> jax.Array:
-  """A keyed 32-bit mixer (murmur3's finaliser of ``x * golden + k``), uint32 wrap-around.
-
-  Written with ``lax`` ops, not ``jnp`` operators: the same HLO (so the same bits), but
-  each ``jnp`` operator is a jitted function whose call is traced (and, under the
-  loop's ``vmap``, batched) as an equation of its own. The batch maker calls this ~30
-  times per trace; the ``lax`` form took 0.24-0.45 s off tracing the ML-100K training
-  loop (benchmarks/RESULTS_bpr_peers.md, stop 17).
-  """
-  x, k = jnp.asarray(x, jnp.uint32), jnp.asarray(k, jnp.uint32)
-  if x.ndim and k.ndim and x.shape != k.shape:
-    x, k = jnp.broadcast_arrays(x, k)
-  elif k.ndim > x.ndim:  # lax broadcasts a rank-0 operand only as the second one here
-    x = jax.lax.broadcast(x, k.shape)
-  x = jax.lax.add(jax.lax.mul(x, np.uint32(0x9E3779B1)), k)
-  x = jax.lax.mul(jax.lax.bitwise_xor(x, _srl(x, 16)), np.uint32(0x85EBCA6B))
-  x = jax.lax.mul(jax.lax.bitwise_xor(x, _srl(x, 13)), np.uint32(0xC2B2AE35))
-  return jax.lax.bitwise_xor(x, _srl(x, 16))
-
-
-def _srl(x: jax.Array, n: int) -> jax.Array:
-  """``x >> n`` of a uint32 array (logical shift, as ``jnp`` does for unsigned ints)."""
-  return jax.lax.shift_right_logical(x, np.uint32(n))
+  """A keyed 32-bit mixer (murmur3's finaliser of ``x * golden + k``), uint32 wrap-around."""
+  x = x * jnp.uint32(0x9E3779B1) + k
+  x = (x ^ (x >> 16)) * jnp.uint32(0x85EBCA6B)
+  x = (x ^ (x >> 13)) * jnp.uint32(0xC2B2AE35)
+  return x ^ (x >> 16)
 
 
 def hash_key(seed: int, tag: int, index: jax.Array) -> jax.Array:
