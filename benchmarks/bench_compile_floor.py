@@ -30,6 +30,9 @@ before), ``--rounds`` times, alternating; medians and p25 are printed with the l
 
   .venv/bin/python benchmarks/bench_compile_floor.py --rounds 3
 
+The ``ours`` case reads ML-100K from the RecBole wheel's copy (``--recbole-dir``; fetch
+it as bench_bpr_peers.py's docstring shows), or leave it out with ``--cases``.
+
 Prints a Markdown table.
 """
 
