@@ -175,28 +175,33 @@ def _our_config(args, dim, negatives, lr, l2, item_bias=False):
   return c
 
 
+def task_and_epochs(data, cfg, mesh, features=None):
+  """Our Task and its device epochs for ``data`` (nothing compiled yet)."""
+  features = features or {}
+  masks = {m: np.ones(data.num_items, bool) for m in features}
+  info = DataInfo(
+    data.num_users, data.num_items, features, masks, np.ones(data.num_items, np.int64)
+  )
+  task = Task(cfg, info, mesh)
+  pipe = make_train_pipeline(
+    data,
+    data.num_users,
+    data.num_items,
+    cfg.input,
+    seed=cfg.seed,
+    process_index=0,
+    process_count=1,
+  )
+  return task, device_epoch.DeviceEpochs.from_pipeline(
+    pipe, mesh, max_chunk=cfg.train.log_every_steps
+  )
+
+
 class Ours:
   """Our BPR-MF on device epochs: ``epoch()`` trains one epoch, blocks, returns seconds."""
 
   def __init__(self, data, cfg, mesh, features=None):
-    features = features or {}
-    masks = {m: np.ones(data.num_items, bool) for m in features}
-    info = DataInfo(
-      data.num_users, data.num_items, features, masks, np.ones(data.num_items, np.int64)
-    )
-    self.task = Task(cfg, info, mesh)
-    pipe = make_train_pipeline(
-      data,
-      data.num_users,
-      data.num_items,
-      cfg.input,
-      seed=cfg.seed,
-      process_index=0,
-      process_count=1,
-    )
-    self.epochs = device_epoch.DeviceEpochs.from_pipeline(
-      pipe, mesh, max_chunk=cfg.train.log_every_steps
-    )
+    self.task, self.epochs = task_and_epochs(data, cfg, mesh, features)
     self.state = self.task.init(cfg.seed)
 
   def epoch(self) -> float:

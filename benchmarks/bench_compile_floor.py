@@ -156,16 +156,12 @@ def child_ours(recbole_dir: str) -> dict:
 
   import jax
   import jax.numpy as jnp
-  import numpy as np
 
   sys.path.insert(0, str(ROOT))
   sys.path.insert(0, str(ROOT / "benchmarks"))
   import bench_bpr_peers as peers
 
   from mmrec_jax import sharding
-  from mmrec_jax.data import device_epoch
-  from mmrec_jax.data.pipeline import make_train_pipeline
-  from mmrec_jax.step import DataInfo, Task
 
   with tempfile.TemporaryDirectory() as tmp:
     sys.argv = [sys.argv[0], f"--recbole-dir={recbole_dir}", f"--data-cache={tmp}/data"]
@@ -173,18 +169,7 @@ def child_ours(recbole_dir: str) -> dict:
     mesh = sharding.make_mesh()
     data, _ = peers.ml100k(args, args.data_cache)
     cfg = peers._target_config(args, data.users.size)
-    info = DataInfo(data.num_users, data.num_items, {}, {}, np.ones(data.num_items, np.int64))
-    task = Task(cfg, info, mesh)
-    pipe = make_train_pipeline(
-      data,
-      data.num_users,
-      data.num_items,
-      cfg.input,
-      seed=cfg.seed,
-      process_index=0,
-      process_count=1,
-    )
-    epochs = device_epoch.DeviceEpochs.from_pipeline(pipe, mesh, cfg.train.log_every_steps)
+    task, epochs = peers.task_and_epochs(data, cfg, mesh)
     init = jax.jit(task.layout.init_fn, out_shardings=task.layout.shardings)
     t = time.perf_counter()
     lowered = init.lower(jax.random.PRNGKey(0))
