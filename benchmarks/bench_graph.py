@@ -106,8 +106,7 @@ def main() -> int:
       source = make_step_source(c, task, pipe, mesh)
       state, _, done = _run(source, task, state, 0, a.warmup)
       state, secs, _ = _run(source, task, state, done, a.steps)
-      times = [secs / a.steps]
-      ms = 1000 * times[0]
+      ms = 1000 * secs / a.steps
       n_edges = int(
         np.unique(
           np.asarray(info.train_users, np.int64) * ds.num_items + np.asarray(info.train_items)

@@ -62,7 +62,12 @@ import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 EMBED, LAYERS, BATCH, LR, REG = 64, 2, 2048, 1e-3, 1e-4
-PEERS = {"lightgcn": "LightGCN", "bpr": "BPR"}  # --models -> the RecBole model class
+# --models value -> (RecBole model class, our model, our_config overrides, timed per
+# --ours-methods with FREEDOM beside it). RecBole's BPR has no regularisation term.
+PAIRS = {
+  "lightgcn": ("LightGCN", "lightgcn", {"reg_weight": REG}, True),
+  "bpr": ("BPR", "bpr_mf", {"l2": 0.0}, False),
+}
 
 RECBOLE_DRIVER = r"""
 import json, sys, time, logging
@@ -72,7 +77,7 @@ if args["threads"] > 0:
   torch.set_num_threads(args["threads"])
 from recbole.config import Config
 from recbole.data import create_dataset, data_preparation
-from recbole.model.general_recommender import BPR, LightGCN
+from recbole.utils import get_model
 from recbole.utils import init_seed
 cfg = {
   "data_path": args["data_path"], "dataset": args["dataset"], "use_gpu": False,
@@ -90,8 +95,7 @@ logging.getLogger().setLevel(logging.ERROR)
 init_seed(config["seed"], config["reproducibility"])
 dataset = create_dataset(config)
 train_data, _, _ = data_preparation(config, dataset)
-model = {"LightGCN": LightGCN, "BPR": BPR}[args["model"]](config, train_data.dataset)
-model = model.to(config["device"])
+model = get_model(args["model"])(config, train_data.dataset).to(config["device"])
 opt = torch.optim.Adam(model.parameters(), lr=args["lr"])
 steps_per_epoch = len(train_data)
 print(json.dumps({"threads": torch.get_num_threads(), "steps_per_epoch": steps_per_epoch,
@@ -221,7 +225,7 @@ class Ours:
     self.mesh = sharding.make_mesh(config.mesh.data, config.mesh.model)
     info = train.build_data_info(ds, config, modalities)
     self.task = Task(config, info, self.mesh)
-    graph = self.task.frozen.get("graph") if isinstance(self.task.frozen, dict) else None
+    graph = self.task.frozen.get("graph")
     self.method = graph["ui"].method if graph else "-"
     self.state = self.task.init(0)
     pipe = pipeline_lib.make_train_pipeline(
@@ -262,7 +266,7 @@ def our_config(
 ):
   """``reg_weight``: the LightGCN runs pass RecBole's value; others keep their paper's.
 
-  ``l2``: ``loss.l2`` (the BPR pair passes 0: RecBole's BPR has no regularisation term).
+  ``l2``: ``loss.l2`` (PAIRS).
   """
   from mmrec_jax import config as config_lib
   from mmrec_jax.models import registry
@@ -303,12 +307,12 @@ def our_config(
 
 
 def _our_runs(pair: str, a, methods, data_dir, wl: str, cache: str):
-  """(name, config) of our runs timed against RecBole's model of ``pair`` (PEERS)."""
-  if PEERS[pair] == "BPR":
-    # RecBole's BPR model has no regularisation term: ours runs with loss.l2 = 0.
-    return [(f"ours {pair}_mf", our_config(f"{pair}_mf", data_dir, "auto", cache, l2=0.0))]
+  """(name, config) of our runs timed against RecBole's model of ``pair`` (PAIRS)."""
+  _, model, overrides, per_method = PAIRS[pair]
+  if not per_method:
+    return [(f"ours {model}", our_config(model, data_dir, "auto", cache, **overrides))]
   runs = [
-    (f"ours {pair} ({m})", our_config(pair, data_dir, m, cache, reg_weight=REG)) for m in methods
+    (f"ours {model} ({m})", our_config(model, data_dir, m, cache, **overrides)) for m in methods
   ]
   if not a.no_freedom:  # FREEDOM beside LightGCN (RecBole has no FREEDOM)
     fdir = data_dir if wl == "ml100k" else None
@@ -376,9 +380,9 @@ def main() -> int:
     flush=True,
   )
   models = [m for m in a.models.split(",") if m]
-  unknown = set(models) - set(PEERS)
+  unknown = set(models) - set(PAIRS)
   if unknown:
-    sys.exit(f"--models: unknown {sorted(unknown)}; choose from {sorted(PEERS)}")
+    sys.exit(f"--models: unknown {sorted(unknown)}; choose from {sorted(PAIRS)}")
   rows = []
   for wl in a.workloads.split(","):
     data_dir = ml100k_files(a, work) if wl == "ml100k" else synthetic_files(work)
@@ -388,7 +392,8 @@ def main() -> int:
     for pair in models:
       for name, cfg in _our_runs(pair, a, methods, data_dir, wl, cache):
         contenders[name] = (Ours(cfg), f"recbole {pair}")
-    peers = [f"recbole {m}" for m in models] if not a.no_recbole else []
+    # run name -> RecBole model class
+    peers = {} if a.no_recbole else {f"recbole {m}": PAIRS[m][0] for m in models}
     times: dict[str, list[float]] = {k: [] for k in contenders}
     times.update({p: [] for p in peers})
     info: dict[str, str] = {}
@@ -415,8 +420,7 @@ def main() -> int:
           f"  [{wl} round {r}] {name}: {times[name][-1]:.3f} s/epoch (load {load():.2f})",
           flush=True,
         )
-      for peer in peers:
-        model = PEERS[peer.split()[1]]
+      for peer, model in peers.items():
         if by_epoch:
           out = recbole_run(a, data_dir, "epochs", work, model=model, epochs=a.ml100k_epochs)
           times[peer] += out["epoch_s"]
