@@ -12,17 +12,8 @@ ITEMS=${ITEMS:-59047,10000000}
 BATCHES=${BATCHES:-65536,1048576}
 INTER=${INTER:-20100000}
 GRAPH_STEPS=${GRAPH_STEPS:-20}
-mkdir -p "$OUT_DIR"
-if [ -z "$NO_WHEELS" ] && ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+source "$(dirname "$0")/gpu_env.sh"
 PY=${PY:-python3}
-nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.mem,driver_version --format=csv \
-  2>&1 | tee "$OUT_DIR/gpu.txt"
-uptime | tee -a "$OUT_DIR/gpu.txt"
 for r in 1 2; do
   for m in jnp sort_search; do
     for rows in unique auto; do
