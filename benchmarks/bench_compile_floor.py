@@ -39,6 +39,8 @@ Prints a Markdown table.
 from __future__ import annotations
 
 import argparse
+import glob
+import gzip
 import json
 import os
 import pathlib
@@ -150,8 +152,6 @@ def child_minimal_bpr() -> dict:
 
 
 def child_ours(recbole_dir: str) -> dict:
-  import glob
-  import gzip
   import tempfile
 
   import jax
@@ -193,7 +193,7 @@ def child_ours(recbole_dir: str) -> dict:
       t = time.perf_counter()
       compiled = lowered.compile()
       lcomp = time.perf_counter() - t
-    phases = _compile_phases(glob.glob(f"{trace_dir}/**/*.trace.json.gz", recursive=True), gzip)
+    phases = _compile_phases(trace_dir)
     fusions = compiled.as_text().count(" fusion(")
   return {
     "lower_s": ilow + llow,
@@ -205,8 +205,9 @@ def child_ours(recbole_dir: str) -> dict:
   }
 
 
-def _compile_phases(files: list[str], gzip) -> dict:
+def _compile_phases(trace_dir: pathlib.Path) -> dict:
   """Wall time of the loop compile's phases, from XLA's own trace events."""
+  files = glob.glob(f"{trace_dir}/**/*.trace.json.gz", recursive=True)
   if not files:
     return {}
   events = [e for e in json.load(gzip.open(files[0]))["traceEvents"] if e.get("ph") == "X"]
